@@ -1,0 +1,1 @@
+"""Stage `benchmarks`: filled in by later issues (see README)."""

@@ -1,0 +1,1 @@
+"""Stage `client`: filled in by later issues (see README)."""

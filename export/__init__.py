@@ -1,0 +1,1 @@
+"""Stage `export`: filled in by later issues (see README)."""

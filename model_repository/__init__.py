@@ -1,0 +1,1 @@
+"""Stage `model_repository`: filled in by later issues (see README)."""

@@ -1,0 +1,5 @@
+import sys
+
+from shelfml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""Checkpoint directories: ``save_pretrained`` files (safetensors) + a ``shelfml.json`` manifest.
+
+The manifest says what the directory holds (task, label format, taxonomy, split and data
+fingerprint, metrics, versions, training arguments) so that anything downstream can rebuild and
+check the model without the training code. Directories are written atomically; nothing pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+MANIFEST = "shelfml.json"
+FORMAT_VERSION = 1
+TASKS = ("tagger", "price")
+
+
+class CheckpointError(ValueError):
+    """A directory that is not a usable shelfml checkpoint."""
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("shelfml", "torch", "transformers", "tokenizers", "numpy", "onnx", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def ensure_writable(out: Path, force: bool) -> None:
+    """Refuse to replace an existing non-empty directory unless ``force``."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --force to replace it")
+
+
+def write_checkpoint(out: Path, save_files: Callable[[Path], None], manifest: dict) -> Path:
+    """Write files + manifest into a temporary sibling, then swap it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_files(tmp)
+        manifest = {"format_version": FORMAT_VERSION, **manifest, "versions": versions()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def update_manifest(ckpt: Path, **fields) -> None:
+    """Merge fields into an existing manifest (atomic replace of the one file)."""
+    manifest = read_manifest(ckpt)
+    manifest.update(fields)
+    tmp = Path(ckpt) / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+    tmp.replace(Path(ckpt) / MANIFEST)
+
+
+def read_manifest(ckpt: Path, task: str | None = None) -> dict:
+    """Read and check a checkpoint's manifest; raises CheckpointError naming the problem."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt} is not a directory")
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt} is not a shelfml checkpoint: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("task") not in TASKS:
+        raise CheckpointError(f"{path} is corrupt: 'task' must be one of {TASKS}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}")
+    if task and manifest["task"] != task:
+        raise CheckpointError(f"{ckpt} holds a {manifest['task']} model, not a {task} model")
+    if not any(ckpt.glob("*.safetensors")):
+        raise CheckpointError(f"{ckpt} is corrupt: no *.safetensors weights")
+    return manifest

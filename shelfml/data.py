@@ -1,0 +1,263 @@
+"""Catalog loading: the synthetic default, the Flipkart file, and any CSV through column mapping.
+
+Every source becomes a :class:`Catalog`: one frame with columns ``text``, ``description``,
+``level_1..level_k``, ``brand``, ``price`` and ``image``. Rows that cannot be used (empty text,
+empty label level, bad price for the price task) are counted in ``Catalog.skipped`` and reported,
+never silently mislabelled. Splits are grouped by normalised title, because titles repeat heavily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from shelfml.labels import MAX_LEVELS, MIN_LEVELS, Label, Taxonomy, clean_value
+
+TASKS = ("tagger", "price")
+SPLITS = ("train", "validation", "test")
+MAX_DESCRIPTION_CHARS = 300
+FLIPKART_FILE = "flipkart_ecommerce_20k/flipkart_ecommerce_20k.csv.gz"
+
+
+class DataError(ValueError):
+    """A data source that cannot be used as asked; the message names the input and the problem."""
+
+
+@dataclass
+class DataSpec:
+    """Where the catalog comes from and how its columns map (recorded in every manifest)."""
+
+    source: str = "synthetic"  # "synthetic", "flipkart", or the path of a CSV file (.csv or .csv.gz)
+    text_col: str | None = None  # title column (CSV)
+    levels: list[str] | None = None  # 2-4 label level columns, top first (CSV)
+    brand_col: str | None = None
+    price_col: str | None = None
+    image_col: str | None = None
+    desc_col: str | None = None
+    encoding: str = "utf-8"
+    min_depth: int = 4  # Flipkart: keep rows whose category tree has at least this depth
+    synthetic_rows: int = 4000
+    synthetic_seed: int = 0
+    limit: int | None = None  # keep the first N usable rows
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataSpec":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Catalog:
+    frame: pd.DataFrame
+    level_names: list[str]
+    source: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def level_columns(self) -> list[str]:
+        return [f"level_{i + 1}" for i in range(len(self.level_names))]
+
+    def labels(self) -> list[Label]:
+        paths = self.frame[self.level_columns].itertuples(index=False, name=None)
+        return [Label(tuple(p), b) for p, b in zip(paths, self.frame["brand"])]
+
+    def inputs(self) -> list[str]:
+        """The model's input text: title, then the start of the description when there is one."""
+        return [model_input(t, d) for t, d in zip(self.frame["text"], self.frame["description"])]
+
+    def taxonomy(self) -> Taxonomy:
+        return Taxonomy.from_labels(self.level_names, self.labels())
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "Catalog":
+        return Catalog(self.frame.iloc[np.asarray(index)].reset_index(drop=True), self.level_names, self.source)
+
+    def fingerprint(self) -> str:
+        """Content hash of the usable rows (order-sensitive)."""
+        cols = ["text", "description", *self.level_columns, "brand", "price"]
+        digest = hashlib.sha256()
+        for row in self.frame[cols].astype(str).itertuples(index=False, name=None):
+            digest.update("\x1f".join(row).encode() + b"\x1e")
+        return digest.hexdigest()[:16]
+
+
+def model_input(title: str, description: str = "") -> str:
+    description = " ".join(str(description).split())[:MAX_DESCRIPTION_CHARS]
+    return f"{title}. {description}" if description else str(title)
+
+
+def normalise_title(title: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", str(title).lower()).split())
+
+
+def shared_data_dir() -> Path | None:
+    """``$SHELFML_DATA_DIR``, else ``../shared/data`` beside the project or the working directory."""
+    candidates = [os.environ.get("SHELFML_DATA_DIR"), Path(__file__).resolve().parents[2] / "shared/data"]
+    candidates.append(Path.cwd().parent / "shared/data")
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_catalog(spec: DataSpec, task: str = "tagger") -> Catalog:
+    """Load and validate a catalog for ``task`` ("tagger" needs levels, "price" needs prices)."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; expected one of {TASKS}")
+    if spec.source == "synthetic":
+        from shelfml.synthetic import generate_catalog
+
+        raw = generate_catalog(spec.synthetic_rows, spec.synthetic_seed)
+        mapping = dict(text="title", desc="description", levels=["supergroup", "group", "module"],
+                       brand="brand", price="price", image="image")
+        return _standardise(raw, mapping, "synthetic", task, spec.limit)
+    if spec.source == "flipkart":
+        return _load_flipkart(spec, task)
+    return _load_csv(spec, task)
+
+
+def _load_flipkart(spec: DataSpec, task: str) -> Catalog:
+    root = shared_data_dir()
+    if root is None or not (root / FLIPKART_FILE).is_file():
+        raise DataError(f"Flipkart data not found: set SHELFML_DATA_DIR to the folder holding {FLIPKART_FILE}")
+    raw = pd.read_csv(root / FLIPKART_FILE, dtype=str, keep_default_na=False)
+    raw = raw[pd.to_numeric(raw["cat_depth"]) >= spec.min_depth]
+    folder = (root / FLIPKART_FILE).parent
+    raw = raw.assign(local_image=[str(folder / p) if p else "" for p in raw["local_image"]])
+    mapping = dict(text=spec.text_col or "product_name", desc=spec.desc_col or "description",
+                   levels=spec.levels or ["cat_l1", "cat_l2", "cat_l3"], brand=spec.brand_col or "brand",
+                   price=spec.price_col or "discounted_price", image=spec.image_col or "local_image")
+    return _standardise(raw, mapping, f"flipkart(depth>={spec.min_depth})", task, spec.limit)
+
+
+def _load_csv(spec: DataSpec, task: str) -> Catalog:
+    path = Path(spec.source)
+    if not path.is_file():
+        raise DataError(f"data source {spec.source!r} is not 'synthetic', 'flipkart' or an existing CSV file")
+    if not spec.text_col:
+        raise DataError(f"{path}: --text-col is required for a CSV source")
+    if task == "tagger" and not spec.levels:
+        raise DataError(f"{path}: --levels col1,col2[,col3[,col4]] is required to train or evaluate the tagger")
+    if task == "price" and not spec.price_col:
+        raise DataError(f"{path}: --price-col is required for the price task")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=spec.encoding)
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not valid {spec.encoding}: byte 0x{e.object[e.start]:02x} at offset {e.start}; "
+            "re-encode the file or pass --encoding (e.g. latin-1)"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: expected a header row and at least one product") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path} is not a readable CSV: {e}") from None
+    if raw.empty:
+        raise DataError(f"{path} has a header but no rows")
+    mapping = dict(text=spec.text_col, desc=spec.desc_col, levels=spec.levels or [], brand=spec.brand_col,
+                   price=spec.price_col, image=spec.image_col)
+    base = path.parent
+    if spec.image_col and spec.image_col in raw:
+        raw[spec.image_col] = [p if not p or "://" in p or Path(p).is_absolute() else str(base / p)
+                               for p in raw[spec.image_col]]
+    return _standardise(raw, mapping, str(path), task, spec.limit)
+
+
+def _standardise(raw: pd.DataFrame, m: dict, source: str, task: str, limit: int | None) -> Catalog:
+    levels = list(m["levels"])
+    if task == "tagger" and not MIN_LEVELS <= len(levels) <= MAX_LEVELS:
+        raise DataError(f"{source}: expected {MIN_LEVELS}-{MAX_LEVELS} label levels, got {len(levels)}: {levels}")
+    wanted = [m["text"], *levels, m["brand"], m["price"], m["image"], m["desc"]]
+    missing = [c for c in wanted if c and c not in raw.columns]
+    if missing:
+        raise DataError(f"{source}: column(s) {missing} not found; available: {list(raw.columns)}")
+
+    def column(name: str | None) -> pd.Series:
+        return raw[name].astype(str) if name else pd.Series([""] * len(raw), index=raw.index)
+
+    frame = pd.DataFrame({"text": column(m["text"]).map(lambda s: " ".join(s.split())),
+                          "description": column(m["desc"]).map(lambda s: " ".join(s.split()))})
+    for i, name in enumerate(levels):
+        frame[f"level_{i + 1}"] = column(name).map(clean_value)
+    frame["brand"] = column(m["brand"]).map(clean_value)
+    frame["price"] = pd.to_numeric(column(m["price"]).str.replace(r"[$,₹\s]", "", regex=True), errors="coerce")
+    frame["image"] = column(m["image"]).str.strip()
+
+    skipped: dict[str, int] = {}
+    keep = pd.Series(True, index=frame.index)
+
+    def drop(mask: pd.Series, reason: str) -> None:
+        n = int((mask & keep).sum())
+        if n:
+            skipped[reason] = n
+        keep.loc[mask] = False
+
+    drop(frame["text"] == "", f"empty text ({m['text']})")
+    if task == "tagger":
+        for i, name in enumerate(levels):
+            drop(frame[f"level_{i + 1}"] == "", f"empty label level ({name})")
+    else:
+        drop(frame["price"].isna(), f"missing or non-numeric price ({m['price']})")
+        drop(frame["price"] <= 0, f"zero or negative price ({m['price']})")
+    frame = frame[keep].reset_index(drop=True)
+    if limit:
+        frame = frame.head(limit)
+    if frame.empty:
+        raise DataError(f"{source}: no usable rows (skipped: {skipped or 'none'})")
+    return Catalog(frame, levels, source, skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+@dataclass
+class SplitInfo:
+    seed: int
+    fractions: tuple[float, float, float]
+    counts: dict[str, int]
+    groups: dict[str, int]
+    test_fingerprint: str
+    group_key: str = "normalised title"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_catalog(
+    catalog: Catalog, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> tuple[dict[str, Catalog], SplitInfo]:
+    """Train/validation/test split grouped by normalised title: a title never crosses splits."""
+    assert abs(sum(fractions) - 1) < 1e-6, f"split fractions must sum to 1, got {fractions}"
+    keys = catalog.frame["text"].map(normalise_title)
+    groups = np.array(sorted(set(keys)))
+    if len(groups) < 3:
+        raise DataError(f"{catalog.source}: need at least 3 distinct titles to split, got {len(groups)}")
+    np.random.default_rng(seed).shuffle(groups)
+    n_train = max(1, int(round(fractions[0] * len(groups))))
+    n_val = max(1, int(round(fractions[1] * len(groups))))
+    n_train = min(n_train, len(groups) - 2)
+    assign = {g: "train" for g in groups[:n_train]}
+    assign.update({g: "validation" for g in groups[n_train : n_train + n_val]})
+    assign.update({g: "test" for g in groups[n_train + n_val :]})
+    which = keys.map(assign).to_numpy()
+    parts = {s: catalog.subset(np.flatnonzero(which == s)) for s in SPLITS}
+    info = SplitInfo(
+        seed=seed,
+        fractions=tuple(fractions),
+        counts={s: len(p) for s, p in parts.items()},
+        groups={s: int(sum(1 for v in assign.values() if v == s)) for s in SPLITS},
+        test_fingerprint=parts["test"].fingerprint(),
+    )
+    return parts, info

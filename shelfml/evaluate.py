@@ -1,0 +1,65 @@
+"""Evaluate a checkpoint on a split of its data (or of any catalog): metrics JSON + predictions CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from shelfml.checkpoint import read_manifest, update_manifest
+from shelfml.data import SPLITS, Catalog, DataSpec, load_catalog, split_catalog
+from shelfml.labels import format_target
+from shelfml.metrics import same_brand, tagger_metrics
+
+
+def evaluation_rows(manifest: dict, spec: DataSpec | None, split: str) -> tuple[Catalog, bool]:
+    """The rows to score: the checkpoint's own split by default; returns (rows, same_data)."""
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
+    spec = spec or DataSpec.from_dict(manifest["data"]["spec"])
+    catalog = load_catalog(spec, task=manifest["task"])
+    same = catalog.fingerprint() == manifest["data"]["fingerprint"]
+    if split == "all":
+        return catalog, same
+    parts, info = split_catalog(catalog, seed=manifest["split"]["seed"], fractions=tuple(manifest["split"]["fractions"]))
+    if same:
+        assert info.test_fingerprint == manifest["split"]["test_fingerprint"], "split is not reproducible"
+    return parts[split], same
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
+                    batch_size: int = 64, limit: int | None = None, brand_mode: str | None = None) -> dict:
+    from shelfml.tagger import Tagger
+
+    manifest = read_manifest(ckpt, task="tagger")
+    rows, same_data = evaluation_rows(manifest, spec, split)
+    if limit:
+        rows = rows.subset(range(min(limit, len(rows))))
+    tagger = Tagger.load(ckpt, brand_mode=brand_mode)
+    preds, seconds = tagger.timed_predict(rows.inputs(), batch_size=batch_size, progress=True)
+    gold = rows.labels()
+    metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)
+    metrics.update(split=split, source=rows.source, brand_mode=tagger.constraint.brand_mode,
+                   latency={"backend": "eager-pytorch-cpu", "batch_size": batch_size, "seconds": round(seconds, 3),
+                            "ms_per_item": round(1000 * seconds / len(rows), 3)})
+    out = Path(out or Path(ckpt) / f"eval-{split}")
+    frame = pd.DataFrame({
+        "input": rows.inputs(),
+        "gold": [format_target(g) for g in gold],
+        "predicted": [format_target(p.label) for p in preds],
+        "confidence": [round(p.confidence, 5) for p in preds],
+        "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    write_json(out / "metrics.json", metrics)
+    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv")}
+    if same_data and split == "test" and not limit:
+        update_manifest(ckpt, metrics={**manifest.get("metrics", {}), "test": metrics})
+    return metrics

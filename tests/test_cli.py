@@ -1,0 +1,87 @@
+"""The ``shelfml`` command line, run as a real subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def shelfml(*args, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "shelfml", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_predict_arguments_and_stdin_print_json_lines(tiny_checkpoint):
+    out = shelfml("predict", tiny_checkpoint, "Green Harbor shampoo 500 ml", "steel water bottle 1 l").stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in records] == ["Green Harbor shampoo 500 ml", "steel water bottle 1 l"]
+    manifest = json.loads((tiny_checkpoint / "shelfml.json").read_text())
+    paths = {tuple(p) for p in manifest["taxonomy"]["paths"]}
+    for r in records:
+        assert tuple(r[level] for level in manifest["taxonomy"]["levels"]) in paths
+        assert r["label"].startswith(" > ".join(r[level] for level in manifest["taxonomy"]["levels"]))
+        assert 0 < r["confidence"] <= 1
+    piped = shelfml("predict", tiny_checkpoint, stdin="Green Harbor shampoo 500 ml\n\nsteel water bottle 1 l\n").stdout
+    assert piped == out
+
+
+def test_predict_without_texts_fails_clearly(tiny_checkpoint):
+    proc = shelfml("predict", tiny_checkpoint, stdin="", check=False)
+    assert proc.returncode == 2 and "no input texts" in proc.stderr
+
+
+def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, tmp_path):
+    proc = shelfml("evaluate", tiny_checkpoint, "--out", tmp_path / "eval", "--eval-limit", 20)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert json.loads(proc.stdout.splitlines()[-1])["item_accuracy"] == metrics["item_accuracy"]
+    for key in ("level_accuracy", "brand_accuracy", "item_accuracy", "invalid_path_rate", "latency"):
+        assert key in metrics
+    assert metrics["invalid_path_rate"] == 0.0 and metrics["items"] == 20
+    preds = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert list(preds.columns) == ["input", "gold", "predicted", "confidence", "correct"] and len(preds) == 20
+    assert preds["correct"].mean() == pytest.approx(metrics["item_accuracy"])
+
+
+def test_evaluate_on_a_non_checkpoint_fails_clearly(tmp_path):
+    proc = shelfml("evaluate", tmp_path, check=False)
+    assert proc.returncode == 2 and "not a shelfml checkpoint" in proc.stderr
+
+
+def test_train_refuses_to_overwrite_without_force(tiny_checkpoint):
+    before = sorted(p.name for p in tiny_checkpoint.iterdir())
+    proc = shelfml("train", "tagger", "--out", tiny_checkpoint, "--rows", 200, "--max-steps", 1, check=False)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert sorted(p.name for p in tiny_checkpoint.iterdir()) == before
+
+
+def test_train_with_a_bad_csv_names_the_column(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("title,cat\nmug,home\n")
+    proc = shelfml("train", "tagger", "--data", csv, "--text-col", "title", "--levels", "cat,sub",
+                   "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "['sub'] not found" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_baseline_prints_the_same_metrics(tmp_path):
+    proc = shelfml("baseline", "--rows", 600, "--out", tmp_path / "b.json")
+    metrics = json.loads((tmp_path / "b.json").read_text())
+    assert json.loads(proc.stdout.splitlines()[-1])["item_accuracy"] == metrics["item_accuracy"]
+    assert metrics["invalid_path_rate"] == 0.0 and 0.2 < metrics["level_accuracy"]["supergroup"] <= 1.0
+
+
+def test_pipeline_writes_a_report_with_a_tagger_section(tmp_path):
+    out = tmp_path / "run"
+    shelfml("pipeline", "--out", out, "--rows", 400, "--epochs", 1, "--max-steps", 8, "--vocab-size", 600)
+    report = json.loads((out / "report.json").read_text())
+    tagger = report["tagger"]
+    assert {"metrics", "baseline", "paths", "split"} <= set(tagger)
+    assert tagger["metrics"]["invalid_path_rate"] == 0.0
+    for path in tagger["paths"].values():
+        assert Path(path).exists(), path

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+from conftest import needs_shared
+from shelfml.data import DataError, DataSpec, load_catalog, normalise_title, split_catalog
+
+HEADER = "title,l1,l2,l3,brand,price,desc\n"
+
+
+def write(tmp_path, body: str | bytes, name="catalog.csv"):
+    path = tmp_path / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    return path
+
+
+def csv_spec(path, **kw) -> DataSpec:
+    defaults = dict(source=str(path), text_col="title", levels=["l1", "l2", "l3"], brand_col="brand",
+                    price_col="price", desc_col="desc")
+    return DataSpec(**{**defaults, **kw})
+
+
+def test_csv_column_mapping(tmp_path):
+    path = write(tmp_path, HEADER + "Red  Mug 300 ml,home,kitchen,mugs,Acme,199,ceramic mug\n"
+                            "Blue Tee,clothing,men,t-shirts,,\"$1,299.50\",\n")
+    cat = load_catalog(csv_spec(path))
+    assert cat.level_names == ["l1", "l2", "l3"]
+    assert cat.frame["text"].tolist() == ["Red Mug 300 ml", "Blue Tee"]
+    assert [lab.path for lab in cat.labels()] == [("home", "kitchen", "mugs"), ("clothing", "men", "t-shirts")]
+    assert [lab.brand for lab in cat.labels()] == ["Acme", ""]
+    assert cat.inputs()[0] == "Red Mug 300 ml. ceramic mug"
+    assert cat.frame["price"].tolist() == [199.0, 1299.5]
+
+
+def test_two_level_mapping_and_no_brand_column(tmp_path):
+    path = write(tmp_path, "name,top,leaf\nmug,home,kitchen\ntee,clothing,men\n")
+    cat = load_catalog(DataSpec(source=str(path), text_col="name", levels=["top", "leaf"]))
+    assert cat.taxonomy().levels == ["top", "leaf"] and cat.taxonomy().brands == []
+
+
+def test_empty_label_levels_are_reported_and_skipped(tmp_path):
+    path = write(tmp_path, HEADER + "a,home,kitchen,mugs,X,1,\nb,home,,mugs,X,1,\nc,home,kitchen,,X,1,\n")
+    cat = load_catalog(csv_spec(path))
+    assert len(cat) == 1
+    assert cat.skipped == {"empty label level (l2)": 1, "empty label level (l3)": 1}
+
+
+@pytest.mark.parametrize(
+    "body, spec_kw, message",
+    [
+        (HEADER + "a,b,c,d,e,1,\n", dict(levels=["l1", "l2", "nope"]), r"column\(s\) \['nope'\] not found; available"),
+        ("", {}, "is empty"),
+        (HEADER, {}, "header but no rows"),
+        (HEADER.encode() + b"caf\xe9 mug,home,kitchen,mugs,X,1,\n", {}, r"not valid utf-8: byte 0xe9.*--encoding"),
+        (HEADER + "a,,,,X,1,\n", {}, r"no usable rows.*empty label level \(l1\)"),
+        (HEADER + "a,b,c,d,e,1,\n", dict(levels=["l1"]), "expected 2-4 label levels"),
+        (HEADER + "a,b,c,d,e,1,\n", dict(text_col=None), "--text-col is required"),
+        (HEADER + "a,b,c,d,e,1,\n", dict(levels=None), "--levels"),
+    ],
+    ids=["missing-column", "empty-file", "header-only", "non-utf8", "all-labels-empty", "one-level",
+         "no-text-col", "no-levels"],
+)
+def test_bad_csv_gives_clear_errors(tmp_path, body, spec_kw, message):
+    path = write(tmp_path, body)
+    with pytest.raises(DataError, match=message):
+        load_catalog(csv_spec(path, **spec_kw))
+
+
+def test_non_utf8_loads_with_the_right_encoding(tmp_path):
+    path = write(tmp_path, HEADER.encode() + b"caf\xe9 mug,home,kitchen,mugs,X,1,\n")
+    assert load_catalog(csv_spec(path, encoding="latin-1")).frame["text"][0] == "café mug"
+
+
+def test_missing_file_and_unknown_source():
+    with pytest.raises(DataError, match="not 'synthetic', 'flipkart' or an existing CSV"):
+        load_catalog(DataSpec(source="/no/such/file.csv"))
+
+
+def test_price_task_skips_bad_prices(tmp_path):
+    path = write(tmp_path, HEADER + "a,x,y,z,B,10,\nb,x,y,z,B,0,\nc,x,y,z,B,-3,\nd,x,y,z,B,abc,\ne,x,y,z,B,,\n")
+    cat = load_catalog(csv_spec(path), task="price")
+    assert cat.frame["price"].tolist() == [10.0]
+    assert cat.skipped == {"missing or non-numeric price (price)": 2, "zero or negative price (price)": 2}
+
+
+def test_grouped_split_keeps_titles_together_and_is_seeded(small_catalog):
+    parts, info = split_catalog(small_catalog, seed=3)
+    keys = {s: set(p.frame["text"].map(normalise_title)) for s, p in parts.items()}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"]
+    assert not keys["validation"] & keys["test"]
+    assert sum(info.counts.values()) == len(small_catalog)
+    again, info2 = split_catalog(small_catalog, seed=3)
+    assert info2.test_fingerprint == info.test_fingerprint
+    _, other = split_catalog(small_catalog, seed=4)
+    assert other.test_fingerprint != info.test_fingerprint
+
+
+def test_normalised_title_groups_variants():
+    assert normalise_title("Alisha Solid Women's  Cycling-Shorts") == normalise_title("alisha solid women s cycling shorts")
+
+
+@needs_shared
+def test_flipkart_loads_depth4_three_levels():
+    cat = load_catalog(DataSpec(source="flipkart"))
+    assert cat.level_names == ["cat_l1", "cat_l2", "cat_l3"]
+    assert 13000 < len(cat) <= 14124
+    tax = cat.taxonomy()
+    assert 25 <= len({p[0] for p in tax.paths}) <= 29 and len(tax.paths) > 400
+    assert (cat.frame["brand"] == "").mean() < 0.5
+    assert (cat.frame["price"].dropna() > 0).all()
+    parts, info = split_catalog(cat)
+    assert min(info.counts.values()) > 1000

@@ -1,0 +1,90 @@
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shelfml.decoding import LabelConstraint, greedy_decode
+from shelfml.labels import Label, TargetCodec
+
+
+@pytest.fixture(scope="module")
+def constraint(tokenizer, small_catalog):
+    return LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy(), brand_mode="known+copy")
+
+
+def random_step(vocab: int, seed: int, spiky: bool):
+    rng = np.random.default_rng(seed)
+
+    def step(tokens: np.ndarray) -> np.ndarray:
+        logits = rng.normal(size=(tokens.shape[0], vocab)).astype(np.float32)
+        if spiky:  # make invalid tokens look far better than valid ones
+            logits[:, rng.integers(0, vocab, size=20)] += 50
+        return logits
+
+    return step
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 9), spiky=st.booleans())
+def test_random_logits_always_give_a_taxonomy_path(constraint, small_catalog, seed, batch, spiky):
+    texts = [small_catalog.inputs()[(seed + i) % len(small_catalog)] for i in range(batch)]
+    vocab = len(constraint.codec.tokenizer)
+    preds = greedy_decode(random_step(vocab, seed, spiky), texts, constraint, max_new_tokens=200)
+    assert len(preds) == batch
+    for text, pred in zip(texts, preds):
+        assert pred.label.path in constraint.taxonomy
+        words = set(re.findall(r"[\w&'.+-]+", text))
+        assert pred.label.brand in constraint.taxonomy.brands + [""] or set(pred.label.brand.split()) <= words
+        assert 0.0 <= pred.confidence <= 1.0
+        assert pred.token_ids == constraint.codec.encode(pred.label)
+
+
+def test_known_only_mode_never_copies(tokenizer, small_catalog):
+    constraint = LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy(), brand_mode="known")
+    texts = ["Zyxwv Qrst brand new widget"] * 4
+    preds = greedy_decode(random_step(len(tokenizer), 3, True), texts, constraint, max_new_tokens=200)
+    assert all(p.label.brand in constraint.taxonomy.brands + [""] for p in preds)
+
+
+def test_decoder_follows_a_forced_sequence(constraint, small_catalog):
+    """A step that scores exactly one target's tokens highest must reproduce that target."""
+    target = small_catalog.labels()[5]
+    ids = constraint.codec.encode(target)
+    vocab = len(constraint.codec.tokenizer)
+    position = {"i": 0}
+
+    def step(tokens):
+        logits = np.zeros((tokens.shape[0], vocab), dtype=np.float32)
+        i = min(position["i"], len(ids) - 1)
+        logits[:, ids[i]] = 10.0
+        position["i"] += 1
+        return logits
+
+    (pred,) = greedy_decode(step, [small_catalog.inputs()[5]], constraint, max_new_tokens=len(ids))
+    assert pred.label == Label(target.path, target.brand)
+
+
+def test_copy_mode_can_emit_an_unseen_brand_from_the_title(constraint):
+    tax = constraint.taxonomy
+    path_ids = constraint.codec.path_ids(tax.paths[0])
+    brand_ids = constraint.codec.brand_ids("Zorblax")
+    ids = path_ids + brand_ids
+    vocab = len(constraint.codec.tokenizer)
+    position = {"i": 0}
+
+    def step(tokens):
+        logits = np.zeros((1, vocab), dtype=np.float32)
+        logits[0, ids[min(position["i"], len(ids) - 1)]] = 10.0
+        position["i"] += 1
+        return logits
+
+    (pred,) = greedy_decode(step, ["Zorblax steel water bottle 1 l"], constraint, max_new_tokens=len(ids))
+    assert pred.label == Label(tax.paths[0], "Zorblax")
+
+
+def test_unfinished_rows_fail_loudly(constraint, small_catalog):
+    vocab = len(constraint.codec.tokenizer)
+    with pytest.raises(AssertionError, match="did not finish"):
+        greedy_decode(random_step(vocab, 0, False), small_catalog.inputs()[:2], constraint, max_new_tokens=1)

@@ -1,0 +1,1 @@
+"""Training: the one trainer, the T5 tagger, and the TF-IDF baseline."""

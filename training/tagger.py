@@ -1,0 +1,117 @@
+"""Train the T5 tagger: data -> split -> tokenizer -> model -> the shared trainer -> checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
+from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
+from shelfml.decoding import BRAND_MODES
+from shelfml.labels import BRAND_SEP, LEVEL_SEP, TargetCodec, format_target
+from shelfml.metrics import tagger_metrics
+from shelfml.tagger import MAX_INPUT_TOKENS, Tagger, build_t5
+from shelfml.tokenizer import train_tokenizer
+from shelfml.training.trainer import TrainConfig, fit
+
+
+@dataclass
+class TaggerArgs:
+    shape: str = "tiny"  # named T5 shape when no --model is given
+    model: str | None = None  # local Hugging Face T5 directory to fine-tune instead
+    vocab_size: int = 8000  # tokenizer trained on the corpus (ignored with --model)
+    max_input_tokens: int = MAX_INPUT_TOKENS
+    brand_mode: str = "known+copy"
+    val_decode_limit: int = 1000  # validation rows decoded each epoch for item accuracy
+    split_seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        assert self.brand_mode in BRAND_MODES, f"brand_mode must be one of {BRAND_MODES}"
+
+
+def _collate(tokenizer, codec: TargetCodec, max_input_tokens: int):
+    def collate(rows: list[tuple[str, object]]) -> dict[str, torch.Tensor]:
+        texts, labels = zip(*rows)
+        enc = tokenizer(list(texts), max_length=max_input_tokens, truncation=True, padding=True, return_tensors="pt")
+        targets = [codec.encode(lab) for lab in labels]
+        width = max(len(t) for t in targets)
+        label_ids = torch.full((len(targets), width), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            label_ids[i, : len(t)] = torch.tensor(t)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label_ids}
+
+    return collate
+
+
+def tokenizer_corpus(catalog: Catalog) -> list[str]:
+    """Inputs plus every label string, so label values and separators tokenise into few pieces."""
+    return catalog.inputs() + [format_target(lab) for lab in catalog.labels()]
+
+
+def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = False) -> dict:
+    """Train, keep the best validation checkpoint in ``out``, and return its manifest."""
+    ensure_writable(out, force)
+    torch.manual_seed(args.train.seed)
+    catalog = load_catalog(spec, task="tagger")
+    parts, split = split_catalog(catalog, seed=args.split_seed)
+    taxonomy = catalog.taxonomy()
+    if args.model:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = T5ForConditionalGeneration.from_pretrained(args.model)
+    else:
+        tokenizer = train_tokenizer(tokenizer_corpus(parts["train"]), args.vocab_size)
+        model = build_t5(args.shape, tokenizer)
+    tagger = Tagger(model, tokenizer, taxonomy, args.brand_mode, args.max_input_tokens)
+    if tagger.constraint.collisions:
+        raise ValueError(f"{len(tagger.constraint.collisions)} taxonomy paths tokenise identically, e.g. "
+                         f"{tagger.constraint.collisions[:3]}; the tokenizer cannot tell them apart")
+
+    collate = _collate(tokenizer, tagger.codec, args.max_input_tokens)
+    train_rows = list(zip(parts["train"].inputs(), parts["train"].labels()))
+    loader = DataLoader(train_rows, batch_size=args.train.batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(args.train.seed))
+    val = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.val_decode_limit)))
+    val_batches = [collate(list(zip(val.inputs()[i : i + 64], val.labels()[i : i + 64])))
+                   for i in range(0, len(val), 64)]
+
+    def validate(m: torch.nn.Module) -> dict:
+        device = next(m.parameters()).device
+        losses = [m(**{k: v.to(device) for k, v in b.items()}).loss.item() for b in val_batches]
+        preds = tagger.predict(val.inputs(), batch_size=64)
+        metrics = tagger_metrics(val.labels(), [p.label for p in preds], taxonomy)
+        metrics["val_loss"] = float(np.mean(losses))
+        metrics["score"] = metrics["item_accuracy"] - 1e-3 * metrics["val_loss"]  # loss breaks ties
+        return metrics
+
+    manifest = {
+        "task": "tagger",
+        "label_format": {"levels": taxonomy.levels, "level_sep": LEVEL_SEP, "brand_sep": BRAND_SEP},
+        "taxonomy": taxonomy.to_dict(),
+        "data": {"spec": asdict(spec), "source": catalog.source, "rows": len(catalog),
+                 "fingerprint": catalog.fingerprint(), "skipped": catalog.skipped},
+        "split": split.to_dict(),
+        "model": {"shape": None if args.model else args.shape, "init": args.model or "random",
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "decode": {"brand_mode": args.brand_mode, "max_input_tokens": args.max_input_tokens,
+                   "max_new_tokens": tagger.max_new_tokens},
+        "training": {**asdict(args), "train": args.train.to_dict()},
+    }
+
+    def on_best(metrics: dict) -> None:
+        manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}
+
+        def save(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+        write_checkpoint(out, save, manifest)
+
+    manifest["history"] = fit(model, loader, validate, on_best, args.train)
+    update_manifest(out, history=manifest["history"])
+    return manifest

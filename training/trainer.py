@@ -1,0 +1,111 @@
+"""The one trainer, shared by the tagger and the price regressor.
+
+AdamW, linear warm-up then linear decay, gradient clipping, AMP on CUDA, a progress bar with
+loss and rate, validation after every epoch, early stopping, and a callback that saves the best
+model. A model is anything whose ``forward(**batch)`` returns an object with ``.loss``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+
+@dataclass
+class TrainConfig:
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06  # fraction of all steps spent warming up
+    grad_clip: float = 1.0
+    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
+    # model selection
+    patience: int = 3  # epochs without a better validation score before stopping
+    # runtime
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    validate: Callable[[torch.nn.Module], dict],
+    on_best: Callable[[dict], None],
+    cfg: TrainConfig,
+) -> list[dict]:
+    """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better)."""
+    device = pick_device(cfg.device)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    total = cfg.max_steps or cfg.epochs * len(train_loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    history: list[dict] = []
+    best, stale, step = None, 0, 0
+    for epoch in range(1, math.ceil(total / len(train_loader)) + 1):
+        model.train()
+        running, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch}", unit="batch", disable=not cfg.progress, leave=False,
+                   mininterval=2.0)
+        for batch in bar:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss = model(**batch).loss
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            running += loss.item()
+            seen += 1
+            rate = seen * train_loader.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", ex_s=f"{rate:.0f}")
+            if step >= total:
+                break
+        model.eval()
+        with torch.no_grad():
+            metrics = validate(model)
+        metrics.update(epoch=epoch, step=step, train_loss=running / max(seen, 1),
+                       epoch_seconds=round(time.perf_counter() - start, 2))
+        history.append(metrics)
+        improved = best is None or metrics["score"] > best
+        if cfg.progress:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "score"}
+            tqdm.write(f"epoch {epoch}: {shown}{'  (best)' if improved else ''}")
+        if improved:
+            best, stale = metrics["score"], 0
+            on_best(metrics)
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+        if step >= total:
+            break
+    return history
