@@ -119,7 +119,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     for text, pred in zip(texts, tagger.predict(texts, batch_size=a.batch_size)):
         record = {"text": text, "label": format_target(pred.label),
                   **dict(zip(tagger.taxonomy.levels, pred.label.path)), "brand": pred.label.brand,
-                  "confidence": round(pred.confidence, 5)}
+                  "confidence": float(f"{pred.confidence:.6g}")}
         print(json.dumps(record, ensure_ascii=False))
 
 

@@ -84,8 +84,8 @@ class Catalog:
         """Content hash of the usable rows (order-sensitive)."""
         cols = ["text", "description", *self.level_columns, "brand", "price"]
         digest = hashlib.sha256()
-        for row in self.frame[cols].astype(str).itertuples(index=False, name=None):
-            digest.update("\x1f".join(row).encode() + b"\x1e")
+        for row in self.frame[cols].itertuples(index=False, name=None):
+            digest.update("\x1f".join(map(str, row)).encode() + b"\x1e")
         return digest.hexdigest()[:16]
 
 

@@ -108,7 +108,7 @@ class _RowState:
 @dataclass
 class Prediction:
     label: Label
-    confidence: float  # model probability of the emitted sequence
+    confidence: float  # probability of the emitted label among valid continuations, step by step
     token_ids: list[int]
 
 
@@ -125,15 +125,15 @@ def greedy_decode(
         if all(r.done for r in rows):
             break
         logits = np.asarray(step(tokens), dtype=np.float32)
-        peak = logits.max(axis=1, keepdims=True)
-        log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
         for b, row in enumerate(rows):
             if row.done:
                 tokens[b, 0] = codec.pad_id
                 continue
             allowed = row.allowed()
-            token = int(allowed[np.argmax(logits[b, allowed])])
-            logprob[b] += logits[b, token] - log_norm[b]
+            scores = logits[b, allowed]
+            best = int(np.argmax(scores))
+            token = int(allowed[best])
+            logprob[b] -= np.log(np.exp(scores - scores[best]).sum())  # log-softmax over allowed tokens
             row.advance(token)
             emitted[b].append(token)
             tokens[b, 0] = token

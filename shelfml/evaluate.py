@@ -53,7 +53,7 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "input": rows.inputs(),
         "gold": [format_target(g) for g in gold],
         "predicted": [format_target(p.label) for p in preds],
-        "confidence": [round(p.confidence, 5) for p in preds],
+        "confidence": [float(f"{p.confidence:.6g}") for p in preds],
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
     })
     out.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from shelfml.checkpoint import CheckpointError, read_manifest
 from shelfml.decoding import LabelConstraint, Prediction, StepFn, greedy_decode, max_target_length
 from shelfml.labels import TargetCodec, Taxonomy
 
-# Named shapes. "small" is the flan-t5-small architecture (gated-GELU FFN, untied head).
+# Named shapes. "small" has the flan-t5-small dimensions (gated-GELU FFN). transformers 5 always ties
+# the T5 head to the embeddings; a config built here keeps the original T5 output scaling.
 MODEL_SHAPES: dict[str, dict] = {
     "tiny": dict(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16),
     "mini": dict(d_model=256, d_ff=768, num_layers=3, num_decoder_layers=3, num_heads=4, d_kv=64),
@@ -37,17 +39,13 @@ def build_t5(shape: str, tokenizer) -> T5ForConditionalGeneration:
     config = T5Config(
         vocab_size=len(tokenizer),
         feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
         dropout_rate=0.1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
         **MODEL_SHAPES[shape],
     )
-    model = T5ForConditionalGeneration(config)
-    # An untied head is initialised with std 1 (logits ~ sqrt(d_model)); scale it like the tied one.
-    torch.nn.init.normal_(model.lm_head.weight, std=config.d_model**-0.5)
-    return model
+    return T5ForConditionalGeneration(config)
 
 
 def eager_step_factory(model: T5ForConditionalGeneration) -> MakeStep:
@@ -94,7 +92,7 @@ class Tagger:
         try:
             tokenizer = AutoTokenizer.from_pretrained(ckpt)
             model = T5ForConditionalGeneration.from_pretrained(ckpt).to(device).eval()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             raise CheckpointError(f"{ckpt} is corrupt: {e}") from None
         taxonomy = Taxonomy.from_dict(manifest["taxonomy"])
         decode = manifest.get("decode", {})

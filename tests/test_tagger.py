@@ -35,7 +35,7 @@ def test_tiny_t5_loss_falls(tokenizer, small_catalog):
 def test_small_shape_is_flan_t5_small(tokenizer):
     cfg = build_t5("small", tokenizer).config
     assert (cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv, cfg.num_layers) == (512, 1024, 6, 64, 8)
-    assert cfg.feed_forward_proj == "gated-gelu" and not cfg.tie_word_embeddings
+    assert cfg.feed_forward_proj == "gated-gelu" and cfg.is_gated_act
 
 
 def test_checkpoint_manifest(tiny_checkpoint):
