@@ -60,8 +60,7 @@ class LabelConstraint:
 
     def _brand_trie(self, brands: Sequence[str], max_tokens: int | None = None) -> TrieNode:
         root = TrieNode()
-        for brand in brands:
-            ids = self.codec.brand_ids(brand)
+        for brand, ids in zip(brands, self.codec.brand_ids_many(brands)):
             if max_tokens is None or len(ids) <= max_tokens:
                 root.insert(ids, brand)
         return root

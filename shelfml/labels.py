@@ -109,5 +109,12 @@ class TargetCodec:
         """Ids of the brand followed by end-of-sequence."""
         return self._ids(brand) + [self.eos_id]
 
+    def brand_ids_many(self, brands: Sequence[str]) -> list[list[int]]:
+        """:meth:`brand_ids` for many brands in one tokenizer call."""
+        if not brands:
+            return []
+        encoded = self.tokenizer(list(brands), add_special_tokens=False)["input_ids"]
+        return [list(ids) + [self.eos_id] for ids in encoded]
+
     def encode(self, label: Label) -> list[int]:
         return self.path_ids(label.path) + self.brand_ids(label.brand)
