@@ -77,14 +77,14 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     loader = DataLoader(train_rows, batch_size=args.train.batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(args.train.seed))
     val = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.val_decode_limit)))
-    val_batches = [collate(list(zip(val.inputs()[i : i + 64], val.labels()[i : i + 64])))
-                   for i in range(0, len(val), 64)]
+    val_inputs, val_labels = val.inputs(), val.labels()
+    val_batches = [collate(list(zip(val_inputs[i : i + 64], val_labels[i : i + 64]))) for i in range(0, len(val), 64)]
 
     def validate(m: torch.nn.Module) -> dict:
         device = next(m.parameters()).device
         losses = [m(**{k: v.to(device) for k, v in b.items()}).loss.item() for b in val_batches]
-        preds = tagger.predict(val.inputs(), batch_size=64)
-        metrics = tagger_metrics(val.labels(), [p.label for p in preds], taxonomy)
+        preds = tagger.predict(val_inputs, batch_size=64)
+        metrics = tagger_metrics(val_labels, [p.label for p in preds], taxonomy)
         metrics["val_loss"] = float(np.mean(losses))
         metrics["score"] = metrics["item_accuracy"] - 1e-3 * metrics["val_loss"]  # loss breaks ties
         return metrics
