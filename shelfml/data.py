@@ -208,7 +208,7 @@ def _standardise(raw: pd.DataFrame, m: dict, source: str, task: str, limit: int 
         for i, name in enumerate(levels):
             drop(frame[f"level_{i + 1}"] == "", f"empty label level ({name})")
     else:
-        drop(frame["price"].isna(), f"missing or non-numeric price ({m['price']})")
+        drop(~np.isfinite(frame["price"]), f"missing or non-numeric price ({m['price']})")
         drop(frame["price"] <= 0, f"zero or negative price ({m['price']})")
     frame = frame[keep].reset_index(drop=True)
     if limit:

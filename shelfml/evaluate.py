@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from shelfml.checkpoint import read_manifest, update_manifest
@@ -55,6 +57,56 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "predicted": [format_target(p.label) for p in preds],
         "confidence": [float(f"{p.confidence:.6g}") for p in preds],
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    write_json(out / "metrics.json", metrics)
+    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv")}
+    if same_data and split == "test" and not limit:
+        update_manifest(ckpt, metrics={**manifest.get("metrics", {}), "test": metrics})
+    return metrics
+
+
+def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
+                   batch_size: int = 64, limit: int | None = None) -> dict:
+    """SMAPE (0-200), MAE, RMSE, R² and SMAPE per price decile; with an image branch, the picture
+    counts and the same metrics on the rows that have a picture."""
+    from shelfml.images import describe_counts
+    from shelfml.metrics import price_metrics
+    from shelfml.price import PriceRegressor
+
+    manifest = read_manifest(ckpt, task="price")
+    rows, same_data = evaluation_rows(manifest, spec, split)
+    if limit:
+        rows = rows.subset(range(min(limit, len(rows))))
+    regressor = PriceRegressor.load(ckpt)
+    images = rows.frame["image"].tolist()
+    pred, seconds = regressor.timed_predict(rows.inputs(), images, batch_size=batch_size, progress=True)
+    gold = rows.frame["price"].to_numpy()
+    metrics = price_metrics(gold, pred)
+    status = [regressor.store.status(p) for p in images] if regressor.cfg.images else ["unused"] * len(rows)
+    if regressor.cfg.images:
+        counts = regressor.store.count(images)
+        print(f"shelfml: {split} images: {describe_counts(counts)}", file=sys.stderr)
+        with_image = np.array([s == "ok" for s in status])
+        metrics["images"] = counts
+        if with_image.any():
+            metrics["with_image"] = {k: v for k, v in price_metrics(gold[with_image], pred[with_image]).items()
+                                     if k != "smape_by_decile"}
+    metrics.update(split=split, source=rows.source, skipped=rows.skipped or manifest["data"].get("skipped", {}),
+                   latency={"backend": "eager-pytorch-cpu", "batch_size": batch_size, "seconds": round(seconds, 3),
+                            "ms_per_item": round(1000 * seconds / len(rows), 3)})
+    out = Path(out or Path(ckpt) / f"eval-{split}")
+    denominator = np.abs(gold) + np.abs(pred)
+    frame = pd.DataFrame({
+        "input": rows.inputs(),
+        "image": images,
+        "image_status": status,
+        "price": gold,
+        "predicted": np.round(pred, 4),
+        "abs_error": np.round(np.abs(pred - gold), 4),
+        "smape": np.round(np.divide(200 * np.abs(pred - gold), denominator, out=np.zeros_like(gold),
+                                    where=denominator > 0), 4),
     })
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
