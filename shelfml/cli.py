@@ -103,7 +103,7 @@ def add_price_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mlflow", nargs="?", const="runs/mlruns", metavar="DIR",
                    help="log to a local MLflow file store (default DIR: runs/mlruns); off unless given")
     g.add_argument("--val-limit", type=int, default=2000, help="validation rows predicted each epoch")
-    add_optimisation_arguments(g, epochs=3, lr=1e-4, patience=2)
+    add_optimisation_arguments(g, epochs=3, lr=2e-4, patience=2)
 
 
 def price_args(a: argparse.Namespace):
@@ -274,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     g = p.add_argument_group("pipeline price model (small: text only, short inputs)")
     add_price_model_arguments(g, prefix="price-")
-    g.add_argument("--price-epochs", type=int, default=1)
-    g.add_argument("--price-lr", type=float, default=1e-4)
+    g.add_argument("--price-epochs", type=int, default=2)
+    g.add_argument("--price-lr", type=float, default=5e-4)
     g.add_argument("--price-max-steps", type=int)
     g.add_argument("--skip-price", action="store_true", help="train and report the tagger only")
     p.add_argument("--out", default="runs/default")

@@ -23,7 +23,7 @@ from shelfml.data import DataSpec, load_catalog
 from shelfml.evaluate import evaluate_price
 from shelfml.images import AugmentConfig, ImageSpec, ImageStore
 from shelfml.metrics import price_metrics, smape
-from shelfml.price import (PriceConfig, PriceModel, PriceRegressor, build_regressor, default_encoder, from_log,
+from shelfml.price import (PriceConfig, PriceRegressor, build_regressor, default_encoder, from_log,
                            price_loss, resolve_pooling, to_log)
 from shelfml.training.price import LengthBucketSampler, PriceArgs, train_price
 from shelfml.training.trainer import TrainConfig, fit

@@ -37,7 +37,7 @@ class PriceArgs:
     mlflow: str | None = None  # local MLflow file store (off when None)
     split_seed: int = 0
     val_limit: int | None = 2000  # validation rows predicted each epoch
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-4, patience=2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-4, patience=2))
 
     def __post_init__(self) -> None:
         assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
@@ -132,7 +132,8 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
                         sampler=LengthBucketSampler(lengths, args.train.batch_size, args.train.seed))
     image_counts = {}
     if args.images:
-        image_counts = {name: regressor.store.count(p.frame["image"]) for name, p in (("train", train), ("validation", val))}
+        image_counts = {name: regressor.store.count(p.frame["image"]) for name, p in (("train", train),
+                                                                                     ("validation", val))}
         for name, counts in image_counts.items():
             print(f"shelfml: {name} images: {describe_counts(counts)}", file=sys.stderr)
     val_texts, val_images, val_prices = val.inputs(), val.frame["image"].tolist(), val.frame["price"].to_numpy()
