@@ -35,6 +35,17 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFrame, out: Path, record: bool) -> dict:
+    """Write predictions.csv + metrics.json; record test metrics in the manifest when they are the checkpoint's own."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    write_json(out / "metrics.json", metrics)
+    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv")}
+    if record:
+        update_manifest(ckpt, metrics={**manifest.get("metrics", {}), "test": metrics})
+    return metrics
+
+
 def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
                     batch_size: int = 64, limit: int | None = None, brand_mode: str | None = None) -> dict:
     from shelfml.tagger import Tagger
@@ -58,13 +69,7 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "confidence": [float(f"{p.confidence:.6g}") for p in preds],
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
     })
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "predictions.csv", index=False)
-    write_json(out / "metrics.json", metrics)
-    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv")}
-    if same_data and split == "test" and not limit:
-        update_manifest(ckpt, metrics={**manifest.get("metrics", {}), "test": metrics})
-    return metrics
+    return _write_results(ckpt, manifest, metrics, frame, out, record=same_data and split == "test" and not limit)
 
 
 def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
@@ -108,10 +113,4 @@ def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test"
         "smape": np.round(np.divide(200 * np.abs(pred - gold), denominator, out=np.zeros_like(gold),
                                     where=denominator > 0), 4),
     })
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "predictions.csv", index=False)
-    write_json(out / "metrics.json", metrics)
-    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv")}
-    if same_data and split == "test" and not limit:
-        update_manifest(ckpt, metrics={**manifest.get("metrics", {}), "test": metrics})
-    return metrics
+    return _write_results(ckpt, manifest, metrics, frame, out, record=same_data and split == "test" and not limit)
