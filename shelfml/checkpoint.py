@@ -41,15 +41,18 @@ def ensure_writable(out: Path, force: bool) -> None:
         raise FileExistsError(f"{out} already exists and is not empty; pass --force to replace it")
 
 
-def write_checkpoint(out: Path, save_files: Callable[[Path], None], manifest: dict) -> Path:
-    """Write files + manifest into a temporary sibling, then swap it into place."""
+def write_checkpoint(out: Path, save_files: Callable[[Path], None], manifest: dict | Callable[[Path], dict],
+                     name: str = MANIFEST) -> Path:
+    """Write files + manifest (``name``) into a temporary sibling, then swap it into place. ``manifest``
+    may be a function of the temporary folder (e.g. to hash what ``save_files`` wrote)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_files(tmp)
+        manifest = manifest(tmp) if callable(manifest) else manifest
         manifest = {"format_version": FORMAT_VERSION, **manifest, "versions": versions()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+        (tmp / name).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -73,8 +76,9 @@ def update_manifest(ckpt: Path, **fields) -> None:
     tmp.replace(Path(ckpt) / MANIFEST)
 
 
-def read_manifest(ckpt: Path, task: str | None = None) -> dict:
-    """Read and check a checkpoint's manifest; raises CheckpointError naming the problem."""
+def read_manifest(ckpt: Path, task: str | None = None, weights: bool = True) -> dict:
+    """Read and check a checkpoint's manifest; raises CheckpointError naming the problem.
+    ``weights=False`` accepts a folder with the manifest and tokenizer only (an export's assets)."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt} is not a directory")
@@ -91,6 +95,6 @@ def read_manifest(ckpt: Path, task: str | None = None) -> dict:
         raise CheckpointError(f"{path}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}")
     if task and manifest["task"] != task:
         raise CheckpointError(f"{ckpt} holds a {manifest['task']} model, not a {task} model")
-    if not any(ckpt.glob("*.safetensors")):
+    if weights and not any(ckpt.glob("*.safetensors")):
         raise CheckpointError(f"{ckpt} is corrupt: no *.safetensors weights")
     return manifest

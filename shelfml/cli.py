@@ -13,6 +13,16 @@ from shelfml.data import DataError, DataSpec
 USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors reported as one line and exit code 2 (the export ones load lazily: they import onnxruntime)."""
+    if "shelfml.export.exporter" not in sys.modules:
+        return USER_ERRORS
+    from shelfml.export.exporter import ExportError
+    from shelfml.export.runtime import GraphError
+
+    return USER_ERRORS + (ExportError, GraphError)
+
+
 def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthetic") -> None:
     """The data source and the column mapping, shared by every command that reads a catalog."""
     g = p.add_argument_group("data")
@@ -227,6 +237,21 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
     print(f"report: {Path(a.out) / 'report.json'}", file=sys.stderr)
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from shelfml.export.exporter import ExportArgs, export_checkpoint
+
+    args = ExportArgs(int8=not a.no_int8, int8_max_drop=a.int8_max_drop,
+                      parity_rows=None if a.parity_rows == 0 else a.parity_rows, batch_size=a.batch_size)
+    manifest = export_checkpoint(Path(a.checkpoint), Path(a.out), args, force=a.force)
+    print_metrics(f"{a.out}: parity with eager PyTorch", _flat_parity(manifest["parity"]))
+    print(json.dumps({"out": a.out, "task": manifest["task"], "parity": manifest["parity"]}, default=str))
+
+
+def _flat_parity(parity: dict) -> dict:
+    return {f"{backend} {key}": value for backend, figures in parity.items() for key, value in figures.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shelfml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brand-mode", choices=["known", "known+copy"])
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="checkpoint -> ONNX (FP32 + INT8) with parity against eager PyTorch")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="export directory to write (atomically)")
+    p.add_argument("--no-int8", action="store_true", help="export FP32 graphs only")
+    p.add_argument("--int8-max-drop", type=float, default=2.0,
+                   help="refuse INT8 when it loses more item-accuracy points (tagger) or adds more SMAPE points")
+    p.add_argument("--parity-rows", type=int, default=512, help="test rows compared end to end (0: all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--force", action="store_true", help="replace an existing export directory")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("baseline", help="TF-IDF + linear classifier (tagger) or ridge on log1p price (price) "
                        "on the same grouped split")
     p.add_argument("--task", default="tagger", choices=["tagger", "price"])
@@ -287,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"shelfml: error: {e}", file=sys.stderr)
         return 2
     return 0

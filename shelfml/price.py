@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -239,9 +239,10 @@ def freeze_encoder(encoder: nn.Module, layers: int) -> None:
 class PriceRegressor:
     """A trained price model with its tokenizer and picture store: batched prediction in input order."""
 
-    def __init__(self, model: PriceModel, tokenizer, store: ImageStore | None = None) -> None:
+    def __init__(self, model: PriceModel | None, tokenizer, store: ImageStore | None = None,
+                 cfg: PriceConfig | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.cfg = model.cfg
+        self.cfg = cfg or model.cfg
         self.store = store or ImageStore(ImageSpec.from_dict(self.cfg.image))
 
     # -- files --------------------------------------------------------------------------------
@@ -255,12 +256,15 @@ class PriceRegressor:
             self.model.vision.config.save_pretrained(Path(out) / VISION_DIR)
 
     @classmethod
-    def load(cls, ckpt: Path, device: str = "cpu") -> "PriceRegressor":
-        manifest = read_manifest(ckpt, task="price")
+    def load(cls, ckpt: Path, device: str = "cpu", weights: bool = True) -> "PriceRegressor":
+        """From a checkpoint; ``weights=False`` loads only the tokenizer and config (an export's assets)."""
+        manifest = read_manifest(ckpt, task="price", weights=weights)
         ckpt = Path(ckpt)
         try:
             cfg = PriceConfig.from_dict(manifest["model"])
             tokenizer = AutoTokenizer.from_pretrained(ckpt / ENCODER_DIR, local_files_only=True)
+            if not weights:
+                return cls(None, tokenizer, cfg=cfg)
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(ckpt / ENCODER_DIR, local_files_only=True))
             vision = None
             if cfg.images:
@@ -293,12 +297,15 @@ class PriceRegressor:
 
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], images: Sequence[str] | None = None, batch_size: int = 64,
-                progress: bool = False) -> np.ndarray:
-        """Prices (expm1 of the predicted log1p, clipped at 0), in input order."""
+                progress: bool = False, run: Callable[[dict], np.ndarray] | None = None) -> np.ndarray:
+        """Prices (expm1 of the predicted log1p, clipped at 0), in input order. ``run`` is another
+        backend (e.g. ONNX Runtime) taking this class's batches and returning prices."""
         assert images is None or len(images) == len(texts), f"{len(texts)} texts but {len(images)} images"
-        was_training = self.model.training
-        self.model.eval()
-        device = next(self.model.parameters()).device
+        if run is None:
+            assert self.model is not None, "this regressor has no PyTorch weights: pass a backend's run"
+            was_training = self.model.training
+            self.model.eval()
+            device = next(self.model.parameters()).device
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch
         out = np.zeros(len(texts), dtype=np.float64)
         starts = range(0, len(texts), batch_size)
@@ -309,10 +316,14 @@ class PriceRegressor:
         for start in starts:
             idx = order[start : start + batch_size]
             batch = self.batch([texts[i] for i in idx], None if images is None else [images[i] for i in idx])
+            if run is not None:
+                out[idx] = run(batch)
+                continue
             log_price = self.model(**{k: v.to(device) for k, v in batch.items()}).log_price
-            out[idx] = log_price.double().cpu().numpy()
-        self.model.train(was_training)
-        return from_log(out)
+            out[idx] = from_log(log_price.double().cpu().numpy())
+        if run is None:
+            self.model.train(was_training)
+        return out
 
     def timed_predict(self, texts: Sequence[str], images: Sequence[str] | None = None, batch_size: int = 64,
                       **kw) -> tuple[np.ndarray, float]:

@@ -87,11 +87,13 @@ class Tagger:
         self.max_new_tokens = max_target_length(self.codec, taxonomy)
 
     @classmethod
-    def load(cls, ckpt: Path, brand_mode: str | None = None, device: str = "cpu") -> "Tagger":
-        manifest = read_manifest(ckpt, task="tagger")
+    def load(cls, ckpt: Path, brand_mode: str | None = None, device: str = "cpu", weights: bool = True) -> "Tagger":
+        """From a checkpoint; ``weights=False`` loads only tokenizer + taxonomy (e.g. an export's assets,
+        for a backend that brings its own graphs)."""
+        manifest = read_manifest(ckpt, task="tagger", weights=weights)
         try:
             tokenizer = AutoTokenizer.from_pretrained(ckpt)
-            model = T5ForConditionalGeneration.from_pretrained(ckpt).to(device).eval()
+            model = T5ForConditionalGeneration.from_pretrained(ckpt).to(device).eval() if weights else None
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             raise CheckpointError(f"{ckpt} is corrupt: {e}") from None
         taxonomy = Taxonomy.from_dict(manifest["taxonomy"])
@@ -108,7 +110,9 @@ class Tagger:
     def predict(self, texts: Sequence[str], batch_size: int = 64, make_step: MakeStep | None = None,
                 progress: bool = False) -> list[Prediction]:
         """Constrained greedy predictions, in input order, for any backend (eager by default)."""
-        make_step = make_step or eager_step_factory(self.model)
+        if make_step is None:
+            assert self.model is not None, "this tagger has no PyTorch weights: pass a backend's make_step"
+            make_step = eager_step_factory(self.model)
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch
         out: list[Prediction | None] = [None] * len(texts)
         batches = range(0, len(texts), batch_size)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import SHARED, needs_shared
+from conftest import SHARED, fast_args, needs_shared, price_csv
 from shelfml.checkpoint import MANIFEST, CheckpointError, read_manifest, write_checkpoint
 from shelfml.data import DataSpec, load_catalog
 from shelfml.evaluate import evaluate_price
@@ -31,74 +31,12 @@ from shelfml.training.trainer import TrainConfig, fit
 TEXTS = ["steel water bottle 1 l", "gold plated necklace set", "cotton socks pack of 3", "leather office chair"]
 
 
-# ---------------------------------------------------------------------------------------------
-# Fixtures: a tiny BERT encoder (MiniLM's tokenizer), a tiny CLIP vision checkpoint, pictures
-
-
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder(), local_files_only=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_vision(tmp_path_factory) -> Path:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    out = tmp_path_factory.mktemp("tiny-clip")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=1, num_attention_heads=4)).save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
-    return out
-
-
-@pytest.fixture(scope="session")
-def pictures(tmp_path_factory) -> dict[str, str]:
-    """One path per status: two real JPEGs, a corrupt file, a missing file, a link and nothing."""
-    root = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    for name in ("red", "blue"):
-        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / f"{name}.jpg")
-    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return {"ok": str(root / "red.jpg"), "ok2": str(root / "blue.jpg"), "corrupt": str(root / "corrupt.jpg"),
-            "missing": str(root / "gone.jpg"), "link": "https://m.media-amazon.com/images/I/x.jpg", "none": ""}
-
-
 def regressor(encoder: Path, vision: Path | None = None, **cfg) -> PriceRegressor:
     torch.manual_seed(0)
     reg = build_regressor(PriceConfig(images=vision is not None, max_length=32, target_mean=5.0, **cfg), encoder,
                           vision)
     reg.model.eval()
     return reg
-
-
-def price_csv(tmp_path: Path, pictures: dict | None = None, rows: int = 60) -> Path:
-    """A small CSV whose price follows a word in the title; every 3rd row has a picture."""
-    rng = np.random.default_rng(0)
-    words = {"budget": 20.0, "standard": 200.0, "premium": 2000.0}
-    records = []
-    for i in range(rows):
-        word = list(words)[i % 3]
-        image = (pictures["ok"] if i % 2 else pictures["ok2"]) if pictures and i % 3 == 0 else ""
-        records.append({"title": f"{word} item model {i}", "price": round(words[word] * rng.uniform(0.8, 1.2), 2),
-                        "img": image})
-    path = tmp_path / "prices.csv"
-    pd.DataFrame(records).to_csv(path, index=False)
-    return path
-
-
-def fast_args(encoder: Path, **kw) -> PriceArgs:
-    train = TrainConfig(epochs=2, batch_size=16, lr=3e-3, progress=False, device="cpu")
-    return PriceArgs(encoder=str(encoder), max_length=32, val_limit=50, **{"train": train, **kw})
 
 
 # ---------------------------------------------------------------------------------------------
