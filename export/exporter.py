@@ -125,6 +125,24 @@ def _copy_assets(ckpt: Path, tmp: Path, subdirs: tuple[str, ...] = ()) -> Path:
     return assets
 
 
+def tensorrt_checks(specs: dict, tmp: Path, ranges) -> dict:
+    """Static TensorRT readiness of each FP32 graph (checker, supported ops, constant folding, and an
+    ONNX Runtime run of the folded graph at the min/opt/max shapes); recorded, never fatal here."""
+    from shelfml.export.tensorrt import check_onnx_for_tensorrt
+
+    out = {}
+    for key, spec in specs.items():
+        graph_json = tmp / f".{key}.graph.json"
+        graph_json.write_text(json.dumps({"spec": spec.to_dict(), "shape_ranges": ranges.to_dict()}))
+        report = check_onnx_for_tensorrt(tmp / spec.file, graph_json)
+        graph_json.unlink()
+        out[key] = {k: report[k] for k in ("ok", "errors", "checker", "opset", "unsupported_ops", "constant_folding",
+                                            "parity")}
+        if not report["ok"]:
+            _progress(f"TensorRT static check of {spec.file} found problems: {report['errors']}")
+    return out
+
+
 def _graphs(specs: dict, tmp: Path, int8: bool) -> dict:
     graphs = {}
     for key, spec in specs.items():
@@ -178,6 +196,7 @@ def _export_tagger(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> d
                     "points lost")
     ranges = tagger_ranges(tagger.max_input_tokens, tagger.max_new_tokens)
     return {"graphs": graphs, "shape_ranges": ranges.to_dict(), "session": config.to_dict(), "parity": parity,
+            "tensorrt_check": tensorrt_checks(specs, tmp, ranges),
             "decode": {"max_input_tokens": tagger.max_input_tokens, "max_new_tokens": tagger.max_new_tokens,
                        "brand_mode": tagger.constraint.brand_mode}}
 
@@ -251,4 +270,5 @@ def _export_price(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> di
         _check_int8(parity["onnx-int8"]["smape_delta_points"], args.int8_max_drop, "SMAPE", "points added")
     ranges = price_ranges(regressor.cfg.max_length)
     return {"graphs": graphs, "shape_ranges": ranges.to_dict(), "session": config.to_dict(), "parity": parity,
+            "tensorrt_check": tensorrt_checks(specs, tmp, ranges),
             "model": regressor.cfg.to_dict()}

@@ -1,4 +1,4 @@
-"""The ``shelfml`` command line: train, evaluate, predict, baseline, pipeline."""
+"""The ``shelfml`` command line: train, evaluate, predict, baseline, export, repository, serve, pipeline."""
 
 from __future__ import annotations
 
@@ -15,12 +15,17 @@ USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError)
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors reported as one line and exit code 2 (the export ones load lazily: they import onnxruntime)."""
-    if "shelfml.export.exporter" not in sys.modules:
-        return USER_ERRORS
-    from shelfml.export.exporter import ExportError
-    from shelfml.export.runtime import GraphError
+    errors = USER_ERRORS
+    if "shelfml.export.exporter" in sys.modules:
+        from shelfml.export.exporter import ExportError
+        from shelfml.export.runtime import GraphError
 
-    return USER_ERRORS + (ExportError, GraphError)
+        errors += (ExportError, GraphError)
+    if "shelfml.export.tensorrt" in sys.modules:
+        from shelfml.export.tensorrt import EngineError
+
+        errors += (EngineError,)
+    return errors
 
 
 def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthetic") -> None:
@@ -244,7 +249,33 @@ def cmd_export(a: argparse.Namespace) -> None:
                       parity_rows=None if a.parity_rows == 0 else a.parity_rows, batch_size=a.batch_size)
     manifest = export_checkpoint(Path(a.checkpoint), Path(a.out), args, force=a.force)
     print_metrics(f"{a.out}: parity with eager PyTorch", _flat_parity(manifest["parity"]))
+    if a.repository:
+        from shelfml.model_repository.build import build_repository
+
+        build_repository(Path(a.repository), **{manifest["task"]: Path(a.out)}, runtime=a.runtime, force=a.force)
     print(json.dumps({"out": a.out, "task": manifest["task"], "parity": manifest["parity"]}, default=str))
+
+
+def cmd_repository(a: argparse.Namespace) -> None:
+    from shelfml.model_repository.build import build_repository
+
+    info = build_repository(Path(a.out), tagger=a.tagger and Path(a.tagger), price=a.price and Path(a.price),
+                            runtime=a.runtime, force=a.force)
+    print(json.dumps(info))
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from shelfml.model_repository.server import serve
+
+    return serve(a.repository, a.http_port, a.grpc_port, a.metrics_port, config_name=a.config_name,
+                 log_file=a.log_file, timeout_s=a.timeout)
+
+
+def cmd_engines(a: argparse.Namespace) -> None:
+    from shelfml.export.tensorrt import ensure_repository_engines
+
+    for record in ensure_repository_engines(Path(a.repository), Path(a.cache)):
+        print(json.dumps(record, default=str))
 
 
 def _flat_parity(parity: dict) -> dict:
@@ -295,7 +326,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-rows", type=int, default=512, help="test rows compared end to end (0: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--force", action="store_true", help="replace an existing export directory")
+    p.add_argument("--repository", help="also write a Triton model repository serving this export")
+    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="what the stock (GPU) config.pbtxt of each leaf model runs")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("repository", help="write a Triton model repository from tagger and/or price exports")
+    p.add_argument("--tagger", help="tagger export directory")
+    p.add_argument("--price", help="price export directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="what the stock (GPU) config.pbtxt of each leaf model runs")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_repository)
+
+    p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU)")
+    p.add_argument("repository")
+    p.add_argument("--cache", required=True, help="engine cache folder (keyed by GPU, TensorRT version, ONNX hash)")
+    p.set_defaults(func=cmd_engines)
+
+    p = sub.add_parser("serve", help="run tritonserver (from nvidia-pytriton) on a model repository")
+    p.add_argument("repository")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--config-name", default="cpu",
+                   help="--model-config-name: 'cpu' (python backend + ONNX Runtime, works here) or '' (stock configs)")
+    p.add_argument("--log-file")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("baseline", help="TF-IDF + linear classifier (tagger) or ridge on log1p price (price) "
                        "on the same grouped split")
@@ -322,11 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except user_errors() as e:
         print(f"shelfml: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ black one: the price model masks them out.
 
 from __future__ import annotations
 
+import io
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -72,8 +73,19 @@ def open_image(path: str, max_short_side: int) -> tuple[Image.Image | None, str]
     status = image_status(path)
     if status != "ok":
         return None, status
+    return _decode(path, max_short_side)
+
+
+def decode_image(data: bytes, max_short_side: int) -> tuple[Image.Image | None, str]:
+    """The same for a picture file's bytes (as a served request carries it); empty bytes = ``none``."""
+    if not data:
+        return None, "none"
+    return _decode(io.BytesIO(data), max_short_side)
+
+
+def _decode(source, max_short_side: int) -> tuple[Image.Image | None, str]:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.draft("RGB", (max_short_side, max_short_side))  # JPEG: decode at reduced size
             img = img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
@@ -178,6 +190,11 @@ class ImageStore:
         """Rows per status, every status listed (decodes the pictures, so corrupt files are found)."""
         counts = Counter(self.status(p) for p in paths)
         return {s: counts.get(s, 0) for s in STATUSES}
+
+    def tensor_from_bytes(self, data: bytes) -> tuple[torch.Tensor | None, str]:
+        """The evaluation view of a picture sent as file bytes, and its status (``ok``/``none``/``corrupt``)."""
+        img, status = decode_image(data, max_short_side=round(1.25 * self.spec.size))
+        return (None if img is None else to_tensor(center_crop(img, self.spec.size), self.spec)), status
 
     def tensor(self, path: str, augment_cfg: AugmentConfig | None = None,
                rng: np.random.Generator | None = None) -> torch.Tensor | None:

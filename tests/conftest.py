@@ -4,6 +4,7 @@ a tiny encoder / vision tower and pictures."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,36 @@ def image_price_checkpoint(tmp_path_factory, tiny_encoder, tiny_vision, pictures
     spec = DataSpec(source=str(price_csv(root, pictures)), text_col="title", price_col="price", image_col="img")
     train_price(spec, root / "ckpt", fast_args(tiny_encoder, images=True, vision_model=str(tiny_vision)))
     return root / "ckpt"
+
+
+@dataclass
+class Served:
+    """A real tritonserver serving the tiny tagger and the image price model, with their sources."""
+
+    server: object
+    repo: Path
+    tagger_checkpoint: Path
+    price_checkpoint: Path
+    exports: dict
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+
+@pytest.fixture(scope="session")
+def served_repository(tmp_path_factory, tiny_checkpoint, image_price_checkpoint):
+    """Export both tiny models, build the Triton repository, and start the real server on free ports
+    with the CPU configs (python backend + ONNX Runtime)."""
+    from shelfml.export.exporter import ExportArgs, export_checkpoint
+    from shelfml.model_repository.build import build_repository
+    from shelfml.model_repository.server import TritonServer
+
+    root = tmp_path_factory.mktemp("served")
+    args = ExportArgs(parity_rows=16, int8_max_drop=100.0)
+    exports = {"tagger": root / "tagger-export", "price": root / "price-export"}
+    export_checkpoint(tiny_checkpoint, exports["tagger"], args)
+    export_checkpoint(image_price_checkpoint, exports["price"], args)
+    build_repository(root / "repo", **exports)
+    with TritonServer(root / "repo", log_file=root / "triton.log") as server:
+        yield Served(server, root / "repo", tiny_checkpoint, image_price_checkpoint, exports)

@@ -146,6 +146,10 @@ def test_export_manifest_records_parity_int8_hashes_and_ranges(tagger_export):
     assert manifest["versions"]["onnxruntime"] and manifest["session"]["optimization"] == "all"
     assert (tagger_export / "assets" / "shelfml.json").is_file() and not list((tagger_export / "assets").glob("*.safetensors"))
     verify_files(tagger_export)
+    for key in ("encoder", "decoder"):  # static TensorRT readiness, incl. an ORT run at min/opt/max shapes
+        check = manifest["tensorrt_check"][key]
+        assert check["ok"] and check["checker"] == "ok" and not check["unsupported_ops"], check
+        assert len(check["parity"]) == 3
 
 
 def test_int8_graphs_decode_within_the_taxonomy(tagger_export, small_catalog):

@@ -1,0 +1,313 @@
+"""``shelfml-client``: tag or price texts on a running server, or a whole catalog CSV with ``batch``.
+
+    shelfml-client tag "Green Harbor herbal shampoo 500 ml" "steel bottle 1 l"      # JSON lines
+    shelfml-client price "steel bottle 1 l" --image bottle.jpg
+    shelfml-client batch catalog.csv --out tags.csv --task tag --concurrency 4 --id-col id
+
+``batch`` resumes: OUT.csv is written in input order, one chunk at a time, flushed after each chunk. Run the
+same command again after an interruption (Ctrl-C, a kill, a server restart) and it keeps every complete row
+already there, drops a torn last line, and writes the missing rows only: no row twice, none lost, input order
+and ids kept. A row the server rejects (INVALID_ARGUMENT, e.g. an empty title) is written with its reason in the
+``error`` column instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL,
+                                   AsyncShelfmlClient, ClientError, InvalidRequestError, ShelfmlClient)
+from shelfml.labels import LEVEL_SEP
+
+ROW_ID = "row"  # the id column when the input has none: the row's 0-based position in the input
+RESULT_COLUMNS = {"tag": ["path", "brand", "confidence", "error"], "price": ["price", "has_image", "error"]}
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    text: str
+    image: str | None = None  # a resolved local path, or None (no picture, a link, or a missing file)
+
+
+# ---------------------------------------------------------------------------------------------
+# The output file: complete records only, appended in order.
+
+
+def complete_records(data: bytes, header: Sequence[str]) -> tuple[int, list[list[str]]]:
+    """The longest prefix of ``data`` made of whole CSV records: (its length in bytes, its records).
+
+    A record counts only when its last line ends with a newline, its quotes are closed and it has the header's
+    width; everything after the first record that fails is a torn tail (a write cut short by a kill).
+    """
+    pieces = data.split(b"\n")[:-1]  # the part after the last newline is never complete
+    consumed = 0
+
+    def lines():
+        nonlocal consumed
+        for piece in pieces:
+            consumed += len(piece) + 1
+            yield piece.decode("utf-8", errors="replace") + "\n"
+
+    good, records = 0, []
+    try:
+        for record in csv.reader(lines(), strict=True):
+            if records and len(record) != len(header):  # the first record is the header, checked by the caller
+                break
+            records.append(record)
+            good = consumed  # the reader yields a record as soon as its last line is read
+    except csv.Error:  # a quoted field left open at the end: torn inside a multi-line value
+        pass
+    return good, records
+
+
+def format_records(records: Sequence[Sequence[object]]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(records)
+    return buf.getvalue().encode("utf-8")
+
+
+def resume_output(path: Path, header: Sequence[str]) -> list[str]:
+    """Make ``path`` a valid output (header + complete records, torn tail cut) and return the ids written."""
+    data = path.read_bytes() if path.exists() else b""
+    good, records = complete_records(data, header)
+    if records and records[0] != list(header):
+        raise ValueError(f"{path} exists with columns {records[0]}, expected {list(header)}: "
+                         "a different --task or --id-col? Use another --out")
+    if not records:  # new, empty, or torn inside the header line
+        expected = format_records([header])
+        if not expected.startswith(data):
+            raise ValueError(f"{path} exists and is not a batch output (expected the header {list(header)}): "
+                             "use another --out")
+        path.write_bytes(expected)
+        return []
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return [r[0] for r in records[1:]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch run: a sliding window of chunks in flight, written in input order as each completes.
+
+Predict = Callable[[list[Row]], Awaitable[list[list[object]]]]  # chunk -> one list of result fields per row
+
+
+@dataclass
+class BatchSummary:
+    total: int
+    skipped: int  # already in the output when the run started
+    written: int
+    errors: int  # rows written with a server-side rejection
+
+
+async def run_batch(rows: Sequence[Row], out: Path, header: Sequence[str], predict: Predict, batch_size: int,
+                    concurrency: int = 1, progress: bool = True) -> BatchSummary:
+    ids = [r.id for r in rows]
+    if len(set(ids)) != len(ids):
+        seen, dupes = set(), []
+        for i in ids:
+            (dupes.append(i) if i in seen else seen.add(i))
+        raise ValueError(f"the id column has duplicate values (e.g. {dupes[:3]}): ids must be unique to resume")
+    done = set(resume_output(out, header))
+    todo = [r for r in rows if r.id not in done]
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    summary = BatchSummary(total=len(rows), skipped=len(rows) - len(todo), written=0, errors=0)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(rows), initial=summary.skipped, unit="row", disable=not progress, file=sys.stderr)
+    window: deque[asyncio.Task] = deque()
+    next_chunk = 0
+    try:
+        with open(out, "ab") as f:
+            while next_chunk < len(chunks) or window:
+                while next_chunk < len(chunks) and len(window) < concurrency:
+                    window.append(asyncio.ensure_future(predict(chunks[next_chunk])))
+                    next_chunk += 1
+                chunk = chunks[next_chunk - len(window)]
+                results = await window.popleft()
+                assert len(results) == len(chunk), f"{len(chunk)} rows sent, {len(results)} results"
+                f.write(format_records([[row.id, *fields] for row, fields in zip(chunk, results)]))
+                f.flush()
+                summary.written += len(chunk)
+                summary.errors += sum(1 for fields in results if fields[-1])
+                bar.update(len(chunk))
+    finally:
+        for task in window:
+            task.cancel()
+        if window:  # collect them, so a failed neighbour's exception is not reported as never retrieved
+            await asyncio.gather(*window, return_exceptions=True)
+        bar.close()
+    return summary
+
+
+def tag_fields(result) -> list[object]:
+    return [LEVEL_SEP.join(result.path), result.brand, f"{result.confidence:.6f}", ""]
+
+
+def price_fields(result) -> list[object]:
+    return [f"{result.price:.4f}", int(result.has_image), ""]
+
+
+def make_predict(client: AsyncShelfmlClient, task: str) -> Predict:
+    """The server call for one chunk; a rejected chunk is retried row by row so only the bad rows carry an error."""
+    width = len(RESULT_COLUMNS[task])
+
+    async def call(chunk: list[Row]) -> list[list[object]]:
+        texts = [r.text for r in chunk]
+        if task == "tag":
+            return [tag_fields(r) for r in await client.tag(texts)]
+        return [price_fields(r) for r in await client.price(texts, [r.image for r in chunk])]
+
+    async def predict(chunk: list[Row]) -> list[list[object]]:
+        try:
+            return await call(chunk)
+        except InvalidRequestError as e:
+            if len(chunk) == 1:
+                return [[""] * (width - 1) + [str(e)]]
+            return [fields for row in chunk for fields in await predict([row])]
+
+    return predict
+
+
+def read_rows(path: Path, text_col: str, id_col: str | None, image_col: str | None, encoding: str) -> list[Row]:
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"cannot read {path} as CSV ({encoding}): {e}") from None
+    for flag, col in (("--text-col", text_col), ("--id-col", id_col), ("--image-col", image_col)):
+        if col and col not in frame.columns:
+            raise ValueError(f"{path} has no column {col!r} ({flag}); its columns: {list(frame.columns)}")
+    ids = frame[id_col].tolist() if id_col else [str(i) for i in range(len(frame))]
+    images = [_image_path(p, path.parent) for p in frame[image_col]] if image_col else [None] * len(frame)
+    return [Row(i, t, im) for i, t, im in zip(ids, frame[text_col].tolist(), images)]
+
+
+def _image_path(value: str, base: Path) -> str | None:
+    """As the data loader reads an image column: relative to the CSV's folder; links and missing files: none."""
+    value = value.strip()
+    if not value or "://" in value:
+        return None
+    path = Path(value) if Path(value).is_absolute() else base / value
+    return str(path) if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _texts(values: list[str]) -> list[str]:
+    if values:
+        return values
+    texts = [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ValueError("no input texts: give them as arguments or one per line on stdin")
+    return texts
+
+
+def cmd_tag(a: argparse.Namespace) -> int:
+    texts = _texts(a.texts)
+    with ShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size) as client:
+        for text, r in zip(texts, client.tag(texts)):
+            print(json.dumps({"text": text, "label": LEVEL_SEP.join(r.path), "path": list(r.path),
+                              "brand": r.brand, "confidence": round(r.confidence, 6)}, ensure_ascii=False))
+    return 0
+
+
+def cmd_price(a: argparse.Namespace) -> int:
+    texts = _texts(a.texts)
+    if a.image and len(a.image) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
+    images = [p or None for p in a.image] if a.image else None
+    with ShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size) as client:
+        for i, (text, r) in enumerate(zip(texts, client.price(texts, images))):
+            print(json.dumps({"text": text, "image": images[i] if images else None, "price": round(r.price, 2),
+                              "has_image": r.has_image}, ensure_ascii=False))
+    return 0
+
+
+def cmd_batch(a: argparse.Namespace) -> int:
+    if a.image_col and a.task != "price":
+        raise ValueError("--image-col is for --task price")
+    rows = read_rows(Path(a.input), a.text_col, a.id_col, a.image_col, a.encoding)
+    header = [a.id_col or ROW_ID, *RESULT_COLUMNS[a.task]]
+    out = Path(a.out)
+
+    async def go() -> BatchSummary:
+        async with AsyncShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size,
+                                      concurrency=a.concurrency) as client:
+            return await run_batch(rows, out, header, make_predict(client, a.task), a.batch_size,
+                                   a.concurrency, progress=not a.no_progress)
+
+    summary = asyncio.run(go())
+    missing = sum(1 for r in rows if r.image is None) if a.image_col else 0
+    print(json.dumps({"out": str(out), **vars(summary), **({"rows_without_image": missing} if a.image_col else {})}),
+          file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shelfml-client", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default=DEFAULT_URL, help="the server's gRPC address (host:port)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on UNAVAILABLE, with backoff")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per request")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("tag", help="category path and brand of each text (JSON lines)")
+    t.add_argument("texts", nargs="*", help="product titles (default: one per line on stdin)")
+    t.set_defaults(fn=cmd_tag)
+
+    pr = sub.add_parser("price", help="price of each text (JSON lines)")
+    pr.add_argument("texts", nargs="*", help="product titles (default: one per line on stdin)")
+    pr.add_argument("--image", action="append", help="a picture file per text, in order ('' for none)")
+    pr.set_defaults(fn=cmd_price)
+
+    b = sub.add_parser("batch", help="a catalog CSV to an output CSV, resumable")
+    b.add_argument("input", help="input CSV (gzip works)")
+    b.add_argument("--out", required=True, help="output CSV; an existing one is resumed, never overwritten")
+    b.add_argument("--task", required=True, choices=sorted(RESULT_COLUMNS))
+    b.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    b.add_argument("--text-col", default="title")
+    b.add_argument("--id-col", help=f"unique id column copied to the output (default: the row number, as {ROW_ID!r})")
+    b.add_argument("--image-col", help="picture path column (--task price; relative to the CSV's folder)")
+    b.add_argument("--encoding", default="utf-8")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=cmd_batch)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.batch_size < 1 or getattr(a, "concurrency", 1) < 1:
+        print("error: --batch-size and --concurrency must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        return a.fn(a)
+    except (ValueError, FileNotFoundError, InvalidRequestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ClientError as e:
+        hint = " (batch: run the same command again to resume)" if a.command == "batch" else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted" + ("; rerun the same command to resume" if a.command == "batch" else ""),
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""gRPC clients for the served ``tagger`` and ``price`` models (sync and asyncio, ``tritonclient.grpc``).
+
+Model names, input and output names and dtypes come from ``TAGGER_SERVICE`` / ``PRICE_SERVICE`` in
+:mod:`export.contract`; the label format (``a > b > c``) from :mod:`shelfml.labels`. Both clients split a call
+into requests of at most ``batch_size`` rows (never more than the model's own ``max_batch_size``), give each
+request a deadline (``timeout_s``), retry with exponential backoff on UNAVAILABLE only (a server starting or
+restarting), and turn the server's INVALID_ARGUMENT into :class:`InvalidRequestError` naming the model and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, Union
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from shelfml.export.contract import PRICE_SERVICE, TAGGER_SERVICE, GraphSpec
+from shelfml.labels import LEVEL_SEP
+
+Image = Union[str, os.PathLike, bytes, None]  # a picture file path, its encoded bytes, or none
+
+DEFAULT_URL = "localhost:8001"
+DEFAULT_TIMEOUT_S = 60.0  # per request: a batch of 64 tagged on a shared 2-core CPU takes seconds
+DEFAULT_RETRIES = 4  # UNAVAILABLE retries per request: 0.5 + 1 + 2 + 4 s of backoff
+DEFAULT_BACKOFF_S = 0.5
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class TagResult:
+    path: tuple[str, ...]  # one value per level, top first; () when the server returned no path
+    brand: str  # "" when none
+    confidence: float
+
+
+@dataclass(frozen=True)
+class PriceResult:
+    price: float
+    has_image: bool  # False: no usable picture (none given, missing or corrupt); the text alone was used
+
+
+class ClientError(RuntimeError):
+    """A request failed; ``status`` is the gRPC status name (e.g. ``UNAVAILABLE``), ``model`` the model."""
+
+    def __init__(self, msg: str, status: str | None = None, model: str | None = None):
+        super().__init__(msg)
+        self.status, self.model = status, model
+
+
+class InvalidRequestError(ClientError):
+    """The server rejected the request (INVALID_ARGUMENT): the reason is the server's own message."""
+
+
+class ServerUnavailableError(ClientError):
+    """The server stayed UNAVAILABLE through every retry (not running, restarting, or unreachable)."""
+
+
+class DeadlineExceededError(ClientError):
+    """A request took longer than the client's ``timeout_s``."""
+
+
+def status_name(e: InferenceServerException) -> str:
+    """``"StatusCode.INVALID_ARGUMENT"`` -> ``"INVALID_ARGUMENT"`` (tritonclient keeps grpc's str)."""
+    return str(e.status() or "").rsplit(".", 1)[-1]
+
+
+def _error(e: InferenceServerException, model: str, attempts: int) -> ClientError:
+    status, msg = status_name(e), e.message()
+    if status == "INVALID_ARGUMENT":
+        return InvalidRequestError(f"{model}: the server rejected the request: {msg}", status, model)
+    if status == "UNAVAILABLE":
+        return ServerUnavailableError(f"{model}: server unavailable after {attempts} attempt(s): {msg}",
+                                      status, model)
+    if status == "DEADLINE_EXCEEDED":
+        return DeadlineExceededError(f"{model}: no answer within the client timeout: {msg}", status, model)
+    return ClientError(f"{model}: {status or 'error'}: {msg}", status, model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests and results as plain data: shared by the sync and async clients.
+
+
+def _read_image(image: Image) -> bytes:
+    if image is None:
+        return b""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist (pass None for a row without a picture)")
+    return path.read_bytes()
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of strings, not one string: tag(['a title'])")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+    return texts
+
+
+def build_inputs(spec: GraphSpec, columns: dict[str, list]) -> list:
+    """One ``InferInput`` per column, named and typed by ``spec`` (strings UTF-8 encoded, shape (rows, 1))."""
+    inputs = []
+    for name, values in columns.items():
+        tensor = spec.tensor(name)
+        if tensor.dtype == "bytes":
+            values = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+            array = np.empty((len(values), 1), dtype=object)
+            array[:, 0] = values
+        else:
+            array = np.asarray(values, dtype=tensor.numpy_dtype).reshape(len(values), 1)
+        inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        inp.set_data_from_numpy(array)
+        inputs.append(inp)
+    return inputs
+
+
+def requested_outputs(spec: GraphSpec) -> list:
+    return [grpcclient.InferRequestedOutput(name) for name in spec.output_names]
+
+
+def _column(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
+    array = result.as_numpy(name)
+    if array is None or array.shape[0] != rows:
+        got = None if array is None else array.shape
+        raise ClientError(f"{spec.name}: output {name!r} has shape {got}, expected {rows} rows", model=spec.name)
+    return array.reshape(rows, -1)[:, 0]
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_tags(result, rows: int) -> list[TagResult]:
+    out = {n: _column(result, TAGGER_SERVICE, n, rows) for n in TAGGER_SERVICE.output_names}
+    paths = [_text(p) for p in out["path"]]
+    return [TagResult(tuple(p.split(LEVEL_SEP)) if p else (), _text(b), float(c))
+            for p, b, c in zip(paths, out["brand"], out["confidence"])]
+
+
+def parse_prices(result, rows: int) -> list[PriceResult]:
+    out = {n: _column(result, PRICE_SERVICE, n, rows) for n in PRICE_SERVICE.output_names}
+    return [PriceResult(float(p), bool(h)) for p, h in zip(out["price"], out["has_image"])]
+
+
+def tag_columns(texts: Sequence[str]) -> dict[str, list]:
+    (text,) = TAGGER_SERVICE.input_names
+    return {text: _texts(texts)}
+
+
+def price_columns(texts: Sequence[str], images: Sequence[Image] | None) -> dict[str, list]:
+    text, image = PRICE_SERVICE.input_names
+    texts = _texts(texts)
+    if images is None:
+        assert image in PRICE_SERVICE.optional, f"{image!r} is not optional in the price contract"
+        return {text: texts}  # the optional input left out: every row priced from its text
+    images = list(images)
+    if len(images) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(images)} images: give one image (or None) per text")
+    return {text: texts, image: [_read_image(i) for i in images]}
+
+
+def chunks(columns: dict[str, list], size: int) -> Iterator[dict[str, list]]:
+    rows = len(next(iter(columns.values())))
+    for start in range(0, rows, size):
+        yield {k: v[start:start + size] for k, v in columns.items()}
+
+
+def _rows(columns: dict[str, list]) -> int:
+    return len(next(iter(columns.values())))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Settings:
+    def __init__(self, url: str, timeout_s: float, retries: int, batch_size: int, backoff_s: float):
+        assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
+        assert retries >= 0, f"retries must be >= 0, got {retries}"
+        self.url, self.timeout_s, self.retries, self.batch_size, self.backoff_s = (
+            url, timeout_s, retries, batch_size, backoff_s)
+        self._max_batch: dict[str, int] = {}
+
+    def delay(self, attempt: int) -> float:
+        return self.backoff_s * 2 ** attempt
+
+    def rows_per_request(self, model: str) -> int:
+        limit = self._max_batch.get(model, 0)
+        return min(self.batch_size, limit) if limit > 0 else self.batch_size
+
+
+class ShelfmlClient(_Settings):
+    """Synchronous client: ``tag(texts)``, ``price(texts, images)``; requests run one after another."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
+                 batch_size: int = DEFAULT_BATCH_SIZE, backoff_s: float = DEFAULT_BACKOFF_S):
+        super().__init__(url, timeout_s, retries, batch_size, backoff_s)
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "ShelfmlClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ready(self, *models: str) -> bool:
+        """Server ready (with strict readiness: every model), and each named model ready; False if unreachable."""
+        try:
+            return bool(self._client.is_server_ready(client_timeout=self.timeout_s)) and all(
+                self._client.is_model_ready(m, client_timeout=self.timeout_s) for m in models)
+        except InferenceServerException:
+            return False
+
+    def wait_ready(self, timeout_s: float = 60.0, *models: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready(*models):
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(f"{self.url} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
+            time.sleep(0.25)
+
+    def _call(self, model: str, fn: Callable):
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except InferenceServerException as e:
+                if status_name(e) != "UNAVAILABLE" or attempt == self.retries:
+                    raise _error(e, model, attempt + 1) from None
+                time.sleep(self.delay(attempt))
+
+    def _limit(self, model: str) -> int:
+        if model not in self._max_batch:
+            config = self._call(model, lambda: self._client.get_model_config(
+                model, as_json=True, client_timeout=self.timeout_s))
+            self._max_batch[model] = int(config["config"].get("max_batch_size", 0))
+        return self.rows_per_request(model)
+
+    def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:
+        if _rows(columns) == 0:
+            return []
+        results, outputs = [], requested_outputs(spec)
+        for chunk in chunks(columns, self._limit(spec.name)):
+            inputs = build_inputs(spec, chunk)
+            result = self._call(spec.name, lambda: self._client.infer(
+                spec.name, inputs, outputs=outputs, client_timeout=self.timeout_s))
+            results += parse(result, _rows(chunk))
+        return results
+
+    def tag(self, texts: Sequence[str]) -> list[TagResult]:
+        return self._infer(TAGGER_SERVICE, tag_columns(texts), parse_tags)
+
+    def price(self, texts: Sequence[str], images: Sequence[Image] | None = None) -> list[PriceResult]:
+        return self._infer(PRICE_SERVICE, price_columns(texts, images), parse_prices)
+
+
+class AsyncShelfmlClient(_Settings):
+    """asyncio client: same calls as :class:`ShelfmlClient`, awaited; a call's requests run concurrently
+    (at most ``concurrency`` in flight)."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
+                 batch_size: int = DEFAULT_BATCH_SIZE, backoff_s: float = DEFAULT_BACKOFF_S, concurrency: int = 4):
+        super().__init__(url, timeout_s, retries, batch_size, backoff_s)
+        assert concurrency >= 1, f"concurrency must be >= 1, got {concurrency}"
+        self._client = grpcaio.InferenceServerClient(url)
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncShelfmlClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def ready(self, *models: str) -> bool:
+        try:
+            if not await self._client.is_server_ready(client_timeout=self.timeout_s):
+                return False
+            for m in models:
+                if not await self._client.is_model_ready(m, client_timeout=self.timeout_s):
+                    return False
+            return True
+        except InferenceServerException:
+            return False
+
+    async def wait_ready(self, timeout_s: float = 60.0, *models: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await self.ready(*models):
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(f"{self.url} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
+            await asyncio.sleep(0.25)
+
+    async def _call(self, model: str, fn: Callable):
+        for attempt in range(self.retries + 1):
+            try:
+                return await fn()
+            except InferenceServerException as e:
+                if status_name(e) != "UNAVAILABLE" or attempt == self.retries:
+                    raise _error(e, model, attempt + 1) from None
+                await asyncio.sleep(self.delay(attempt))
+
+    async def _limit(self, model: str) -> int:
+        if model not in self._max_batch:
+            config = await self._call(model, lambda: self._client.get_model_config(
+                model, as_json=True, client_timeout=self.timeout_s))
+            self._max_batch[model] = int(config["config"].get("max_batch_size", 0))
+        return self.rows_per_request(model)
+
+    async def _one(self, spec: GraphSpec, chunk: dict[str, list], parse) -> list:
+        inputs, outputs = build_inputs(spec, chunk), requested_outputs(spec)
+        async with self._slots:
+            result = await self._call(spec.name, lambda: self._client.infer(
+                spec.name, inputs, outputs=outputs, client_timeout=self.timeout_s))
+        return parse(result, _rows(chunk))
+
+    async def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:
+        if _rows(columns) == 0:
+            return []
+        size = await self._limit(spec.name)
+        parts = await asyncio.gather(*(self._one(spec, c, parse) for c in chunks(columns, size)))
+        return [r for part in parts for r in part]
+
+    async def tag(self, texts: Sequence[str]) -> list[TagResult]:
+        return await self._infer(TAGGER_SERVICE, tag_columns(texts), parse_tags)
+
+    async def price(self, texts: Sequence[str], images: Sequence[Image] | None = None) -> list[PriceResult]:
+        return await self._infer(PRICE_SERVICE, price_columns(texts, images), parse_prices)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# shelfml GPU server entrypoint: make the TensorRT engines fit this GPU, then exec tritonserver.
+#
+# 1. `python -m shelfml.export.tensorrt build $REPO --cache $CACHE` builds, reuses or rebuilds the FP16
+#    engine of every leaf model (a folder with graph.json); a stale or corrupt engine is removed, never loaded.
+# 2. Only when that succeeded: exec tritonserver on the repository's stock configs, with any arguments given.
+#
+# Environment: SHELFML_MODEL_REPOSITORY (/models), SHELFML_ENGINE_CACHE (/engine-cache),
+# SHELFML_ENGINES (build | skip), SHELFML_PYTHON (python3), SHELFML_TRITONSERVER (tritonserver).
+# Exit codes: 2 bad set-up (no repository, bad setting), 3 engine step failed or refused.
+set -euo pipefail
+
+REPO="${SHELFML_MODEL_REPOSITORY:-/models}"
+CACHE="${SHELFML_ENGINE_CACHE:-/engine-cache}"
+ENGINES="${SHELFML_ENGINES:-build}"
+PYTHON="${SHELFML_PYTHON:-python3}"
+TRITONSERVER="${SHELFML_TRITONSERVER:-tritonserver}"
+
+log() { printf 'shelfml-entrypoint: %s\n' "$*" >&2; }
+
+if [[ ! -d "$REPO" ]]; then
+    log "no model repository at $REPO: mount the exported repository there (or set SHELFML_MODEL_REPOSITORY)"
+    exit 2
+fi
+
+case "$ENGINES" in
+    build)
+        # Engines only load in the TensorRT they were built with: the python package must match the server's.
+        if [[ -n "${TRT_VERSION:-}" ]]; then
+            py_trt="$("$PYTHON" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)"
+            if [[ -n "$py_trt" && "$TRT_VERSION" != "$py_trt"* ]]; then
+                log "python tensorrt $py_trt does not match this server's TensorRT $TRT_VERSION; its engines would not load. Refusing to start."
+                exit 3
+            fi
+        fi
+        log "preparing TensorRT engines in $REPO (cache: $CACHE)"
+        if ! "$PYTHON" -m shelfml.export.tensorrt build "$REPO" --cache "$CACHE"; then
+            log "engine step failed: not starting tritonserver (it would serve missing or mismatched engines)"
+            exit 3
+        fi
+        ;;
+    skip)
+        log "SHELFML_ENGINES=skip: no engine step (configs that need no TensorRT engine)"
+        ;;
+    *)
+        log "SHELFML_ENGINES must be 'build' or 'skip', got '$ENGINES'"
+        exit 2
+        ;;
+esac
+
+log "starting $TRITONSERVER --model-repository=$REPO $*"
+exec "$TRITONSERVER" --model-repository="$REPO" "$@"

@@ -1,0 +1,185 @@
+"""Exports -> a self-contained Triton model repository serving both models.
+
+    REPO/
+      repository.json                     what was built from what (exports, hashes, runtime)
+      tagger_encoder/  tagger_decoder/  price_regressor/        leaf graphs
+        config.pbtxt                      stock NGC config: onnxruntime_onnx (model.onnx) or tensorrt_plan (model.plan)
+        configs/cpu.pbtxt                 python backend running ONNX Runtime on the same model.onnx
+        1/model.onnx 1/model.py 1/graph.json (contract + shape ranges + FP32 layers: the engine builder's input)
+      tagger/  price/                     python models: tokenisation, decode loop / picture decoding
+        config.pbtxt configs/cpu.pbtxt 1/model.py 1/assets/ warmup/
+
+Configs are built as Triton ``ModelConfig`` protobuf messages (the schema tritonclient ships) from
+the contracts in export/contract.py, so a config can only hold fields Triton knows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from shelfml.checkpoint import ensure_writable, versions, write_checkpoint
+from shelfml.export.contract import (PRICE_SERVICE, TAGGER_SERVICE, TRITON_DTYPES, GraphSpec, ShapeRanges,
+                                     TensorSpec)
+from shelfml.export.exporter import ASSETS, ExportError, read_export, sha256, verify_files
+from shelfml.export.tensorrt import BERT_KEEP_FP32, T5_KEEP_FP32
+
+RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
+CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
+SOURCES = Path(__file__).parent / "models"
+QUEUE_DELAY_US = 2000
+WARMUP_TEXT = "stainless steel water bottle 750 ml"
+
+
+
+def _tensor(spec: TensorSpec, cls):
+    return cls(name=spec.name, data_type=getattr(mc, TRITON_DTYPES[spec.dtype]), dims=spec.triton_dims())
+
+
+def _config(spec: GraphSpec, max_batch: int, gpu: bool, **fields) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=spec.name, max_batch_size=max_batch, **fields)
+    config.input.extend(_tensor(t, mc.ModelInput) for t in spec.inputs)
+    for t in config.input:
+        t.optional = t.name in spec.optional
+    config.output.extend(_tensor(t, mc.ModelOutput) for t in spec.outputs)
+    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.append(mc.ModelInstanceGroup(kind=kind, count=1))
+    return config
+
+
+def _parameters(config: mc.ModelConfig, **params: str) -> None:
+    for key, value in params.items():
+        config.parameters[key].string_value = str(value)
+
+
+def leaf_warmup(spec: GraphSpec, ranges: ShapeRanges) -> mc.ModelWarmup:
+    """One zero-filled request at the opt shape (a past of at least one token)."""
+    warmup = mc.ModelWarmup(name=f"{spec.name}-zeros", batch_size=1)
+    for tensor in spec.inputs:
+        dims = [max(d, 1) for d in ranges.shape(tensor, 1)[1:]]
+        warmup.inputs[tensor.name].CopyFrom(mc.ModelWarmup.Input(
+            data_type=getattr(mc, TRITON_DTYPES[tensor.dtype]), dims=dims, zero_data=True))
+    return warmup
+
+
+def leaf_configs(spec: GraphSpec, ranges: ShapeRanges, runtime: str) -> dict[str, mc.ModelConfig]:
+    """The stock GPU config (ONNX Runtime or TensorRT backend) and the CPU python-backend config."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    max_batch = ranges.ranges["batch"][2]
+    platform, filename = ("onnxruntime_onnx", "model.onnx") if runtime == "onnxruntime" else ("tensorrt_plan", "model.plan")
+    stock = _config(spec, max_batch, gpu=True, platform=platform, default_model_filename=filename)
+    cpu = _config(spec, max_batch, gpu=False, backend="python")
+    _parameters(cpu, onnx_file="model.onnx", intra_op_threads="0")
+    for config in (stock, cpu):
+        config.model_warmup.append(leaf_warmup(spec, ranges))
+    return {"config.pbtxt": stock, f"configs/{CPU_CONFIG}.pbtxt": cpu}
+
+
+def service_configs(spec: GraphSpec, leaves: dict[str, GraphSpec], max_batch: int, **params: str) -> dict:
+    """Python models (tagger, price): BLS to the leaves on GPU, the leaves' ONNX in-process on CPU."""
+    mode_key = "decoder" if spec.name == "tagger" else "runner"
+    out = {}
+    for file, mode, gpu in (("config.pbtxt", "bls", True), (f"configs/{CPU_CONFIG}.pbtxt", "inprocess", False)):
+        config = _config(spec, max_batch, gpu=False, backend="python")
+        _parameters(config, assets=ASSETS, leaf_max_batch=str(max_batch), **{mode_key: mode}, **params,
+                    leaf_outputs=json.dumps({name: s.output_names for name, s in leaves.items()}))
+        if mode == "inprocess":  # BLS calls cannot run while the server is still loading: no warm-up then
+            warmup = mc.ModelWarmup(name=f"{spec.name}-text", batch_size=1)
+            warmup.inputs["text"].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1],
+                                                                 input_data_file="text"))
+            config.model_warmup.append(warmup)
+        out[file] = config
+    return out
+
+
+def write_config(path: Path, config: mc.ModelConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text_format.MessageToString(config))
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt with Triton's own schema (raises on any unknown field)."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def _string_file(path: Path, text: str) -> None:
+    """A warm-up input file for a TYPE_STRING tensor: 4-byte little-endian length + UTF-8 bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode()
+    path.write_bytes(struct.pack("<I", len(data)) + data)
+
+
+def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtime: str, keep_fp32: list[str]) -> GraphSpec:
+    spec = GraphSpec(name=graph["name"], file=graph["file"], atol=graph["atol"],
+                     inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in graph["inputs"]),
+                     outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in graph["outputs"]))
+    folder = repo / spec.name
+    (folder / "1").mkdir(parents=True)
+    shutil.copy2(export_dir / spec.file, folder / "1" / "model.onnx")
+    shutil.copy2(SOURCES / "onnx_leaf.py", folder / "1" / "model.py")
+    (folder / "1" / "graph.json").write_text(json.dumps(
+        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": keep_fp32}}, indent=2))
+    for name, config in leaf_configs(spec, ranges, runtime).items():
+        write_config(folder / name, config)
+    return spec
+
+
+def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves: dict[str, GraphSpec],
+             max_batch: int, **params: str) -> None:
+    folder = repo / spec.name
+    (folder / "1").mkdir(parents=True)
+    shutil.copy2(SOURCES / source, folder / "1" / "model.py")
+    shutil.copytree(export_dir / ASSETS, folder / "1" / ASSETS)
+    _string_file(folder / "warmup" / "text", WARMUP_TEXT)
+    for name, config in service_configs(spec, leaves, max_batch, **params).items():
+        write_config(folder / name, config)
+
+
+def build_repository(repo: Path, tagger: Path | None = None, price: Path | None = None,
+                     runtime: str = "onnxruntime", force: bool = False) -> dict:
+    """Write the repository for the given exports (atomically); returns repository.json's content."""
+    if tagger is None and price is None:
+        raise ExportError("nothing to serve: pass a tagger export, a price export, or both")
+    exports = {"tagger": tagger, "price": price}
+    manifests = {}
+    for task, path in exports.items():
+        if path is not None:
+            manifests[task] = read_export(path, task=task)
+            verify_files(path)
+    ensure_writable(repo, force)
+
+    def save(tmp: Path) -> None:
+        if "tagger" in manifests:
+            m, ranges = manifests["tagger"], ShapeRanges.from_dict(manifests["tagger"]["shape_ranges"])
+            leaves = {g["name"]: _leaf(tmp, Path(tagger), g, ranges, runtime, list(T5_KEEP_FP32))
+                      for g in (m["graphs"]["encoder"], m["graphs"]["decoder"])}
+            _service(tmp, Path(tagger), TAGGER_SERVICE, "tagger.py", leaves, ranges.ranges["batch"][2],
+                     encoder_model="tagger_encoder", decoder_model="tagger_decoder")
+        if "price" in manifests:
+            m, ranges = manifests["price"], ShapeRanges.from_dict(manifests["price"]["shape_ranges"])
+            leaves = {"price_regressor": _leaf(tmp, Path(price), m["graphs"]["model"], ranges, runtime, list(BERT_KEEP_FP32))}
+            _service(tmp, Path(price), PRICE_SERVICE, "price.py", leaves, ranges.ranges["batch"][2],
+                     regressor_model="price_regressor")
+
+    def describe(tmp: Path) -> dict:
+        return {"runtime": runtime, "cpu_config": CPU_CONFIG,
+                "models": sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file()),
+                "exports": {task: {"path": str(Path(p).resolve()), "files": manifests[task]["files"]}
+                            for task, p in exports.items() if p is not None},
+                "onnx": {str(f.relative_to(tmp)): sha256(f) for f in sorted(tmp.glob("*/1/model.onnx"))},
+                "serve": f"shelfml serve {repo}"}
+
+    write_checkpoint(repo, save, describe, name="repository.json")
+    print(f"shelfml: wrote the Triton model repository {repo}", file=sys.stderr)
+    return json.loads((Path(repo) / "repository.json").read_text())
+
+
+

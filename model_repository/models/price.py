@@ -1,0 +1,56 @@
+"""Triton python model ``price``: text (+ the picture file's bytes) -> price and a has-picture flag.
+
+Tokenises the text, decodes the picture (a missing or corrupt one is flagged, not an error: the
+model was trained to price products without one), and runs the ``price_regressor`` graph through
+BLS (``runner: bls``) or in-process (``runner: inprocess``). Names and dtypes come from config.pbtxt.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from shelfml.model_repository.services import (PriceService, bls_price_runner, check_numpy,
+                                                       inprocess_price_runner)
+
+        check_numpy()
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        here = Path(args["model_repository"])
+        leaf = params["regressor_model"]
+        run = inprocess_price_runner(here.parent, leaf) if params["runner"] == "inprocess" else bls_price_runner(pb_utils, leaf)
+        self.service = PriceService(here / args["model_version"] / params["assets"], run,
+                                    max_batch=int(params["leaf_max_batch"]))
+        self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+
+    def execute(self, requests):
+        from shelfml.model_repository.services import RequestError, decode_texts
+
+        texts, images, spans, errors = [], [], [], {}
+        for i, request in enumerate(requests):
+            try:
+                rows = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
+                image = pb_utils.get_input_tensor_by_name(request, "image")
+                pictures = [b""] * len(rows) if image is None else [bytes(b) for b in image.as_numpy().reshape(-1)]
+                if len(pictures) != len(rows):
+                    raise RequestError(f"{len(rows)} texts but {len(pictures)} images")
+            except RequestError as e:
+                errors[i] = str(e)
+                continue
+            spans.append((i, len(texts), len(texts) + len(rows)))
+            texts.extend(rows)
+            images.extend(pictures)
+        outputs = self.service.price(texts, images) if texts else {}
+        responses = [None] * len(requests)
+        for i, start, end in spans:
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:end]).astype(dtype))
+                       for name, dtype in self.dtypes.items()]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        for i, message in errors.items():
+            responses[i] = pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+        return responses

@@ -1,0 +1,54 @@
+"""Triton python model ``tagger``: text -> category path, brand and confidence.
+
+Tokenises the text and runs the project's one taxonomy-constrained greedy decode loop, whose step
+function calls the ``tagger_encoder``/``tagger_decoder`` leaves through BLS (``decoder: bls``) or
+runs their ONNX files in-process (``decoder: inprocess``). Names and dtypes come from config.pbtxt.
+"""
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from shelfml.model_repository.services import (TaggerService, bls_step_factory, check_numpy,
+                                                       inprocess_step_factory)
+
+        check_numpy()
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        here = Path(args["model_repository"])
+        encoder, decoder = params["encoder_model"], params["decoder_model"]
+        if params["decoder"] == "inprocess":
+            make_step = inprocess_step_factory(here.parent, encoder, decoder)
+        else:
+            outputs = json.loads(params["leaf_outputs"])
+            make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder])
+        self.service = TaggerService(here / args["model_version"] / params["assets"], make_step,
+                                     max_batch=int(params["leaf_max_batch"]))
+        self.input = config["input"][0]["name"]
+        self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+
+    def execute(self, requests):
+        from shelfml.model_repository.services import RequestError, decode_texts
+
+        texts, spans, errors = [], [], {}
+        for i, request in enumerate(requests):
+            try:
+                rows = decode_texts(pb_utils.get_input_tensor_by_name(request, self.input).as_numpy(), self.input)
+            except RequestError as e:
+                errors[i] = str(e)
+                continue
+            spans.append((i, len(texts), len(texts) + len(rows)))
+            texts.extend(rows)
+        outputs = self.service.outputs(self.service.tag(texts)) if texts else {}
+        responses = [None] * len(requests)
+        for i, start, end in spans:
+            tensors = [pb_utils.Tensor(name, outputs[name][start:end].astype(dtype)) for name, dtype in self.dtypes.items()]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        for i, message in errors.items():
+            responses[i] = pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+        return responses

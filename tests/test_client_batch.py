@@ -1,0 +1,231 @@
+"""``shelfml-client batch`` resumes exactly (torn last line, no duplicates, input order), the client's error
+mapping and retries, and, when tests/conftest.py provides ``served_repository``, the real served models."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import time
+
+import pandas as pd
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from shelfml.client import cli
+from shelfml.client.cli import Row, complete_records, format_records, make_predict, resume_output, run_batch
+from shelfml.client.client import (AsyncShelfmlClient, ClientError, DeadlineExceededError, InvalidRequestError,
+                                   PriceResult, ServerUnavailableError, ShelfmlClient, TagResult, _error)
+from shelfml.labels import LEVEL_SEP
+from shelfml.model_repository.server import free_port
+
+HEADER = ["id", "path", "brand", "confidence", "error"]
+# ids a catalog may really hold: commas, quotes, a newline, non-ASCII
+IDS = ["a1", "b,2", 'c "3"', "d\n4", "é5", "f6", "g7"]
+
+
+def fields(row: Row) -> list[object]:
+    return [f"top{LEVEL_SEP}{row.text}", "brand", "0.500000", ""]
+
+
+def records(ids, start=0, stop=None) -> bytes:
+    return format_records([[i, *fields(Row(i, f"t-{i}"))] for i in ids[start:stop]])
+
+
+@pytest.mark.parametrize("data, ids", [
+    (b"", []),
+    (b"id,path,br", []),
+    (format_records([HEADER]), []),
+    (format_records([HEADER]) + records(IDS), IDS),
+    (format_records([HEADER]) + records(IDS) + b"h8,top > t-h8,bra", IDS),  # torn inside the last line
+    (format_records([HEADER]) + records(IDS, 0, 3) + b'"d\n4",top > t-d', IDS[:3]),  # torn inside a quoted id
+    (format_records([HEADER]) + records(IDS, 0, 3) + b'"d\n', IDS[:3]),  # torn right after an embedded newline
+    (format_records([HEADER]) + records(IDS, 0, 2) + b"x,only-two-fields\n", IDS[:2]),  # a short record
+], ids=["empty", "torn-header", "header-only", "complete", "torn-last-line", "torn-quoted-id",
+        "torn-after-embedded-newline", "wrong-width"])
+def test_complete_records_keep_only_whole_rows(data, ids):
+    good, found = complete_records(data, HEADER)
+    assert [r[0] for r in found[1:]] == ids
+    assert data[:good] == (format_records([HEADER]) + records(ids) if found else b"")
+
+
+def test_resume_output_cuts_the_torn_tail_and_returns_the_ids(tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_bytes(format_records([HEADER]) + records(IDS, 0, 4) + b'"\xc3')  # a split UTF-8 character too
+    assert resume_output(out, HEADER) == IDS[:4]
+    assert out.read_bytes() == format_records([HEADER]) + records(IDS, 0, 4)
+    new = tmp_path / "new.csv"
+    assert resume_output(new, HEADER) == [] and new.read_bytes() == format_records([HEADER])
+
+
+@pytest.mark.parametrize("content, message", [
+    (format_records([["row", "price", "has_image", "error"], ["0", "1.0", "0", ""]]), "a different --task"),
+    (b"name;value\nx;1\n", r"exists with columns \[.name;value.\]"),
+    (b"name;val", "is not a batch output"),
+], ids=["other-task", "other-csv", "other-torn-file"])
+def test_resume_output_never_overwrites_another_file(tmp_path, content, message):
+    out = tmp_path / "out.csv"
+    out.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        resume_output(out, HEADER)
+    assert out.read_bytes() == content
+
+
+class Flaky:
+    """A predict callable that fails on its ``fail_on``-th call (an interruption or a server going away)."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.fail_on, self.calls, self.seen = fail_on, 0, []
+
+    async def __call__(self, chunk: list[Row]) -> list[list[object]]:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise ServerUnavailableError("server went away", "UNAVAILABLE")
+        await asyncio.sleep(0.001 * (len(chunk) % 3))  # chunks complete out of order
+        self.seen += [r.id for r in chunk]
+        return [fields(r) for r in chunk]
+
+
+def read_ids(path) -> list[str]:
+    return [r[0] for r in list(csv.reader(io.StringIO(path.read_text(), newline="")))[1:]]
+
+
+@pytest.mark.parametrize("concurrency", [1, 3], ids=["sequential", "concurrent"])
+def test_batch_resumes_after_interruption_and_a_torn_line(tmp_path, concurrency):
+    rows = [Row(f"{i},{'x' if i % 5 else chr(10)}", f"title {i}") for i in range(53)]
+    out = tmp_path / "out.csv"
+    with pytest.raises(ServerUnavailableError):
+        asyncio.run(run_batch(rows, out, HEADER, Flaky(fail_on=4), batch_size=5, concurrency=concurrency,
+                              progress=False))
+    written = read_ids(out)
+    assert written == [r.id for r in rows[:len(written)]] and len(written) == 15  # chunks 1-3, in order
+    with open(out, "ab") as f:  # a kill in the middle of the next write
+        f.write(format_records([[rows[15].id, *fields(rows[15])]])[:9])
+
+    second = Flaky()
+    summary = asyncio.run(run_batch(rows, out, HEADER, second, batch_size=5, concurrency=concurrency,
+                                    progress=False))
+    assert sorted(second.seen) == sorted(r.id for r in rows[15:])  # only the missing rows were sent
+    assert read_ids(out) == [r.id for r in rows]  # every row once, in input order
+    assert (summary.total, summary.skipped, summary.written) == (53, 15, 38)
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == HEADER and frame["path"].tolist() == [f"top > {r.text}" for r in rows]
+
+    third = Flaky()
+    assert asyncio.run(run_batch(rows, out, HEADER, third, 5, concurrency, progress=False)).written == 0
+    assert third.calls == 0
+
+
+def test_batch_refuses_duplicate_ids(tmp_path):
+    with pytest.raises(ValueError, match=r"duplicate values \(e.g. \['a'\]\)"):
+        asyncio.run(run_batch([Row("a", "x"), Row("b", "y"), Row("a", "z")], tmp_path / "o.csv", HEADER, Flaky(),
+                              batch_size=2, progress=False))
+
+
+class RejectingClient:
+    """Rejects any request holding an empty text, as the real tagger does (INVALID_ARGUMENT)."""
+
+    async def tag(self, texts):
+        if any(not t for t in texts):
+            raise InvalidRequestError("tagger: the server rejected the request: empty text", "INVALID_ARGUMENT")
+        return [TagResult(("a", "b"), "x", 0.25) for _ in texts]
+
+    async def price(self, texts, images):
+        return [PriceResult(10.0, img is not None) for img in images]
+
+
+def test_a_rejected_chunk_is_retried_row_by_row():
+    predict = make_predict(RejectingClient(), "tag")
+    got = asyncio.run(predict([Row("1", "ok"), Row("2", ""), Row("3", "fine")]))
+    assert got[0] == ["a > b", "x", "0.250000", ""] and got[2] == got[0]
+    assert got[1][:3] == ["", "", ""] and "empty text" in got[1][3]
+    priced = asyncio.run(make_predict(RejectingClient(), "price")([Row("1", "a", "/p.jpg"), Row("2", "b")]))
+    assert priced == [["10.0000", 1, ""], ["10.0000", 0, ""]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "tag", "--text-col", "name"], "has no column 'name' \\(--text-col\\)"),
+    (["--task", "tag", "--id-col", "sku"], "has no column 'sku' \\(--id-col\\)"),
+    (["--task", "tag", "--image-col", "image"], "--image-col is for --task price"),
+], ids=["text-col", "id-col", "image-col-for-tag"])
+def test_batch_input_errors_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "in.csv").write_text("id,title,image\n1,steel bottle,\n")
+    code = cli.main(["--url", f"localhost:{free_port()}", "batch", str(tmp_path / "in.csv"),
+                     "--out", str(tmp_path / "out.csv"), *argv])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("status, cls", [
+    ("StatusCode.INVALID_ARGUMENT", InvalidRequestError),
+    ("StatusCode.UNAVAILABLE", ServerUnavailableError),
+    ("StatusCode.DEADLINE_EXCEEDED", DeadlineExceededError),
+    ("StatusCode.INTERNAL", ClientError),
+], ids=["invalid", "unavailable", "deadline", "internal"])
+def test_server_errors_become_named_exceptions(status, cls):
+    e = _error(InferenceServerException("text is empty", status=status), "tagger", 1)
+    assert type(e) is cls and e.model == "tagger" and "tagger" in str(e) and "text is empty" in str(e)
+
+
+def test_unavailable_is_retried_with_backoff_then_raised():
+    client = ShelfmlClient(f"localhost:{free_port()}", retries=2, backoff_s=0.2, timeout_s=5)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailableError, match="after 3 attempt"):
+        client.tag(["steel bottle"])
+    assert time.monotonic() - start >= 0.2 + 0.4  # two backoffs: 0.2 s, then 0.4 s
+    assert client.ready() is False
+    with pytest.raises(TypeError, match="not one string"):
+        client.tag("steel bottle")
+    with pytest.raises(ValueError, match="2 texts but 1 images"):
+        client.price(["a", "b"], [None])
+    client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real served models (the fixture lives in tests/conftest.py once the repository builder exists).
+
+
+@pytest.fixture
+def served(request):
+    try:
+        return request.getfixturevalue("served_repository")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no served_repository fixture (the real tagger and price models)")
+
+
+TEXTS = ["Green Harbor herbal shampoo 500 ml", "steel water bottle 1 l", "cotton t-shirt blue M"] * 5
+
+
+def test_sync_and_async_clients_agree_on_the_served_models(served):
+    with ShelfmlClient(served.grpc_url, batch_size=4) as client:
+        client.wait_ready(60, "tagger", "price")
+        tags, prices = client.tag(TEXTS), client.price(TEXTS)
+    assert len(tags) == len(TEXTS) and all(t.path and 0 < t.confidence <= 1 for t in tags)
+    assert tags[0] == tags[3] and all(p.price > 0 and not p.has_image for p in prices)
+
+    async def both():
+        async with AsyncShelfmlClient(served.grpc_url, batch_size=3, concurrency=3) as client:
+            return await client.tag(TEXTS), await client.price(TEXTS, [None] * len(TEXTS))
+
+    async_tags, async_prices = asyncio.run(both())
+    assert async_tags == tags
+    assert [p.price for p in async_prices] == pytest.approx([p.price for p in prices], rel=1e-4)
+
+
+def test_batch_end_to_end_resumes_against_the_server(served, tmp_path):
+    titles = TEXTS + ["", "kids bicycle 16 inch"]
+    pd.DataFrame({"sku": [f"s{i}" for i in range(len(titles))], "title": titles}).to_csv(tmp_path / "in.csv",
+                                                                                         index=False)
+    args = ["--url", served.grpc_url, "--batch-size", "4", "batch", str(tmp_path / "in.csv"), "--task", "tag",
+            "--id-col", "sku", "--concurrency", "2", "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "full.csv")]) == 0
+    full = (tmp_path / "full.csv").read_bytes()
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "part.csv").write_bytes(b"".join(lines[:6]) + lines[6][:7])  # 5 rows and a torn sixth
+    assert cli.main([*args, "--out", str(tmp_path / "part.csv")]) == 0
+    assert (tmp_path / "part.csv").read_bytes() == full
+    frame = pd.read_csv(tmp_path / "full.csv", dtype=str, keep_default_na=False)
+    assert frame["sku"].tolist() == [f"s{i}" for i in range(len(titles))]
+    empty = frame[frame["sku"] == f"s{len(TEXTS)}"].iloc[0]
+    assert (empty["error"] != "") or (empty["path"] != "")  # rejected with a reason, or a flagged result

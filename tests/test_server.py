@@ -1,0 +1,208 @@
+"""The real tritonserver from the nvidia-pytriton wheel, started by ``TritonServer`` on tiny python-backend
+repositories written here: readiness, a string round trip over gRPC, and every start-up failure named."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shelfml.model_repository import server as srv
+from shelfml.model_repository.server import (ModelLoadError, PortInUseError, ServerError, ServerExitedError,
+                                             TritonNotFoundError, TritonServer, free_port, port_in_use)
+
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+
+STRING_MODEL = """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                "out", pb_utils.get_input_tensor_by_name(r, "text").as_numpy())]) for r in requests]
+"""
+RAISING_MODEL = """
+    class TritonPythonModel:
+        def initialize(self, args):
+            raise RuntimeError("tokenizer file missing: /nowhere/tokenizer.json")
+
+        def execute(self, requests):
+            return []
+"""
+
+
+def config(name: str, backend: str) -> str:
+    return textwrap.dedent(f"""
+        name: "{name}"
+        backend: "{backend}"
+        max_batch_size: 8
+        input [ {{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }} ]
+        output [ {{ name: "out" data_type: TYPE_STRING dims: [ 1 ] }} ]
+        instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+    """)
+
+
+def write_model(repo: Path, name: str, source: str, stock_backend: str = "onnxruntime") -> None:
+    """Like the project's leaves: a stock config.pbtxt for the GPU container and configs/cpu.pbtxt (python)."""
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "configs").mkdir()
+    (repo / name / "config.pbtxt").write_text(config(name, stock_backend))
+    (repo / name / "configs" / "cpu.pbtxt").write_text(config(name, "python"))
+    (repo / name / "1" / "model.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture(scope="module")
+def echo_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "echo", STRING_MODEL)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(echo_repo):
+    with TritonServer(echo_repo) as s:
+        yield s
+
+
+def test_ready_and_string_round_trip(server):
+    assert urllib.request.urlopen(f"{server.endpoints['http']}/v2/health/ready", timeout=5).status == 200
+    assert set(server.endpoints) == {"grpc", "http", "metrics"}
+    assert server.repository_index() == [{"name": "echo", "version": "1", "state": "READY"}]
+    texts = ["Green Harbor shampoo 500 ml", "", "café — 日本語 ✓", "x" * 10_000]
+    client = tritonclient_grpc.InferenceServerClient(server.grpc_url)
+    try:
+        assert client.is_server_ready() and client.is_model_ready("echo")
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        inp = tritonclient_grpc.InferInput("text", list(array.shape), "BYTES")
+        inp.set_data_from_numpy(array)
+        out = client.infer("echo", [inp]).as_numpy("out")
+    finally:
+        client.close()
+    assert [v.decode("utf-8") for v in out[:, 0]] == texts
+
+
+def test_a_taken_port_is_refused_before_start(echo_repo, server):
+    with pytest.raises(PortInUseError, match=rf"grpc port {server.grpc_port} is already in use"):
+        TritonServer(echo_repo, grpc_port=server.grpc_port).start()
+
+
+def test_a_taken_port_is_named_from_the_server_log(echo_repo, tmp_path, monkeypatch):
+    """The port taken between our check and the server's bind: the server exits and its log names the port."""
+    monkeypatch.setattr(srv, "port_in_use", lambda port: False)
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        s = TritonServer(echo_repo, http_port=port, log_file=tmp_path / "server.log")
+        with pytest.raises(PortInUseError, match=rf"HTTP port {port} is already in use") as err:
+            s.start()
+    assert err.value.port == port and not s.running()
+
+
+@pytest.mark.parametrize("models, config_name, extra, failing, reason", [
+    ({"echo": STRING_MODEL, "broken": RAISING_MODEL}, "cpu", (), "broken", "tokenizer file missing"),
+    ({"echo": STRING_MODEL, "broken": RAISING_MODEL}, "cpu", ("--exit-on-error=false",), "broken",
+     "tokenizer file missing"),
+    ({"echo": STRING_MODEL}, "", (), "echo", "unable to find backend library for backend 'onnxruntime'"),
+], ids=["initialize-raises", "initialize-raises-server-stays-up", "stock-config-without-its-backend"])
+def test_a_model_that_fails_to_load_is_named(tmp_path, models, config_name, extra, failing, reason):
+    for name, source in models.items():
+        write_model(tmp_path / "repo", name, source)
+    s = TritonServer(tmp_path / "repo", config_name=config_name, extra_args=extra, log_file=tmp_path / "server.log")
+    with pytest.raises(ModelLoadError, match=rf"(?s){failing}: .*{reason}") as err:
+        s.start(timeout_s=60)
+    assert set(err.value.models) == {failing}
+    assert not s.running()
+
+
+def test_a_server_that_exits_early_shows_its_error(echo_repo, tmp_path):
+    s = TritonServer(echo_repo, extra_args=("--no-such-flag",), log_file=tmp_path / "server.log")
+    with pytest.raises(ServerExitedError, match=r"(?s)exited with code \d+ before it was ready.*"
+                                                r"unrecognized option '--no-such-flag'"):
+        s.start()
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda mp, tmp: mp.setattr(srv, "_dist_dir", lambda: tmp), "no executable tritonserver .*nvidia-pytriton"),
+    (lambda mp, tmp: mp.setattr(srv.importlib.util, "find_spec", lambda name: None),
+     "'nvidia-pytriton' package, which is not installed"),
+], ids=["binary-missing", "package-missing"])
+def test_a_missing_binary_names_the_package(echo_repo, tmp_path, monkeypatch, break_it, message):
+    break_it(monkeypatch, tmp_path)
+    with pytest.raises(TritonNotFoundError, match=message):
+        TritonServer(echo_repo).start()
+
+
+def test_numpy_2_is_refused(echo_repo, monkeypatch):
+    monkeypatch.setattr(np, "__version__", "2.1.0")
+    with pytest.raises(ServerError, match=r"numpy 2\.1\.0 .*install 'numpy<2'"):
+        TritonServer(echo_repo).start()
+
+
+def test_bad_arguments_are_refused(echo_repo, tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        TritonServer(tmp_path / "nowhere").start()
+    port = free_port()
+    with pytest.raises(ServerError, match="ports must differ"):
+        TritonServer(echo_repo, http_port=port, grpc_port=port).start()
+
+
+def test_prepare_backends_is_idempotent():
+    first, second = srv.prepare_backends(), srv.prepare_backends()
+    stub = first / "python" / "triton_python_backend_stub"
+    assert first == second and stub.is_file() and os.access(stub, os.X_OK)
+
+
+def test_stop_ends_the_process_group_and_frees_the_ports(echo_repo):
+    with TritonServer(echo_repo) as s:
+        pid, ports = s.process.pid, s.ports
+        assert all(port_in_use(p) for p in ports.values())
+    assert s.process.returncode == 0 and not s.running()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # neither the server nor a python backend stub is left
+    assert not any(port_in_use(p) for p in ports.values())
+    assert s.stop() == 0  # idempotent
+
+
+SERVE = "import sys; from shelfml.model_repository.server import serve; sys.exit(serve(*sys.argv[1:2], *map(int, sys.argv[2:])))"
+
+
+def test_serve_prints_endpoints_and_stops_on_sigterm(echo_repo):
+    ports = [free_port() for _ in range(3)]
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(echo_repo), *map(str, ports)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        printed = "".join(lines)
+        assert f"localhost:{ports[1]}" in printed and f"http://localhost:{ports[0]}" in printed
+        assert "model echo" in printed and "READY" in printed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert "stopped (exit code 0)" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not any(port_in_use(p) for p in ports)
+
+
+def test_serve_on_a_taken_port_exits_2_with_the_reason(echo_repo):
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-c", SERVE, str(echo_repo), str(free_port()), str(port),
+                               str(free_port())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"grpc port {port} is already in use" in proc.stderr

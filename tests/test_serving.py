@@ -1,0 +1,213 @@
+"""The Triton model repository and the real server: configs against Triton's own schema, served
+outputs equal to in-process eager ones, every bad input answered clearly while the server stays up."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from shelfml.export.contract import PRICE_SERVICE, TAGGER_SERVICE
+from shelfml.labels import LEVEL_SEP
+from shelfml.model_repository.build import RUNTIMES, build_repository, read_config, write_config
+from shelfml.model_repository.services import RequestError, check_numpy, decode_texts
+from shelfml.price import PriceRegressor
+from shelfml.tagger import Tagger
+
+TEXTS = ["stainless steel water bottle 750 ml blue", "cotton round neck t-shirt for men",
+         "wireless optical mouse with usb receiver", "analog wrist watch for women gold dial"]
+LEAVES = ("tagger_encoder", "tagger_decoder", "price_regressor")
+
+
+@pytest.fixture(scope="module")
+def client(served_repository):
+    with grpcclient.InferenceServerClient(served_repository.grpc_url) as c:
+        yield c
+
+
+def text_input(values, name="text", datatype="BYTES", shape=None):
+    array = np.array(values, dtype=object) if datatype == "BYTES" else np.asarray(values)
+    if shape is None and datatype == "BYTES":
+        array = array.reshape(-1, 1)
+    tensor = grpcclient.InferInput(name, list(shape or array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def served_tags(client, texts):
+    result = client.infer("tagger", [text_input([t.encode() for t in texts])])
+    return [p[0].decode() for p in result.as_numpy("path")], [b[0].decode() for b in result.as_numpy("brand")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The repository
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, runtime):
+    repo = build_repository(tmp_path / "repo", **served_repository.exports, runtime=runtime)
+    for model in repo["models"]:
+        stock, cpu = read_config(tmp_path / "repo" / model / "config.pbtxt"), read_config(
+            tmp_path / "repo" / model / "configs" / "cpu.pbtxt")
+        for config in (stock, cpu):
+            assert config.name == model and config.max_batch_size == 64
+            assert config.dynamic_batching.max_queue_delay_microseconds > 0
+            assert config.instance_group
+        assert len(cpu.model_warmup) == 1 and len(stock.model_warmup) == (1 if model in LEAVES else 0)
+        assert cpu.backend == "python" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
+        if model in LEAVES:
+            assert stock.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[runtime]
+            assert stock.instance_group[0].kind == stock.instance_group[0].KIND_GPU
+            assert (tmp_path / "repo" / model / "1" / "model.onnx").is_file()
+            assert (tmp_path / "repo" / model / "1" / "graph.json").is_file()
+    assert sorted(repo["models"]) == sorted([*LEAVES, "tagger", "price"])
+
+
+@pytest.mark.parametrize("spec", [TAGGER_SERVICE, PRICE_SERVICE], ids=["tagger", "price"])
+def test_python_models_declare_the_contracts_names(served_repository, spec):
+    config = read_config(served_repository.repo / spec.name / "config.pbtxt")
+    assert [i.name for i in config.input] == spec.input_names
+    assert [o.name for o in config.output] == spec.output_names
+    assert [i.optional for i in config.input] == [n in spec.optional for n in spec.input_names]
+
+
+def test_repository_refuses_nothing_to_serve_and_existing_output(served_repository, tmp_path):
+    from shelfml.export.exporter import ExportError
+
+    with pytest.raises(ExportError, match="nothing to serve"):
+        build_repository(tmp_path / "r")
+    with pytest.raises(FileExistsError, match="--force"):
+        build_repository(served_repository.repo, **served_repository.exports)
+
+
+# ---------------------------------------------------------------------------------------------
+# Served outputs against in-process eager PyTorch
+
+
+def test_served_tags_equal_in_process_eager_tags(served_repository, client):
+    tagger = Tagger.load(served_repository.tagger_checkpoint)
+    eager = tagger.predict(TEXTS)
+    paths, brands = served_tags(client, TEXTS)
+    assert paths == [LEVEL_SEP.join(p.label.path) for p in eager]
+    assert brands == [p.label.brand for p in eager]
+
+
+def test_served_prices_match_eager_with_and_without_pictures(served_repository, client, pictures):
+    regressor = PriceRegressor.load(served_repository.price_checkpoint)
+    paths = [pictures["ok"], "", pictures["ok2"], pictures["corrupt"]]
+    eager = regressor.predict(TEXTS, paths)
+    images = [open(p, "rb").read() if p else b"" for p in paths]
+    result = client.infer("price", [text_input([t.encode() for t in TEXTS]), text_input(images, name="image")])
+    assert np.allclose(result.as_numpy("price")[:, 0], eager, rtol=1e-3)
+    assert result.as_numpy("has_image")[:, 0].tolist() == [True, False, True, False]
+    text_only = client.infer("price", [text_input([t.encode() for t in TEXTS])])  # "image" is optional
+    assert np.allclose(text_only.as_numpy("price")[:, 0], regressor.predict(TEXTS, [""] * 4), rtol=1e-3)
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order(served_repository, client):
+    tagger = Tagger.load(served_repository.tagger_checkpoint)
+    expected = [LEVEL_SEP.join(p.label.path) for p in tagger.predict(TEXTS)]
+    results, done = {}, threading.Event()
+
+    def callback(i, result, error):
+        results[i] = (result, error)
+        if len(results) == 16:
+            done.set()
+
+    for i in range(16):
+        client.async_infer("tagger", [text_input([TEXTS[i % 4].encode()])], functools.partial(callback, i))
+    assert done.wait(60), f"{len(results)} of 16 answered"
+    for i, (result, error) in results.items():
+        assert error is None, error
+        assert result.as_numpy("path")[0, 0].decode() == expected[i % 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear INVALID_ARGUMENT (or a flagged result), and the server keeps serving
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (lambda: [text_input([b""])], "text\\[0\\] is empty"),
+    (lambda: [text_input([b"\xff\xfe caf\xe9"])], "not valid UTF-8 \\(byte 0xff at offset 0\\)"),
+    (lambda: [text_input([b"ok", b"   "])], "text\\[1\\] is empty"),
+    (lambda: [text_input(np.zeros((0, 1), dtype=object), shape=[0, 1])], "got 0"),
+    (lambda: [text_input([b"bottle"], name="title")], "unexpected inference input 'title'"),
+    (lambda: [text_input(np.array([[1.0]], dtype=np.float32), datatype="FP32")], "data-type is .FP32., but model .tagger. expects .BYTES."),
+    (lambda: [text_input(np.array([[b"a", b"b"]], dtype=object), shape=[1, 2])], "unexpected shape for input .text. for model .tagger."),
+], ids=["empty", "non-utf8", "blank-row", "batch-of-0", "wrong-name", "wrong-dtype", "wrong-shape"])
+def test_bad_tagger_requests_get_invalid_argument_and_the_server_stays_up(client, inputs, message):
+    with pytest.raises(InferenceServerException, match=message) as error:
+        client.infer("tagger", inputs())
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    paths, _ = served_tags(client, TEXTS[:1])
+    assert LEVEL_SEP in paths[0]
+
+
+def test_a_100kb_text_is_served_truncated_like_in_process(served_repository, client):
+    text = "steel water bottle " * 5400  # ~100 KB: the tokenizer keeps the first max_input_tokens tokens
+    assert len(text.encode()) > 100_000
+    tagger = Tagger.load(served_repository.tagger_checkpoint)
+    paths, _ = served_tags(client, [text])
+    assert paths == [LEVEL_SEP.join(tagger.predict([text])[0].label.path)]
+
+
+def test_missing_or_corrupt_pictures_are_flagged_not_errors(client, pictures):
+    images = [b"", b"\xff\xd8\xff\xe0 not a jpeg", b"GIF89a truncated"]
+    result = client.infer("price", [text_input([b"leather wallet"] * 3), text_input(images, name="image")])
+    assert result.as_numpy("has_image")[:, 0].tolist() == [False, False, False]
+    assert len(set(result.as_numpy("price")[:, 0].tolist())) == 1  # no picture = the same text-only price
+    with pytest.raises(InferenceServerException, match="text\\[0\\] is empty"):
+        client.infer("price", [text_input([b""]), text_input([b""], name="image")])
+
+
+def test_leaf_models_reject_wrong_shapes_and_keep_serving(served_repository, client):
+    bad = grpcclient.InferInput("input_ids", [1, 4], "INT64")
+    bad.set_data_from_numpy(np.ones((1, 4), np.int64))
+    with pytest.raises(InferenceServerException):
+        client.infer("tagger_encoder", [bad])  # attention_mask missing
+    assert client.is_model_ready("tagger_encoder") and client.is_server_ready()
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU path's decode code (BLS to the leaves) run here on the CPU leaves
+
+
+def test_bls_decoding_equals_in_process_decoding(served_repository, tmp_path, client):
+    from shelfml.model_repository.server import TritonServer
+
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repository.repo, repo, ignore=shutil.ignore_patterns("price*"))
+    cpu = repo / "tagger" / "configs" / "cpu.pbtxt"
+    config = read_config(cpu)
+    config.parameters["decoder"].string_value = "bls"
+    del config.model_warmup[:]  # as in the stock config: BLS cannot run before the server is ready
+    write_config(cpu, config)
+    expected = served_tags(client, TEXTS)
+    with TritonServer(repo, log_file=tmp_path / "triton.log") as server, \
+            grpcclient.InferenceServerClient(server.grpc_url) as bls:
+        assert served_tags(bls, TEXTS) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([b""], "is empty"), ([b"\xc3\x28"], "not valid UTF-8"), ([b"x" * (1 << 20 + 1)], "the limit is"),
+], ids=["empty", "bad-utf8", "too-big"])
+def test_decode_texts_names_the_row_and_the_problem(rows, message):
+    with pytest.raises(RequestError, match=message):
+        decode_texts(np.array(rows, dtype=object).reshape(-1, 1))
+
+
+def test_numpy_2_is_refused_at_model_load(monkeypatch):
+    import numpy
+
+    monkeypatch.setattr(numpy, "__version__", "2.1.0")
+    with pytest.raises(RuntimeError, match="needs numpy<2"):
+        check_numpy()
