@@ -233,12 +233,19 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
     from shelfml.pipeline import run_pipeline
 
     report = run_pipeline(Path(a.out), data_spec(a), tagger_args(a), force=a.force,
-                          price_args=None if a.skip_price else pipeline_price_args(a))
+                          price_args=None if a.skip_price else pipeline_price_args(a), serve=not a.skip_serving)
     print_metrics("tagger (test)", report["tagger"]["metrics"])
     print_metrics("baseline (test)", report["tagger"]["baseline"])
     if "price" in report:
         print_metrics("price (test)", report["price"]["metrics"])
         print_metrics("price baseline (test)", report["price"]["baseline"])
+    if "serving" in report:
+        served = report["serving"]
+        print_metrics("tagger served by Triton over gRPC (test)",
+                      {"agreement_with_eager": served["tagger"]["agreement_with_eager"], **served["tagger"]["metrics"],
+                       "ms_per_item": served["tagger"]["ms_per_item"]})
+        if "price" in served:
+            print_metrics("price served by Triton over gRPC (test)", served["price"])
     print(f"report: {Path(a.out) / 'report.json'}", file=sys.stderr)
 
 
@@ -373,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--price-lr", type=float, default=5e-4)
     g.add_argument("--price-max-steps", type=int)
     g.add_argument("--skip-price", action="store_true", help="train and report the tagger only")
+    p.add_argument("--skip-serving", action="store_true",
+                   help="stop after evaluation (no export, repository, server or gRPC client)")
     p.add_argument("--out", default="runs/default")
     p.set_defaults(func=cmd_pipeline)
     return parser

@@ -76,7 +76,7 @@ def test_baseline_prints_the_same_metrics(tmp_path):
     assert metrics["invalid_path_rate"] == 0.0 and 0.2 < metrics["level_accuracy"]["supergroup"] <= 1.0
 
 
-def test_pipeline_writes_a_report_with_a_tagger_section(tmp_path):
+def test_pipeline_trains_exports_serves_and_reports_every_stage(tmp_path):
     out = tmp_path / "run"
     shelfml("pipeline", "--out", out, "--rows", 400, "--epochs", 1, "--max-steps", 8, "--vocab-size", 600)
     report = json.loads((out / "report.json").read_text())
@@ -85,3 +85,10 @@ def test_pipeline_writes_a_report_with_a_tagger_section(tmp_path):
     assert tagger["metrics"]["invalid_path_rate"] == 0.0
     for path in tagger["paths"].values():
         assert Path(path).exists(), path
+    served = report["serving"]  # exported, served by the real tritonserver, called over gRPC
+    assert served["tagger"]["rows"] == tagger["metrics"]["items"]
+    assert served["tagger"]["agreement_with_eager"] == 1.0
+    assert served["tagger"]["metrics"]["item_accuracy"] == tagger["metrics"]["item_accuracy"]
+    assert served["price"]["rows"] == report["price"]["metrics"]["items"] and served["price"]["smape_vs_eager"] < 0.1
+    assert served["exports"]["tagger"]["parity"]["onnx-fp32"]["greedy_tokens_identical"]
+    assert (out / "repository" / "tagger" / "configs" / "cpu.pbtxt").is_file()
