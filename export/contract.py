@@ -71,6 +71,15 @@ class GraphSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "GraphSpec":
+        """Inverse of :meth:`to_dict` (JSON turns tuples into lists)."""
+        def tensors(items) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in items)
+
+        return cls(name=data["name"], inputs=tensors(data["inputs"]), outputs=tensors(data["outputs"]),
+                   file=data.get("file"), atol=data.get("atol", 1e-4), optional=tuple(data.get("optional", ())))
+
 
 @dataclass(frozen=True)
 class ShapeRanges:

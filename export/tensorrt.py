@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from shelfml.export.contract import GraphSpec, ShapeRanges, TensorSpec
+from shelfml.export.contract import GraphSpec, ShapeRanges
 
 ONNX_FILE, GRAPH_FILE, PLAN_FILE, SIDECAR_FILE = "model.onnx", "graph.json", "model.plan", "model.plan.json"
 KEY_FORMAT = 1  # bump when the key's fields change: every cached engine is then rebuilt once
@@ -124,15 +124,6 @@ def import_tensorrt():
 # ---------------------------------------------------------------------------------------------
 # Leaf models: graph.json -> spec, ranges and precision.
 
-def spec_from_dict(data: dict) -> GraphSpec:
-    """Inverse of ``GraphSpec.to_dict`` (JSON turns tuples into lists)."""
-    def tensors(items) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in items)
-
-    return GraphSpec(name=data["name"], inputs=tensors(data["inputs"]), outputs=tensors(data["outputs"]),
-                     file=data.get("file"), atol=data.get("atol", 1e-4), optional=tuple(data.get("optional", ())))
-
-
 @dataclass(frozen=True)
 class LeafModel:
     name: str
@@ -156,7 +147,7 @@ def load_leaf(version_dir: Path) -> LeafModel:
     graph_path = version_dir / GRAPH_FILE
     try:
         graph = json.loads(graph_path.read_text())
-        spec = spec_from_dict(graph["spec"])
+        spec = GraphSpec.from_dict(graph["spec"])
         ranges = ShapeRanges.from_dict(graph["shape_ranges"])
     except FileNotFoundError:
         raise EngineError(f"{graph_path}: not found; a leaf model folder needs graph.json beside {ONNX_FILE}") from None
@@ -685,7 +676,7 @@ def check_onnx_for_tensorrt(onnx_path: Path, graph_json: Path | None = None) -> 
     if folded is not None and graph_json.is_file():
         try:
             graph = json.loads(graph_json.read_text())
-            spec, ranges = spec_from_dict(graph["spec"]), ShapeRanges.from_dict(graph["shape_ranges"])
+            spec, ranges = GraphSpec.from_dict(graph["spec"]), ShapeRanges.from_dict(graph["shape_ranges"])
             report["parity"] = parity(model, folded, spec, ranges)
             bad = [r for r in report["parity"] if not r["ok"]]
             if bad:

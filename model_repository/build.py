@@ -24,7 +24,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from shelfml.checkpoint import ensure_writable, versions, write_checkpoint
+from shelfml.checkpoint import ensure_writable, write_checkpoint
 from shelfml.export.contract import (PRICE_SERVICE, TAGGER_SERVICE, TRITON_DTYPES, GraphSpec, ShapeRanges,
                                      TensorSpec)
 from shelfml.export.exporter import ASSETS, ExportError, read_export, sha256, verify_files
@@ -118,9 +118,7 @@ def _string_file(path: Path, text: str) -> None:
 
 
 def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtime: str, keep_fp32: list[str]) -> GraphSpec:
-    spec = GraphSpec(name=graph["name"], file=graph["file"], atol=graph["atol"],
-                     inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in graph["inputs"]),
-                     outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in graph["outputs"]))
+    spec = GraphSpec.from_dict(graph)
     folder = repo / spec.name
     (folder / "1").mkdir(parents=True)
     shutil.copy2(export_dir / spec.file, folder / "1" / "model.onnx")

@@ -79,18 +79,26 @@ class Tagger:
     """A trained tagger: tokenizer + taxonomy constraint + a backend's step function."""
 
     def __init__(self, model, tokenizer, taxonomy: Taxonomy, brand_mode: str = "known+copy",
-                 max_input_tokens: int = MAX_INPUT_TOKENS) -> None:
+                 max_input_tokens: int = MAX_INPUT_TOKENS, enricher=None) -> None:
         self.model, self.tokenizer, self.taxonomy = model, tokenizer, taxonomy
+        self.enricher = enricher  # shelfml.retrieval.Enricher: appends neighbours to each input
         self.max_input_tokens = max_input_tokens
         self.codec = TargetCodec(tokenizer)
         self.constraint = LabelConstraint(self.codec, taxonomy, brand_mode)
         self.max_new_tokens = max_target_length(self.codec, taxonomy)
 
     @classmethod
-    def load(cls, ckpt: Path, brand_mode: str | None = None, device: str = "cpu", weights: bool = True) -> "Tagger":
+    def load(cls, ckpt: Path, brand_mode: str | None = None, device: str = "cpu", weights: bool = True,
+             retrieval_index: Path | None = None) -> "Tagger":
         """From a checkpoint; ``weights=False`` loads only tokenizer + taxonomy (e.g. an export's assets,
-        for a backend that brings its own graphs)."""
+        for a backend that brings its own graphs). A checkpoint trained with retrieval needs its index:
+        ``retrieval_index``, else the path recorded in the manifest."""
         manifest = read_manifest(ckpt, task="tagger", weights=weights)
+        enricher = None
+        if manifest.get("retrieval"):
+            from shelfml.retrieval import checkpoint_enricher
+
+            enricher = checkpoint_enricher(manifest["retrieval"], ckpt, retrieval_index)
         try:
             tokenizer = AutoTokenizer.from_pretrained(ckpt)
             model = T5ForConditionalGeneration.from_pretrained(ckpt).to(device).eval() if weights else None
@@ -99,7 +107,7 @@ class Tagger:
         taxonomy = Taxonomy.from_dict(manifest["taxonomy"])
         decode = manifest.get("decode", {})
         return cls(model, tokenizer, taxonomy, brand_mode or decode.get("brand_mode", "known+copy"),
-                   decode.get("max_input_tokens", MAX_INPUT_TOKENS))
+                   decode.get("max_input_tokens", MAX_INPUT_TOKENS), enricher=enricher)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = self.tokenizer(list(texts), max_length=self.max_input_tokens, truncation=True, padding=True,
@@ -113,7 +121,8 @@ class Tagger:
         if make_step is None:
             assert self.model is not None, "this tagger has no PyTorch weights: pass a backend's make_step"
             make_step = eager_step_factory(self.model)
-        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch
+        inputs = self.enricher.enrich(texts) if self.enricher else texts  # copy spans stay the product's own
+        order = np.argsort([len(t) for t in inputs], kind="stable")  # similar lengths share a batch
         out: list[Prediction | None] = [None] * len(texts)
         batches = range(0, len(texts), batch_size)
         if progress:
@@ -123,7 +132,7 @@ class Tagger:
         for start in batches:
             idx = order[start : start + batch_size]
             chunk = [texts[i] for i in idx]
-            step = make_step(*self.encode(chunk))
+            step = make_step(*self.encode([inputs[i] for i in idx]))
             for i, pred in zip(idx, greedy_decode(step, chunk, self.constraint, self.max_new_tokens)):
                 out[i] = pred
         return out  # type: ignore[return-value]

@@ -29,6 +29,9 @@ class TaggerArgs:
     brand_mode: str = "known+copy"
     val_decode_limit: int = 1000  # validation rows decoded each epoch for item accuracy
     split_seed: int = 0
+    retrieval: int = 0  # neighbours appended to each input (0: off); needs retrieval_index
+    retrieval_index: str | None = None  # `shelfml index build` directory (built from the training split)
+    retrieval_fields: list[str] = field(default_factory=lambda: ["labels", "brands"])  # or "descriptions"
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -67,18 +70,26 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(parts["train"]), args.vocab_size)
         model = build_t5(args.shape, tokenizer)
-    tagger = Tagger(model, tokenizer, taxonomy, args.brand_mode, args.max_input_tokens)
+    enricher = None
+    if args.retrieval:
+        from shelfml.retrieval import enrich_training_rows, training_enricher
+
+        enricher = training_enricher(args.retrieval_index, args.retrieval, args.retrieval_fields, parts)
+    max_input_tokens = args.max_input_tokens + (enricher.format.token_budget() if enricher else 0)
+    tagger = Tagger(model, tokenizer, taxonomy, args.brand_mode, max_input_tokens, enricher=enricher)
     if tagger.constraint.collisions:
         raise ValueError(f"{len(tagger.constraint.collisions)} taxonomy paths tokenise identically, e.g. "
                          f"{tagger.constraint.collisions[:3]}; the tokenizer cannot tell them apart")
 
-    collate = _collate(tokenizer, tagger.codec, args.max_input_tokens)
-    train_rows = list(zip(parts["train"].inputs(), parts["train"].labels()))
+    collate = _collate(tokenizer, tagger.codec, max_input_tokens)
+    train_inputs = enrich_training_rows(enricher, parts["train"]) if enricher else parts["train"].inputs()
+    train_rows = list(zip(train_inputs, parts["train"].labels()))
     loader = DataLoader(train_rows, batch_size=args.train.batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(args.train.seed))
     val = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.val_decode_limit)))
     val_inputs, val_labels = val.inputs(), val.labels()
-    val_batches = [collate(list(zip(val_inputs[i : i + 64], val_labels[i : i + 64]))) for i in range(0, len(val), 64)]
+    val_model_inputs = enricher.enrich(val_inputs) if enricher else val_inputs
+    val_batches = [collate(list(zip(val_model_inputs[i : i + 64], val_labels[i : i + 64]))) for i in range(0, len(val), 64)]
 
     def validate(m: torch.nn.Module) -> dict:
         device = next(m.parameters()).device
@@ -98,8 +109,9 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         "split": split.to_dict(),
         "model": {"shape": None if args.model else args.shape, "init": args.model or "random",
                   "parameters": sum(p.numel() for p in model.parameters())},
-        "decode": {"brand_mode": args.brand_mode, "max_input_tokens": args.max_input_tokens,
+        "decode": {"brand_mode": args.brand_mode, "max_input_tokens": max_input_tokens,
                    "max_new_tokens": tagger.max_new_tokens},
+        "retrieval": {**enricher.describe(), "exclude_same_title_at_training": True} if enricher else None,
         "training": {**asdict(args), "train": args.train.to_dict()},
     }
 

@@ -1,0 +1,413 @@
+"""``shelfml bench``: every model x backend x workload, checked for agreement, then timed, into one JSON
+(``results.json``), a Markdown report, a README section and PNG plots.
+
+Order of work per model: build/convert every backend, run each workload's inputs once through every backend
+and compare outputs (a required backend that disagrees stops the bench), count GFLOPs on the eager model,
+then time the backends interleaved. W4 runs last against a real Triton server (the one given by ``grpc_url``,
+or one started here on a repository built from the tagger export).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shelfml.benchmarks import agreement
+from shelfml.benchmarks.backends import (Backend, ModelUnderTest, export_graphs, parameters, price_backends,
+                                         reference_price, reference_t5, tagger_backends, threads)
+from shelfml.benchmarks.flops import price_gflops, t5_gflops
+from shelfml.benchmarks.timing import interleaved, summarize
+from shelfml.benchmarks.workloads import BATCH_SWEEP, WORKLOADS, token_batch
+
+SCHEMA = "shelfml.bench/1"
+SEED_FIGURES = [
+    {"figure": "Flan-T5-small inference time", "value": 0.46, "unit": "s",
+     "what_it_measured": "as given in the issue: one inference of Flan-T5-small; the hardware, input and output "
+                         "lengths, batch size and backend are not stated"},
+    {"figure": "Flan-T5-small compute", "value": 15.19, "unit": "GFLOPs",
+     "what_it_measured": "as given in the issue: GFLOPs of one Flan-T5-small inference; sequence lengths and "
+                         "counting method (MACs or FLOPs, which ops) are not stated"},
+]
+
+
+@dataclass
+class Repetitions:
+    """Timed repetitions per workload (after ``warmup`` untimed calls per backend)."""
+
+    warmup: int = 1
+    w1: int = 20
+    w2: int = 6
+    w3: int = 8
+    sweep: int = 3  # batch sizes of BATCH_SWEEP other than 1 and 32; 0 skips them
+    profile: int = 3  # encoder/decoder split of the loop backends (W1)
+    constrained: int = 10  # end-to-end constrained tagger, batch 1 (batch 32: a third of it, at least 2)
+    w4_latency: int = 40  # requests per path (served, in-process)
+    w4_rounds: int = 3  # rounds of each concurrency level
+    w4_requests: int = 64  # requests per round
+
+    @classmethod
+    def quick(cls) -> "Repetitions":
+        return cls(warmup=1, w1=5, w2=3, w3=3, sweep=0, profile=2, constrained=3, w4_latency=8, w4_rounds=1,
+                   w4_requests=16)
+
+    @classmethod
+    def smallest(cls) -> "Repetitions":
+        """For tests: every statistic exists, nothing is meaningful."""
+        return cls(warmup=1, w1=2, w2=2, w3=2, sweep=0, profile=1, constrained=2, w4_latency=3, w4_rounds=1,
+                   w4_requests=8)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    import onnxruntime as ort
+
+    from shelfml.export.runtime import SessionConfig
+
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "threads": threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": torch.get_num_threads(), "onnxruntime_session": SessionConfig.from_env().to_dict(),
+            "onnxruntime_providers": ort.get_available_providers(), "gpu": gpu,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": {p: _version(p) for p in ("shelfml", "torch", "transformers", "onnxruntime", "onnx",
+                                                    "ctranslate2", "numpy", "tritonclient", "nvidia-pytriton",
+                                                    "matplotlib")}}
+
+
+def _progress(message: str) -> None:
+    print(f"shelfml bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def _tagger_models(checkpoint, export, reference_shape, work: Path, steps: int) -> list[ModelUnderTest]:
+    from shelfml.export.runtime import OrtT5, load_session
+    from shelfml.tagger import Tagger
+
+    models = []
+    if checkpoint is not None:
+        tagger = Tagger.load(Path(checkpoint))
+        tok = tagger.tokenizer
+        start, eos = tok.pad_token_id, tok.eos_token_id
+        runners = {p: OrtT5.load(export, int8=p == "int8") for p in ("fp32", "int8")}
+        backends = tagger_backends(tagger.model, runners, Path(checkpoint), work / "tagger-trained", steps, start, eos)
+        models.append(ModelUnderTest(
+            "tagger-trained", "tagger", f"the trained tagger checkpoint {checkpoint}", backends, tagger.model,
+            len(tok), {"start": start, "eos": eos, "first_id": max(start, eos, tok.unk_token_id) + 1},
+            {"checkpoint": str(checkpoint), "export": str(export), "tagger": tagger}))
+    if reference_shape:
+        model = reference_t5(reference_shape)
+        out = work / f"tagger-{reference_shape}-random"
+        _progress(f"exporting the random {reference_shape}-shape T5 to ONNX (FP32 + INT8)")
+        files = export_graphs(model, out / "onnx", "tagger")
+        runners = {p: OrtT5(load_session(files[p]["encoder"]), load_session(files[p]["decoder"])) for p in files}
+        model.save_pretrained(out / "hf")
+        cfg = model.config
+        backends = tagger_backends(model, runners, out / "hf", out, steps, cfg.decoder_start_token_id,
+                                   cfg.eos_token_id)
+        key = "flan-t5-small" if reference_shape == "small" else reference_shape
+        models.append(ModelUnderTest(
+            f"tagger-{key}-random", "tagger", f"random weights of the {reference_shape} shape "
+            f"({'flan-t5-small dimensions, ' if reference_shape == 'small' else ''}vocabulary {cfg.vocab_size}); "
+            "speed only", backends, model, cfg.vocab_size,
+            {"start": cfg.decoder_start_token_id, "eos": cfg.eos_token_id, "first_id": 3}))
+    return models
+
+
+def _price_models(checkpoint, export, reference: bool, work: Path) -> list[ModelUnderTest]:
+    from shelfml.export.runtime import OrtPrice, load_session
+    from shelfml.price import PriceRegressor
+
+    models = []
+    pairs = []
+    if checkpoint is not None:
+        regressor = PriceRegressor.load(Path(checkpoint))
+        runners = {p: OrtPrice.load(export, int8=p == "int8") for p in ("fp32", "int8")}
+        pairs.append(("price-trained", f"the trained price checkpoint {checkpoint}", regressor, runners,
+                      {"checkpoint": str(checkpoint), "export": str(export)}))
+    if reference:
+        regressor = reference_price()
+        _progress("exporting the all-MiniLM-L6-v2 price model to ONNX (FP32 + INT8)")
+        files = export_graphs(regressor.model, work / "price-minilm" / "onnx", "price")
+        runners = {p: OrtPrice(load_session(files[p]["model"])) for p in files}
+        pairs.append(("price-minilm-random-head", "all-MiniLM-L6-v2 weights with an untrained head; speed only",
+                      regressor, runners, {}))
+    for key, description, regressor, runners, info in pairs:
+        tok = regressor.tokenizer
+        encoder_cfg = regressor.model.text_encoder.config
+        models.append(ModelUnderTest(
+            key, "price", description, price_backends(regressor, runners), regressor.model, tok.vocab_size,
+            {"cls": tok.cls_token_id, "sep": tok.sep_token_id, "first_id": 1000 if tok.vocab_size > 2000 else 5,
+             "max_positions": getattr(encoder_cfg, "max_position_embeddings", 512)}, info))
+    return models
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+
+
+def _inputs(m: ModelUnderTest, batch: int, length: int, seed: int):
+    if m.task == "tagger":
+        return token_batch(m.vocab_size, batch, length, m.special["first_id"], m.special["eos"], seed)
+    length = min(length, m.special["max_positions"])
+    return token_batch(m.vocab_size, batch, length, m.special["first_id"], m.special["sep"], seed,
+                       prefix_id=m.special["cls"])
+
+
+def _eager_reference(m: ModelUnderTest) -> str:
+    return "eager-loop" if m.task == "tagger" else "eager"
+
+
+def _time_workload(m: ModelUnderTest, timed: list[Backend], wid: str, batch: int, length: int, reps: int,
+                   warmup: int, seed: int, gflops: float | None) -> dict:
+    ids, mask = _inputs(m, batch, length, seed)
+    samples = interleaved({b.name: (lambda b=b: b.run(ids, mask)) for b in timed}, reps=reps, warmup=warmup)
+    stats = {name: summarize(s, batch) for name, s in samples.items()}
+    eager = [n for n in stats if n.startswith("eager")]
+    ref = min(eager, key=lambda n: stats[n]["p50_ms"]) if eager else None  # the faster eager variant
+    for name, s in stats.items():
+        if ref:
+            s["speedup_vs_eager"] = stats[ref]["p50_ms"] / s["p50_ms"]
+        if gflops is not None:
+            s["gflops_per_s"] = gflops / (s["mean_ms"] / 1e3)
+    return {"workload": wid, "batch": batch, "input_tokens": int(ids.shape[1]), "eager_reference": ref,
+            "reps": reps, "backends": stats}
+
+
+def _profile(m: ModelUnderTest, timed: list[Backend], reps: int, seed: int) -> dict:
+    """W1 split: the encoder (make_step) and each decoder step, for the backends built on a step function."""
+    w = WORKLOADS["W1"]
+    ids, mask = _inputs(m, w.batch, w.input_tokens, seed)
+    out = {}
+    for b in timed:
+        if b.make_step is None:
+            continue
+        enc, steps = [], []
+        for _ in range(reps):
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                step = b.make_step(ids, mask)
+                enc.append(time.perf_counter() - t0)
+                tokens = np.full((len(ids), 1), m.special["start"], dtype=np.int64)
+                for _ in range(w.new_tokens):
+                    t0 = time.perf_counter()
+                    logits = step(tokens)
+                    steps.append(time.perf_counter() - t0)
+                    tokens = np.asarray(logits).argmax(-1)[:, None].astype(np.int64)
+        out[b.name] = {"encoder_ms": float(np.median(enc) * 1e3), "decoder_step_ms": float(np.median(steps) * 1e3),
+                       "decoder_total_ms": float(np.median(steps) * 1e3 * w.new_tokens), "steps": w.new_tokens}
+    return out
+
+
+def _constrained(m: ModelUnderTest, reps: Repetitions, texts: list[str]) -> dict:
+    """The end-to-end constrained tagger (real texts, taxonomy trie) for eager and ONNX Runtime FP32/INT8."""
+    tagger = m.info["tagger"]
+    steps = {b.name: b.make_step for b in m.backends if b.make_step is not None and b.device == "cpu"}
+    labels = {n: [p.label for p in tagger.predict(texts[:32], 32, make_step=s)] for n, s in steps.items()}
+    ref = labels["eager-loop"]
+    agree = {n: {"label_agreement": float(np.mean([a == b for a, b in zip(ref, lab)])),
+                 "required": n in ("eager-loop", "onnx-fp32")} for n, lab in labels.items()}
+    if agree.get("onnx-fp32", {}).get("label_agreement", 1.0) < 1.0:
+        raise agreement.AgreementError(f"constrained tagger: onnx-fp32 labels differ from eager on "
+                                       f"{agree['onnx-fp32']['label_agreement']:.0%} agreement")
+    out = {"texts": texts[:32][:2], "agreement": agree, "by_batch": {}}
+    for batch, n in ((1, reps.constrained), (32, max(2, reps.constrained // 3))):
+        chunk = texts[:batch]
+        samples = interleaved({name: (lambda s=s: tagger.predict(chunk, batch, make_step=s)) for name, s in steps.items()},
+                              reps=n, warmup=reps.warmup)
+        stats = {name: summarize(s, batch) for name, s in samples.items()}
+        for s in stats.values():
+            s["speedup_vs_eager"] = stats["eager-loop"]["p50_ms"] / s["p50_ms"]
+        out["by_batch"][str(batch)] = stats
+    return out
+
+
+def bench_model(m: ModelUnderTest, reps: Repetitions, seed: int, texts: list[str] | None) -> dict:
+    timed = [b for b in m.backends if b.run is not None]
+    result = {"task": m.task, "description": m.description, "parameters": parameters(m.torch_model),
+              "backends": {b.name: b.describe() for b in m.backends}, "agreement": {}, "gflops": {}, "results": {}}
+    if m.task == "tagger":
+        result["config"] = {k: getattr(m.torch_model.config, k) for k in
+                            ("d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv", "vocab_size")}
+        plan = [("W1", WORKLOADS["W1"].batch, reps.w1), ("W2", WORKLOADS["W2"].batch, reps.w2)]
+        if reps.sweep:
+            plan += [(f"sweep-b{b}", b, reps.sweep) for b in BATCH_SWEEP if b not in (1, 32)]
+        length, steps = WORKLOADS["W1"].input_tokens, WORKLOADS["W1"].new_tokens
+    else:
+        plan, length, steps = [("W3", WORKLOADS["W3"].batch, reps.w3)], WORKLOADS["W3"].input_tokens, 0
+    for wid, batch, n in plan:
+        ids, mask = _inputs(m, batch, length, seed)
+        if wid in ("W1", "W2", "W3"):
+            _progress(f"{m.key} {wid}: agreement of {len(timed)} backends")
+            outputs = agreement.run_outputs(timed, ids, mask)
+            result["agreement"][wid] = agreement.check(m.task, timed, outputs, _eager_reference(m), wid)
+            result["agreement"][wid]["sample"] = np.asarray(outputs[_eager_reference(m)])[:1].tolist()
+        g = t5_gflops(m.torch_model, ids, mask, steps) if m.task == "tagger" else price_gflops(m.torch_model, ids, mask)
+        result["gflops"][wid] = {k: v for k, v in g.items() if k != "decoder_per_step"}
+        _progress(f"{m.key} {wid}: timing batch {batch}, {n} interleaved repetitions")
+        result["results"][wid] = _time_workload(m, timed, wid, batch, length, n, reps.warmup, seed, g["total"])
+    if m.task == "tagger":
+        result["profile"] = {"W1": _profile(m, timed, reps.profile, seed)}
+        if "tagger" in m.info and texts:
+            _progress(f"{m.key}: constrained end-to-end tagger")
+            result["constrained"] = _constrained(m, reps, texts)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+
+
+def _serving(tagger_model: ModelUnderTest | None, reps: Repetitions, texts, grpc_url, exports, out: Path,
+             perf: bool, stack: contextlib.ExitStack) -> dict:
+    from shelfml.benchmarks.serving import serve_workload
+
+    if tagger_model is None:
+        return {"status": "skipped", "reason": "W4 serves the trained tagger: pass a tagger checkpoint"}
+    from shelfml.export.runtime import OrtT5
+
+    url = grpc_url
+    if url is None:
+        from shelfml.model_repository.build import build_repository
+        from shelfml.model_repository.server import TritonServer
+
+        _progress("building the Triton repository and starting tritonserver")
+        build_repository(out / "work" / "repository", tagger=exports["tagger"], price=exports.get("price"))
+        server = stack.enter_context(TritonServer(out / "work" / "repository", log_file=out / "triton.log"))
+        url = server.grpc_url
+    runner = OrtT5.load(exports["tagger"])
+    tagger = tagger_model.info["tagger"]
+    _progress(f"W4: {reps.w4_latency} requests per path at batch 1, then concurrency "
+              f"{WORKLOADS['W4'].concurrency} x {reps.w4_rounds} rounds of {reps.w4_requests}")
+    result = serve_workload(tagger, runner.make_step, url, texts[: reps.w4_requests], reps.w4_latency,
+                            WORKLOADS["W4"].concurrency, reps.w4_rounds)
+    result["url"] = url
+    result["server"] = "given" if grpc_url else "started by the bench (CPU configs: python backend + ONNX Runtime)"
+    if perf:
+        result["perf_analyzer"] = _perf_analyzer(url, texts[: reps.w4_requests], out)
+    return result
+
+
+def _perf_analyzer(url: str, texts: list[str], out: Path) -> dict:
+    from shelfml.benchmarks.perf_analyzer import PerfAnalyzerUnavailable, run_perf_analyzer, write_input_data
+
+    data = write_input_data(out / "perf_analyzer_input.json", texts)
+    try:
+        _progress("perf_analyzer at concurrency 1, 4, 16")
+        result = run_perf_analyzer(url, "tagger", data, WORKLOADS["W4"].concurrency, out)
+    except (PerfAnalyzerUnavailable, OSError, __import__("subprocess").TimeoutExpired) as e:
+        return {"status": "skipped", "reason": str(e), "input_data": str(data)}
+    if all(level["status"] != "measured" for level in result["levels"].values()):
+        result["status"] = "failed"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = False, exports: dict | None = None,
+              grpc_url: str | None = None, reps: Repetitions | None = None, perf_analyzer: bool = False,
+              reference: bool | None = None, seed: int = 0, force: bool = False, command: str | None = None) -> dict:
+    """Run the matrix and write ``results.json``, ``report.md``, ``README-results.md`` and the plots into
+    ``out_dir``; returns the results.
+
+    ``checkpoint`` / ``price_checkpoint``: trained tagger / price checkpoints (W1-W4 / W3 on them).
+    ``exports``: their ONNX exports ({"tagger": dir, "price": dir}); exported here when missing.
+    ``grpc_url``: a running server with those exports (W4); otherwise one is started here.
+    ``reference``: also bench random weights of the flan-t5-small shape and MiniLM (default: not quick, or no
+    checkpoint of that task); quick mode uses the ``tiny`` shape for them.
+    """
+    from shelfml.benchmarks.report import write_outputs
+    from shelfml.checkpoint import ensure_writable
+
+    started = time.perf_counter()
+    out = Path(out_dir)
+    ensure_writable(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    reps = reps or (Repetitions.quick() if quick else Repetitions())
+    exports = dict(exports or {})
+    torch.manual_seed(seed)
+    stage: dict[str, float] = {}
+
+    def tick(name: str, t0: float) -> float:
+        stage[name] = round(time.perf_counter() - t0, 2)
+        return time.perf_counter()
+
+    t0 = time.perf_counter()
+    for task, ckpt in (("tagger", checkpoint), ("price", price_checkpoint)):
+        if ckpt is not None and task not in exports:
+            from shelfml.export.exporter import ExportArgs, export_checkpoint
+
+            _progress(f"exporting {ckpt} (FP32 + INT8; INT8 accepted whatever its accuracy: it is benched, "
+                      "its agreement reported)")
+            exports[task] = work / f"{task}-export"
+            export_checkpoint(Path(ckpt), exports[task], ExportArgs(parity_rows=16, int8_max_drop=100.0), force=True)
+    t0 = tick("export", t0)
+    steps = WORKLOADS["W1"].new_tokens
+    tagger_ref = reference if reference is not None else (not quick or checkpoint is None)
+    price_ref = reference if reference is not None else (not quick or price_checkpoint is None)
+    shape = "tiny" if quick else "small"
+    models = _tagger_models(checkpoint, exports.get("tagger"), shape if tagger_ref else None, work, steps)
+    models += _price_models(price_checkpoint, exports.get("price"), price_ref, work)
+    t0 = tick("build_backends", t0)
+
+    texts = None
+    if checkpoint is not None:
+        from shelfml.benchmarks.serving import serving_texts
+
+        texts = serving_texts(Path(checkpoint), max(reps.w4_requests, 32))
+    results: dict = {"schema": SCHEMA, "command": command or _command(), "quick": quick,
+                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "environment": environment(), "repetitions": asdict(reps), "seed": seed,
+                     "workloads": {k: w.to_dict() for k, w in WORKLOADS.items()}, "batch_sweep": list(BATCH_SWEEP),
+                     "seed_figures": SEED_FIGURES, "models": {}}
+    for m in models:
+        results["models"][m.key] = bench_model(m, reps, seed, texts)
+        t0 = tick(m.key, t0)
+    with contextlib.ExitStack() as stack:
+        tagger_trained = next((m for m in models if m.key == "tagger-trained"), None)
+        results["serving"] = _serving(tagger_trained, reps, texts, grpc_url, exports, out, perf_analyzer, stack)
+    tick("serving", t0)
+    results["skipped"] = [{"model": k, "backend": name, "reason": b["reason"]} for k, m in results["models"].items()
+                          for name, b in m["backends"].items() if b["status"] == "skipped"]
+    if results["serving"]["status"] == "skipped":
+        results["skipped"].append({"model": "tagger-trained", "backend": "triton-grpc",
+                                   "reason": results["serving"]["reason"]})
+    results["stage_seconds"] = stage
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    write_outputs(results, out)
+    _progress(f"wrote {out}/results.json, report.md and plots in {results['elapsed_s']:.0f} s")
+    return results
+
+
+def _command() -> str:
+    return " ".join(["shelfml", *sys.argv[1:]]) if Path(sys.argv[0]).name == "shelfml" else "run_bench(...)"

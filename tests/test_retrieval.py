@@ -1,0 +1,286 @@
+"""Retrieval: index round trip, leakage-free neighbours, recall of approximate indexes, enrichment format,
+the tagger trained with retrieval, and every refusal (with the real all-MiniLM-L6-v2 on a small corpus)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shelfml.data import Catalog, load_catalog, normalise_title, split_catalog
+from shelfml.labels import Label
+from shelfml.retrieval import (
+    FIELDS, INDEX_FILE, MANIFEST_FILE, METADATA_FILE, EnrichFormat, Enricher, IndexArgs, Neighbour, RetrievalError,
+    Retriever, build_index, build_index_from_spec, enrich_training_rows, knn_vote, neighbour_log_price,
+    retrieval_benchmark,
+)
+from shelfml.training.trainer import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def parts(small_spec):
+    return split_catalog(load_catalog(small_spec), seed=0)[0]
+
+
+@pytest.fixture(scope="module")
+def flat_index(tmp_path_factory, small_spec) -> Path:
+    out = tmp_path_factory.mktemp("index") / "flat"
+    build_index_from_spec(small_spec, out, IndexArgs(kind="flat"), split="train")
+    return out
+
+
+@pytest.fixture(scope="module")
+def retriever(flat_index) -> Retriever:
+    return Retriever.load(flat_index)
+
+
+def with_duplicate_titles(catalog: Catalog, rows: int = 150) -> Catalog:
+    """The first rows plus, for every 10th row, a copy whose title differs only in case and punctuation."""
+    frame = catalog.frame.head(rows)
+    twins = frame.iloc[::10].copy()
+    twins["text"] = [f"{t.upper()}!!" for t in twins["text"]]
+    twins["description"] = "another seller's copy"
+    return Catalog(pd.concat([frame, twins], ignore_index=True), catalog.level_names, "synthetic+twins")
+
+
+def test_index_round_trip(flat_index, retriever, parts):
+    files = {p.name for p in flat_index.iterdir()}
+    assert {INDEX_FILE, METADATA_FILE, MANIFEST_FILE} <= files
+    manifest = json.loads((flat_index / MANIFEST_FILE).read_text())
+    train = parts["train"]
+    assert manifest["encoder"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert manifest["dimension"] == 384 and manifest["rows"] == len(train) == retriever.index.ntotal
+    assert manifest["corpus"]["split"] == "train" and len(manifest["corpus"]["fingerprint"]) == 16
+    assert manifest["recall_at_k"]["recall"] == 1.0 and manifest["kind"] == "flat"
+    assert retriever.metadata["input"].tolist() == train.inputs()
+    assert retriever.label(3) == train.labels()[3]
+    # a corpus text finds itself first, with cosine ~1 (vectors are L2-normalised)
+    found = retriever.search(train.inputs()[:5], k=3)
+    assert [ns[0].score for ns in found] == pytest.approx([1.0] * 5, abs=1e-4)
+    assert all(normalise_title(train.frame["text"][i]) == retriever.keys[ns[0].row] for i, ns in enumerate(found))
+    # the stored vectors equal a fresh embedding of the same texts
+    assert np.allclose(retriever.stored_vectors(train.inputs())[:5], retriever.embed(train.inputs()[:5]), atol=1e-5)
+
+
+def test_neighbours_exclude_self_and_same_normalised_title(tmp_path, small_catalog):
+    corpus = with_duplicate_titles(small_catalog)
+    build_index(corpus, tmp_path / "twins", progress=False)
+    r = Retriever.load(tmp_path / "twins")
+    keys = corpus.frame["text"].map(normalise_title).tolist()
+    twins = {k for k in keys if keys.count(k) > 1}
+    assert len(twins) >= 15  # the test is not vacuous: many titles have a differently written twin
+    vectors = r.stored_vectors(corpus.inputs())
+    free, leaky = r.search_vectors(vectors, 5, keys), r.search_vectors(vectors, 5)
+    assert all(keys[ns[0].row] == keys[q] for q, ns in enumerate(leaky))  # without exclusion: self or twin first
+    for q, ns in enumerate(free):
+        assert len(ns) == 5
+        assert q not in [n.row for n in ns], f"row {q} retrieved itself"
+        assert all(keys[n.row] != keys[q] for n in ns), f"row {q} retrieved a row with its normalised title"
+    # the training enrichment goes through the same exclusion (stored vectors and re-embedding agree)
+    fmt = EnrichFormat(5, ["labels", "brands"])
+    enricher = Enricher(r, fmt)
+    assert enrich_training_rows(enricher, corpus, progress=False) == enricher.render(corpus.inputs(), free)
+    sample = corpus.subset(range(0, 150, 10))
+    via_text = enricher.neighbours_of(sample.inputs(), sample.frame["text"].map(normalise_title).tolist())
+    assert all(keys[n.row] != normalise_title(t) for ns, t in zip(via_text, sample.frame["text"]) for n in ns)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"], ids=["ivf", "hnsw"])
+def test_approximate_index_records_recall(tmp_path, small_catalog, kind):
+    manifest = build_index(small_catalog.subset(range(300)), tmp_path / kind, IndexArgs(kind=kind), progress=False)
+    recall = manifest["recall_at_k"]
+    assert recall["k"] == 10 and recall["queries"] == 300
+    assert 0.8 <= recall["recall"] <= 1.0, recall
+    assert json.loads((tmp_path / kind / MANIFEST_FILE).read_text())["recall_at_k"] == recall
+    r = Retriever.load(tmp_path / kind)
+    assert len(r.search(small_catalog.inputs()[:2], k=4)[0]) == 4
+
+
+@pytest.mark.parametrize("fields", [["labels", "brands"], ["labels"], ["brands"], list(FIELDS),
+                                    ["labels", "descriptions"]],
+                         ids=["labels+brands", "labels", "brands", "all", "labels+descriptions"])
+def test_enrichment_format_round_trip(fields):
+    fmt = EnrichFormat(3, fields)
+    assert EnrichFormat.from_dict(json.loads(json.dumps(fmt.to_dict()))) == fmt
+    neighbours = [(Label(("home", "kitchen", "pans"), "Ovalia"), "Non-stick; 24 cm || oven safe :: yes"),
+                  (Label(("home", "kitchen", "pots"), ""), ""),
+                  (Label(("toys", "games", "cards"), "Kornwell Co"), "A deck")]
+    text, parsed = fmt.parse(fmt.format("Ovalia frying pan 24 cm. Non-stick", neighbours))
+    assert text == "Ovalia frying pan 24 cm. Non-stick"
+    assert len(parsed) == 3
+    for (label, desc), rec in zip(neighbours, parsed):
+        if "labels" in fields:
+            assert rec["path"] == label.path
+        if "brands" in fields:
+            assert rec["brand"] == label.brand
+        if "descriptions" in fields:
+            assert rec["description"] == ", ".join(
+                p.strip() for p in desc.replace("||", ";").replace("::", ";").split(";") if p.strip())[:80]
+
+
+def test_knn_vote_and_neighbour_price(retriever):
+    m = retriever.metadata
+    rows = [0, 0, 1]
+    ns = [Neighbour(m["id"][r], s, r) for r, s in zip(rows, (0.9, 0.8, 0.95))]
+    vote = knn_vote(retriever, ns)
+    assert vote == retriever.label(0)  # 1.7 against 0.95
+    logs = np.log1p(m["price"].to_numpy(dtype=float)[rows])
+    assert neighbour_log_price(retriever, ns) == pytest.approx(logs[0])
+    with pytest.raises(RetrievalError, match="zero neighbours"):
+        knn_vote(retriever, [])
+
+
+@pytest.fixture(scope="module")
+def retrieval_checkpoint(tmp_path_factory, small_spec, flat_index) -> Path:
+    from shelfml.training.tagger import TaggerArgs, train_tagger
+
+    out = tmp_path_factory.mktemp("rckpt") / "tagger"
+    args = TaggerArgs(shape="tiny", vocab_size=800, val_decode_limit=32, retrieval=3, retrieval_index=str(flat_index),
+                      train=TrainConfig(epochs=1, max_steps=8, batch_size=16, lr=3e-3, progress=False))
+    train_tagger(small_spec, out, args)
+    return out
+
+
+def test_tagger_trained_with_retrieval_records_and_applies_it(retrieval_checkpoint, retriever, parts, tmp_path):
+    from shelfml.checkpoint import read_manifest
+    from shelfml.tagger import Tagger
+
+    manifest = read_manifest(retrieval_checkpoint)
+    recorded = manifest["retrieval"]
+    assert recorded["index"]["fingerprint"] == retriever.fingerprint
+    assert recorded["format"]["k"] == 3 and recorded["format"]["fields"] == ["labels", "brands"]
+    assert recorded["exclude_same_title_at_training"] is True
+    assert manifest["decode"]["max_input_tokens"] == 96 + EnrichFormat(3).token_budget()
+    tagger = Tagger.load(retrieval_checkpoint)
+    texts = parts["test"].inputs()[:6]
+    enriched = tagger.enricher.enrich(texts)
+    text, neighbours = tagger.enricher.format.parse(enriched[0])
+    assert text == texts[0][:240].strip() and len(neighbours) == 3
+    copy = tmp_path / "copy"
+    shutil.copytree(retrieval_checkpoint, copy)
+    first = tagger.predict(texts, batch_size=4)
+    second = Tagger.load(copy, retrieval_index=Path(recorded["index"]["path"])).predict(texts, batch_size=3)
+    assert [p.label for p in first] == [p.label for p in second]
+    assert all(p.label.path in tagger.taxonomy for p in first)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: each names both sides
+
+
+def _tamper(directory: Path, **fields) -> None:
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    for key, value in fields.items():
+        target, _, leaf = key.rpartition(".")
+        (manifest[target] if target else manifest)[leaf] = value
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _small_faiss(directory: Path, d: int = 8) -> None:
+    import faiss
+
+    index = faiss.IndexFlatIP(d)
+    index.add(np.eye(d, dtype=np.float32)[np.arange(len(pd.read_csv(directory / METADATA_FILE))) % d])
+    faiss.write_index(index, str(directory / INDEX_FILE))
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: _tamper(d, **{"encoder.name": "intfloat/e5-small", "encoder.digest": "0123456789abcdef"}),
+         r"built with encoder intfloat/e5-small \(weights 0123456789abcdef, dimension 384\), but the query encoder "
+         r"is sentence-transformers/all-MiniLM-L6-v2 \(weights [0-9a-f]{16}, dimension 384\)"),
+        (lambda d: (_tamper(d, **{"encoder.dimension": 8, "dimension": 8}), _small_faiss(d)),
+         r"dimension 8\), but the query encoder is sentence-transformers/all-MiniLM-L6-v2 .*dimension 384"),
+        (lambda d: _small_faiss(d),
+         r"holds 8-dimensional vectors, but its manifest says 384 and the query encoder .* gives 384"),
+        (lambda d: (d / MANIFEST_FILE).unlink(), "is not a shelfml index: index.json is missing"),
+        (lambda d: (d / METADATA_FILE).write_text("id,title_key\na,b\n"),
+         r"\d+ vectors, 1 metadata rows and \d+ rows in the manifest must be equal"),
+    ],
+    ids=["other-encoder", "other-dimension", "faiss-file-dimension", "no-manifest", "metadata-rows"],
+)
+def test_bad_index_is_refused(flat_index, tmp_path, breakage, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(flat_index, broken)
+    breakage(broken)
+    with pytest.raises(RetrievalError, match=message):
+        Retriever.load(broken)
+
+
+@pytest.mark.parametrize(
+    "corpus, ids, message",
+    [
+        (lambda c: c.subset([]), None, r"corpus synthetic is empty: an index needs at least one row"),
+        (lambda c: c.subset(range(5)), ["a", "b", "a", "c", "d"], r"duplicate id 'a' in corpus synthetic: rows 0 and 2"),
+        (lambda c: c.subset(range(5)), ["a", "b"], r"2 ids for a corpus of 5 rows"),
+    ],
+    ids=["empty-corpus", "duplicate-ids", "id-count"],
+)
+def test_bad_corpus_is_refused_before_embedding(small_catalog, tmp_path, corpus, ids, message):
+    with pytest.raises(RetrievalError, match=message):
+        build_index(corpus(small_catalog), tmp_path / "out", ids=ids, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_index_build_refuses_existing_output_and_missing_gpu(small_catalog, flat_index, tmp_path):
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_index(small_catalog.subset(range(3)), flat_index, progress=False)
+    from shelfml.retrieval import has_faiss_gpu
+
+    if not has_faiss_gpu():
+        with pytest.raises(RetrievalError, match="no GPU support"):
+            build_index(small_catalog.subset(range(3)), tmp_path / "g", IndexArgs(gpu=True), progress=False)
+
+
+def test_checkpoint_with_retrieval_refuses_missing_or_other_index(retrieval_checkpoint, tmp_path, small_catalog):
+    from shelfml.checkpoint import read_manifest
+    from shelfml.tagger import Tagger
+
+    recorded = read_manifest(retrieval_checkpoint)["retrieval"]["index"]
+    moved = tmp_path / "moved"
+    shutil.copytree(retrieval_checkpoint, moved)
+    _tamper_ckpt = json.loads((moved / "shelfml.json").read_text())
+    _tamper_ckpt["retrieval"]["index"]["path"] = str(tmp_path / "gone")
+    (moved / "shelfml.json").write_text(json.dumps(_tamper_ckpt))
+    with pytest.raises(RetrievalError, match=rf"checkpoint {moved} was trained with retrieval \(k=3, index "
+                       rf"{recorded['fingerprint']} at {tmp_path / 'gone'}\), but no index was given"):
+        Tagger.load(moved)
+    build_index(small_catalog.subset(range(40)), tmp_path / "other", progress=False)
+    with pytest.raises(RetrievalError, match=rf"trained against index {recorded['fingerprint']} \(\d+ rows, flat\), "
+                       rf"but {tmp_path / 'other'} is index [0-9a-f]{{16}} \(40 rows, flat\)"):
+        Tagger.load(retrieval_checkpoint, retrieval_index=tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(retrieval=3), r"--retrieval 3 needs --retrieval-index DIR"),
+        (dict(retrieval=3, retrieval_fields=["colours"]), r"retrieval fields \['colours'\] must be a non-empty subset"),
+        (dict(retrieval=3, leaky=True), r"holds \d+ normalised titles of this catalog's validation/test split"),
+    ],
+    ids=["no-index", "bad-fields", "index-with-test-titles"],
+)
+def test_training_with_bad_retrieval_settings_is_refused(small_spec, flat_index, tmp_path, kw, message):
+    from shelfml.training.tagger import TaggerArgs, train_tagger
+
+    if kw.pop("leaky", False):
+        kw["retrieval_index"] = str(tmp_path / "all")
+        build_index(load_catalog(small_spec), tmp_path / "all", progress=False)  # every split: leaks
+    elif "retrieval_fields" in kw:
+        kw["retrieval_index"] = str(flat_index)
+    args = TaggerArgs(shape="tiny", vocab_size=800, train=TrainConfig(max_steps=1, progress=False), **kw)
+    with pytest.raises(RetrievalError, match=message):
+        train_tagger(small_spec, tmp_path / "ckpt", args)
+
+
+def test_retrieval_benchmark_small():
+    result = retrieval_benchmark(rows=3000, dimension=32, queries=30, batch=64)
+    assert set(result["kinds"]) == {"flat", "hnsw"}
+    flat, hnsw = result["kinds"]["flat"], result["kinds"]["hnsw"]
+    assert flat["recall_at_k"] == 1.0 and 0.5 < hnsw["recall_at_k"] <= 1.0
+    assert flat["latency_ms"]["p50"] > 0 and hnsw["batch_queries_per_s"] > 0 and flat["index_bytes"] > 3000 * 32 * 4
