@@ -2,6 +2,8 @@
 
 The T5 count runs the encoder once and the decoder one cached step at a time (as every backend does);
 matrix multiplications and attention are counted (2 FLOPs per multiply-add), element-wise ops are not.
+The first decoder step also projects the encoder output into every layer's cross-attention keys/values
+(cached for the later steps), so it costs more than the others.
 """
 
 from __future__ import annotations

@@ -107,9 +107,15 @@ def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: tuple
             levels[str(c)] = {"status": "failed", "returncode": done.returncode,
                               "reason": (done.stderr or done.stdout).strip()[-400:]}
             continue
-        row = next(csv.DictReader(io.StringIO(report.read_text())))
-        levels[str(c)] = {"status": "measured", "throughput_items_s": float(row["Inferences/Second"]),
-                          **{f"{k}_ms": int(row[f"{k} latency"]) / 1e3 for k in ("p50", "p90", "p99")},
-                          "mean_ms": int(row["Avg latency"]) / 1e3, "csv": str(report)}
+        try:
+            row = next(csv.DictReader(io.StringIO(report.read_text())))
+            levels[str(c)] = {"status": "measured", "throughput_items_s": float(row["Inferences/Second"]),
+                              **{f"{k}_ms": int(row[f"{k} latency"]) / 1e3 for k in ("p50", "p90", "p99")},
+                              # its CSV splits the mean into phases (us): client, network, queue, compute
+                              "phases_us": {k: int(v) for k, v in row.items() if k.startswith(("Client", "Network",
+                                                                                                "Server"))},
+                              "csv": str(report)}
+        except (StopIteration, KeyError, ValueError) as e:
+            levels[str(c)] = {"status": "failed", "reason": f"unexpected CSV in {report}: {e!r}"}
     return {"status": "measured", "binary": str(binary), "version": VERSION, "command": " ".join(cmd[:1] + cmd[1:]),
             "input_data": str(input_data), "levels": levels}

@@ -263,6 +263,22 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(json.dumps({"out": a.out, "task": manifest["task"], "parity": manifest["parity"]}, default=str))
 
 
+def cmd_bench(a: argparse.Namespace) -> None:
+    import shlex
+
+    from shelfml.benchmarks import run_bench
+
+    exports = {k: Path(v) for k, v in (("tagger", a.tagger_export), ("price", a.price_export)) if v}
+    results = run_bench(Path(a.out), checkpoint=a.checkpoint and Path(a.checkpoint),
+                        price_checkpoint=a.price_checkpoint and Path(a.price_checkpoint), quick=a.quick,
+                        exports=exports, grpc_url=a.url, perf_analyzer=a.perf_analyzer,
+                        reference=False if a.no_reference else None, force=a.force,
+                        command="shelfml " + shlex.join(sys.argv[1:]))
+    verdict = {True: "pass", False: "fail", None: "n/a"}
+    print_metrics(f"{a.out}: goals", {f"{g['id']} {g['model']}": verdict[g["passed"]] for g in results["goals"]})
+    print(json.dumps({"out": a.out, "goals": results["goals"], "elapsed_s": results["elapsed_s"]}))
+
+
 def cmd_repository(a: argparse.Namespace) -> None:
     from shelfml.model_repository.build import build_repository
 
@@ -370,6 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", help="write the metrics JSON here")
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("bench", help="benchmark backends x workloads (W1-W4): JSON, Markdown report, plots")
+    p.add_argument("--out", default="runs/bench", help="output directory (results.json, report.md, *.png)")
+    p.add_argument("--checkpoint", help="trained tagger checkpoint (W1, W2, W4 and the constrained tagger)")
+    p.add_argument("--price-checkpoint", help="trained price checkpoint (W3)")
+    p.add_argument("--tagger-export", help="the tagger checkpoint's ONNX export (default: exported into --out)")
+    p.add_argument("--price-export", help="the price checkpoint's ONNX export (default: exported into --out)")
+    p.add_argument("--url", help="gRPC address of a server already serving those exports (default: start one)")
+    p.add_argument("--quick", action="store_true", help="CI mode: few repetitions, tiny reference shape (< 2 min)")
+    p.add_argument("--perf-analyzer", action="store_true",
+                   help="also run Triton's perf_analyzer 2.51 (fetched from the tritonclient 2.51.0 wheel) on W4")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the random flan-t5-small-shape and MiniLM models (speed references)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("pipeline", help="train, evaluate and compare every stage; writes DIR/report.json")
     add_data_arguments(p)
