@@ -33,7 +33,7 @@ from shelfml.export.tensorrt import BERT_KEEP_FP32, T5_KEEP_FP32
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
 SOURCES = Path(__file__).parent / "models"
-QUEUE_DELAY_US = 2000
+QUEUE_DELAY_US = 500  # dynamic batching: wait at most 0.5 ms for more requests (busy models queue anyway)
 WARMUP_TEXT = "stainless steel water bottle 750 ml"
 
 
