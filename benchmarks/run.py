@@ -10,7 +10,6 @@ or one started here on a repository built from the tagger export).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import sys

@@ -182,3 +182,14 @@ PRICE_SERVICE = GraphSpec(
 
 def price_ranges(max_length: int, max_batch: int = 64) -> ShapeRanges:
     return ShapeRanges({BATCH: (1, min(32, max_batch), max_batch), SEQ: (1, min(128, max_length), max_length)})
+
+
+# ---------------------------------------------------------------------------------------------
+# The retrieval embedder (all-MiniLM-L6-v2): text ids + mask -> L2-normalised sentence embedding.
+
+
+def embedder_spec(dimension: int) -> GraphSpec:
+    return GraphSpec(name="embedder", file="embedder.onnx", atol=1e-4,
+                     inputs=(TensorSpec("input_ids", "int64", (BATCH, SEQ)),
+                             TensorSpec("attention_mask", "int64", (BATCH, SEQ))),
+                     outputs=(TensorSpec("embedding", "float32", (BATCH, dimension)),))

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 
 from shelfml.checkpoint import ensure_writable, read_manifest, write_checkpoint
-from shelfml.export.contract import price_ranges, tagger_ranges
+from shelfml.export.contract import SEQ, GraphSpec, ShapeRanges, price_ranges, tagger_ranges
 from shelfml.export.onnx import OPSET, export_price, export_t5
 from shelfml.export.runtime import OrtPrice, OrtT5, SessionConfig, load_session
 
 EXPORT_MANIFEST = "export.json"
 ASSETS = "assets"
+EMBEDDER_ASSETS = "embedder"  # the retrieval embedder's tokenizer, inside assets/
+EMBEDDER_DESCRIPTION = "encoder.json"  # ...and which encoder weights it was exported from (the index checks it)
 PARITY_STEPS = 16  # greedy tokens compared step by step
 
 
@@ -166,6 +168,7 @@ def _export_tagger(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> d
     _progress(f"exporting the T5 encoder and KV-cache decoder of {ckpt} (opset {args.opset})")
     specs = export_t5(tagger.model, tmp, args.opset)
     _copy_assets(ckpt, tmp)
+    embedder = _export_embedder(tagger, tmp, args) if tagger.enricher is not None else {}
     if args.int8:
         _progress("quantising to INT8 (dynamic, MatMul weights)")
     graphs = _graphs(specs, tmp, args.int8)
@@ -195,10 +198,41 @@ def _export_tagger(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> d
         _check_int8(-parity["onnx-int8"]["item_accuracy_delta_points"], args.int8_max_drop, "item accuracy",
                     "points lost")
     ranges = tagger_ranges(tagger.max_input_tokens, tagger.max_new_tokens)
+    if embedder:
+        graphs["embedder"], parity["embedder"] = embedder["graph"], embedder["parity"]
+        ranges = ShapeRanges({**ranges.ranges, SEQ: (1, embedder["max_length"], embedder["max_length"])})
+        specs = {**specs, "embedder": GraphSpec.from_dict(embedder["graph"])}
     return {"graphs": graphs, "shape_ranges": ranges.to_dict(), "session": config.to_dict(), "parity": parity,
             "tensorrt_check": tensorrt_checks(specs, tmp, ranges),
             "decode": {"max_input_tokens": tagger.max_input_tokens, "max_new_tokens": tagger.max_new_tokens,
                        "brand_mode": tagger.constraint.brand_mode}}
+
+
+def _export_embedder(tagger, tmp: Path, args: ExportArgs) -> dict:
+    """A tagger trained with retrieval: its query encoder as embedder.onnx (+ tokenizer in assets/embedder),
+    compared with the sentence-transformers encoder on the neighbours it finds."""
+    from transformers import AutoTokenizer
+
+    from shelfml.export.onnx import export_embedder
+    from shelfml.export.runtime import OrtEmbedder
+
+    retriever = tagger.enricher.retriever
+    reference = retriever.embedder
+    _progress(f"exporting the retrieval embedder {reference.describe()['name']}")
+    spec = export_embedder(Path(reference.path), tmp, args.opset)["embedder"]
+    tokenizer = AutoTokenizer.from_pretrained(reference.path, local_files_only=True)
+    tokenizer.save_pretrained(tmp / ASSETS / EMBEDDER_ASSETS)
+    (tmp / ASSETS / EMBEDDER_ASSETS / EMBEDDER_DESCRIPTION).write_text(json.dumps(reference.describe(), indent=2))
+    onnx_embedder = OrtEmbedder.from_session(load_session(tmp / spec.file, spec), tokenizer, reference.describe())
+    texts = [str(t) for t in retriever.metadata["input"].head(64)]
+    a, b = reference.encode(texts), onnx_embedder.encode(texts)
+    k = tagger.enricher.format.k
+    same = [[n.row for n in x] == [n.row for n in y]
+            for x, y in zip(retriever.search_vectors(a, k), retriever.search_vectors(b, k))]
+    parity = {"rows": len(texts), "max_abs_diff": float(np.abs(a - b).max()),
+              "min_cosine": float((a * b).sum(1).min()), "neighbours_identical": float(np.mean(same))}
+    graph = {**spec.to_dict(), "tokenizer": f"{ASSETS}/{EMBEDDER_ASSETS}", "encoder": reference.describe()}
+    return {"graph": graph, "parity": parity, "max_length": reference.max_length}
 
 
 @torch.inference_mode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -171,3 +172,28 @@ def _check_names(session: ort.InferenceSession, graph: dict, path: Path) -> None
     want = ([t["name"] for t in graph["inputs"]], [t["name"] for t in graph["outputs"]])
     if have != want:
         raise GraphError(f"{path} does not match {graph['name']} in export.json: inputs/outputs {have}, expected {want}")
+
+
+class OrtEmbedder:
+    """The exported retrieval embedder, usable wherever shelfml.retrieval expects an embedder
+    (``describe()`` says which encoder weights it was exported from; the index checks that)."""
+
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], tokenizer, description: dict) -> None:
+        self.run, self.tokenizer, self.description = run, tokenizer, description
+        self.max_length, self.dimension = description["max_length"], description["dimension"]
+
+    @classmethod
+    def from_session(cls, session: ort.InferenceSession, tokenizer, description: dict) -> "OrtEmbedder":
+        return cls(lambda feeds: session.run(["embedding"], feeds)[0], tokenizer, description)
+
+    def describe(self) -> dict:
+        return dict(self.description)
+
+    def encode(self, texts, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(list(texts[start:start + batch_size]), max_length=self.max_length, truncation=True,
+                                 padding=True, return_tensors="np")
+            out[start:start + batch_size] = self.run({"input_ids": enc["input_ids"].astype(np.int64),
+                                                      "attention_mask": enc["attention_mask"].astype(np.int64)})
+        return out

@@ -33,6 +33,7 @@ from shelfml.export.tensorrt import BERT_KEEP_FP32, T5_KEEP_FP32
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
 SOURCES = Path(__file__).parent / "models"
+RETRIEVAL_INDEX = "index"  # the tagger's FAISS index folder inside its version folder (retrieval checkpoints)
 QUEUE_DELAY_US = 500  # dynamic batching: wait at most 0.5 ms for more requests (busy models queue anyway)
 WARMUP_TEXT = "stainless steel water bottle 750 ml"
 
@@ -136,6 +137,13 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
     (folder / "1").mkdir(parents=True)
     shutil.copy2(SOURCES / source, folder / "1" / "model.py")
     shutil.copytree(export_dir / ASSETS, folder / "1" / ASSETS)
+    retrieval = json.loads((export_dir / ASSETS / "shelfml.json").read_text()).get("retrieval")
+    if retrieval:  # a tagger trained with retrieval: its index ships in the version folder
+        index = Path(retrieval["index"]["path"])
+        if not (index / "index.json").is_file():
+            raise ExportError(f"{export_dir} was trained with retrieval index {index}, which is not there to ship")
+        shutil.copytree(index, folder / "1" / RETRIEVAL_INDEX)
+        params = {**params, "retrieval_index": RETRIEVAL_INDEX}
     _string_file(folder / "warmup" / "text", WARMUP_TEXT)
     for name, config in service_configs(spec, leaves, max_batch, **params).items():
         write_config(folder / name, config)
@@ -159,8 +167,13 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
             m, ranges = manifests["tagger"], ShapeRanges.from_dict(manifests["tagger"]["shape_ranges"])
             leaves = {g["name"]: _leaf(tmp, Path(tagger), g, ranges, runtime, list(T5_KEEP_FP32))
                       for g in (m["graphs"]["encoder"], m["graphs"]["decoder"])}
+            extra = {}
+            if "embedder" in m["graphs"]:  # trained with retrieval: the query encoder is a leaf too
+                leaves["embedder"] = _leaf(tmp, Path(tagger), m["graphs"]["embedder"], ranges, runtime,
+                                           list(BERT_KEEP_FP32))
+                extra["embedder_model"] = "embedder"
             _service(tmp, Path(tagger), TAGGER_SERVICE, "tagger.py", leaves, ranges.ranges["batch"][2],
-                     encoder_model="tagger_encoder", decoder_model="tagger_decoder")
+                     encoder_model="tagger_encoder", decoder_model="tagger_decoder", **extra)
         if "price" in manifests:
             m, ranges = manifests["price"], ShapeRanges.from_dict(manifests["price"]["shape_ranges"])
             leaves = {"price_regressor": _leaf(tmp, Path(price), m["graphs"]["model"], ranges, runtime, list(BERT_KEEP_FP32))}

@@ -105,10 +105,26 @@ def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_o
 class TaggerService:
     """Texts -> (path, brand, confidence) with the checkpoint's tokenizer and taxonomy constraint."""
 
-    def __init__(self, assets: Path, make_step: Callable, max_batch: int = 64) -> None:
+    def __init__(self, assets: Path, make_step: Callable, max_batch: int = 64, retrieval_index: Path | None = None,
+                 embed: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> None:
+        """``retrieval_index``: the shipped index of a checkpoint trained with retrieval, queried with the
+        exported embedder through ``embed`` (feeds -> embeddings); a checkpoint that needs an index and
+        has none is refused at load."""
         from shelfml.tagger import Tagger
 
-        self.tagger = Tagger.load(Path(assets), weights=False)
+        embedder = None
+        if embed is not None:
+            import json
+
+            from transformers import AutoTokenizer
+
+            from shelfml.export.exporter import EMBEDDER_ASSETS, EMBEDDER_DESCRIPTION
+            from shelfml.export.runtime import OrtEmbedder
+
+            folder = Path(assets) / EMBEDDER_ASSETS
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            embedder = OrtEmbedder(embed, tokenizer, json.loads((folder / EMBEDDER_DESCRIPTION).read_text()))
+        self.tagger = Tagger.load(Path(assets), weights=False, retrieval_index=retrieval_index, embedder=embedder)
         self.make_step, self.max_batch = make_step, max_batch
 
     def tag(self, texts: Sequence[str]) -> list[Prediction]:
@@ -153,28 +169,31 @@ class PriceService:
         for start in range(0, len(texts), self.max_batch):
             part = slice(start, start + self.max_batch)
             feeds, has[part] = self.feeds(texts[part], None if images is None else images[part])
-            prices[part] = self.run(feeds)
+            prices[part] = self.run(feeds)[:, 0]
         return {"price": prices[:, None], "has_image": has[:, None]}
 
 
-def inprocess_price_runner(repo: Path, model: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def inprocess_runner(repo: Path, model: str, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A leaf graph (price_regressor, embedder) run in this process on its own model.onnx: feeds -> ``output``."""
     from shelfml.export.runtime import load_session
 
     session = load_session(Path(repo) / model / "1" / "model.onnx")
     names = [i.name for i in session.get_inputs()]
-    return lambda feeds: session.run(["price"], {n: feeds[n] for n in names})[0][:, 0]
+    return lambda feeds: session.run([output], {n: feeds[n] for n in names})[0]
 
 
-def bls_price_runner(pb_utils, model: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def bls_runner(pb_utils, model: str, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The same leaf reached through a Triton BLS request (whatever backend serves it)."""
     cpu = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=["price"],
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
                                             inputs=[pb_utils.Tensor(k, v) for k, v in feeds.items()],
                                             preferred_memory=cpu)
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "price").as_numpy()[:, 0]
+        return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
 
     return run
+

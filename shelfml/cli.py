@@ -9,8 +9,9 @@ from pathlib import Path
 
 from shelfml.checkpoint import CheckpointError
 from shelfml.data import DataError, DataSpec
+from shelfml.retrieval import RetrievalError
 
-USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError, RetrievalError)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -90,7 +91,19 @@ def tagger_args(a: argparse.Namespace):
     from shelfml.training.tagger import TaggerArgs
 
     return TaggerArgs(shape=a.shape, model=a.model, vocab_size=a.vocab_size, brand_mode=a.brand_mode,
-                      split_seed=a.split_seed, train=train_config(a))
+                      split_seed=a.split_seed, train=train_config(a), retrieval=getattr(a, "retrieval", 0),
+                      retrieval_index=getattr(a, "retrieval_index", None),
+                      retrieval_fields=getattr(a, "retrieval_fields", ["labels", "brands"]))
+
+
+def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("retrieval enrichment")
+    g.add_argument("--retrieval", type=int, default=0, metavar="K",
+                   help="append the K nearest training products to each input (0: off); needs --retrieval-index")
+    g.add_argument("--retrieval-index", metavar="DIR", help="index directory from `shelfml index build`")
+    g.add_argument("--retrieval-fields", default=["labels", "brands"],
+                   type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
+                   help="what each neighbour contributes: labels,brands[,descriptions]")
 
 
 def add_price_model_arguments(g: argparse._ArgumentGroup, prefix: str = "") -> None:
@@ -185,7 +198,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if read_manifest(ckpt)["task"] == "price":
         metrics = evaluate_price(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit)
     else:
-        metrics = evaluate_tagger(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit, a.brand_mode)
+        metrics = evaluate_tagger(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit, a.brand_mode,
+                                  retrieval_index=a.retrieval_index)
     print_metrics(f"{a.checkpoint} on {a.split}", metrics)
     print(json.dumps(metrics, default=str))
 
@@ -209,7 +223,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
         for text, price in zip(texts, prices):
             print(json.dumps({"text": text, "price": round(float(price), 4)}, ensure_ascii=False))
         return
-    tagger = Tagger.load(Path(a.checkpoint), brand_mode=a.brand_mode)
+    tagger = Tagger.load(Path(a.checkpoint), brand_mode=a.brand_mode, retrieval_index=a.retrieval_index)
     for text, pred in zip(texts, tagger.predict(texts, batch_size=a.batch_size)):
         record = {"text": text, "label": format_target(pred.label),
                   **dict(zip(tagger.taxonomy.levels, pred.label.path)), "brand": pred.label.brand,
@@ -263,6 +277,16 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(json.dumps({"out": a.out, "task": manifest["task"], "parity": manifest["parity"]}, default=str))
 
 
+def cmd_index_build(a: argparse.Namespace) -> None:
+    from shelfml.retrieval import IndexArgs, build_index_from_spec
+
+    args = IndexArgs(kind=a.kind, nlist=a.nlist, nprobe=a.nprobe, hnsw_m=a.hnsw_m, ef_search=a.ef_search,
+                     max_length=a.max_length, batch_size=a.batch_size, gpu=a.gpu)
+    manifest = build_index_from_spec(data_spec(a), Path(a.out), args, split=a.split, split_seed=a.split_seed,
+                                     force=a.force)
+    print(json.dumps({k: manifest[k] for k in ("kind", "rows", "dimension", "fingerprint", "recall_at_k", "seconds")}))
+
+
 def cmd_bench(a: argparse.Namespace) -> None:
     import shlex
 
@@ -314,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("tagger", help="train the T5 category/brand tagger")
     add_data_arguments(p)
     add_train_arguments(p)
+    add_retrieval_arguments(p)
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.set_defaults(func=cmd_train)
     p = train.add_parser("price", help="train the price regressor (text encoder + MLP, optional image branch)")
@@ -330,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--eval-limit", type=int, help="score only the first N rows of the split")
     p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
+    p.add_argument("--retrieval-index", help="tagger trained with retrieval: its index (default: the recorded path)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="tag or price texts (arguments, --file, or stdin) as JSON lines")
@@ -338,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="one text per line ('-' for stdin)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--brand-mode", choices=["known", "known+copy"])
+    p.add_argument("--retrieval-index", help="tagger trained with retrieval: its index (default: the recorded path)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX (FP32 + INT8) with parity against eager PyTorch")
@@ -386,6 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", help="write the metrics JSON here")
     p.set_defaults(func=cmd_baseline)
+
+    index = sub.add_parser("index", help="retrieval indexes (MiniLM + FAISS)").add_subparsers(dest="action",
+                                                                                              required=True)
+    p = index.add_parser("build", help="embed a corpus with all-MiniLM-L6-v2 into a FAISS index directory")
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="index directory to write (atomically)")
+    p.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"],
+                   help="flat: exact inner product; ivf/hnsw: approximate, recall@10 measured and recorded")
+    p.add_argument("--split", default="train", choices=["train", "validation", "test", "all"],
+                   help="which rows of the grouped split to index (train: no leakage into evaluation)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--nlist", type=int, help="IVF cells (default ~4*sqrt(rows))")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
+    p.add_argument("--max-length", type=int, default=64, help="encoder tokens per text")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--gpu", action="store_true", help="search on a GPU copy (needs faiss-gpu)")
+    p.add_argument("--force", action="store_true", help="replace an existing index directory")
+    p.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("bench", help="benchmark backends x workloads (W1-W4): JSON, Markdown report, plots")
     p.add_argument("--out", default="runs/bench", help="output directory (results.json, report.md, *.png)")

@@ -47,14 +47,15 @@ def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFram
 
 
 def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
-                    batch_size: int = 64, limit: int | None = None, brand_mode: str | None = None) -> dict:
+                    batch_size: int = 64, limit: int | None = None, brand_mode: str | None = None,
+                    retrieval_index: Path | None = None) -> dict:
     from shelfml.tagger import Tagger
 
     manifest = read_manifest(ckpt, task="tagger")
     rows, same_data = evaluation_rows(manifest, spec, split)
     if limit:
         rows = rows.subset(range(min(limit, len(rows))))
-    tagger = Tagger.load(ckpt, brand_mode=brand_mode)
+    tagger = Tagger.load(ckpt, brand_mode=brand_mode, retrieval_index=retrieval_index)
     preds, seconds = tagger.timed_predict(rows.inputs(), batch_size=batch_size, progress=True)
     gold = rows.labels()
     metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)

@@ -128,6 +128,12 @@ def has_faiss_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def to_gpu(index):
+    """A GPU copy of a CPU index (flat and IVF; faiss has no GPU HNSW)."""
+    faiss = _faiss()
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+
+
 def make_index(vectors: np.ndarray, args: IndexArgs):
     """A CPU FAISS index over L2-normalised ``vectors`` (inner product)."""
     faiss = _faiss()
@@ -154,18 +160,24 @@ def _set_search_width(index, fetch: int) -> None:
 
 
 def recall_at_k(index, vectors: np.ndarray, k: int = RECALL_K, queries: int = RECALL_QUERIES, seed: int = 0) -> dict:
-    """Mean overlap of ``index``'s top-k with exact inner-product top-k, on a sample of the corpus vectors."""
+    """Recall@k of ``index`` against exact inner product, on a sample of the corpus vectors: the fraction of
+    its k results scoring at least the exact k-th score (ties count: catalogs repeat texts, and among equal
+    vectors which id comes first is arbitrary)."""
     faiss = _faiss()
     k = min(k, len(vectors))
     rng = np.random.default_rng(seed)
     sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
-    _, truth = exact.search(sample, k)
+    truth, _ = exact.search(sample, k)
     _set_search_width(index, k)
-    _, found = index.search(sample, k)
-    hits = [len(set(t) & set(f)) / k for t, f in zip(truth, found)]
-    return {"k": k, "queries": len(sample), "recall": round(float(np.mean(hits)), 4)}
+    found, ids = index.search(sample, k)
+    return {"k": k, "queries": len(sample), "recall": round(_tie_aware_recall(truth, found, ids), 4)}
+
+
+def _tie_aware_recall(exact_scores: np.ndarray, scores: np.ndarray, ids: np.ndarray, eps: float = 1e-5) -> float:
+    kth = exact_scores[:, -1:]
+    return float(((scores >= kth - eps) & (ids >= 0)).sum() / exact_scores.size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +228,8 @@ def build_index(catalog: Catalog, out: Path, args: IndexArgs | None = None, ids:
     start = time.perf_counter()
     index = make_index(vectors, args)
     build_s = time.perf_counter() - start
-    recall = recall_at_k(index, vectors) if args.kind != "flat" else {"k": RECALL_K, "recall": 1.0, "exact": True}
+    searched = to_gpu(index) if args.gpu else index  # the file written is always the CPU index
+    recall = recall_at_k(searched, vectors) if args.kind != "flat" else {"k": RECALL_K, "recall": 1.0, "exact": True}
     corpus_fp = hashlib.sha256((catalog.fingerprint() + "\x1e".join(frame["id"])).encode()).hexdigest()[:16]
     params = {k: v for k, v in asdict(args).items() if k not in ("batch_size", "gpu")}
     if args.kind == "ivf":
@@ -246,10 +259,12 @@ def build_index(catalog: Catalog, out: Path, args: IndexArgs | None = None, ids:
 
 
 def build_index_from_spec(spec: DataSpec, out: Path, args: IndexArgs | None = None, split: str = "train",
-                          split_seed: int = 0, force: bool = False) -> dict:
-    """``shelfml index build``: the ``split`` rows of a catalog (``all`` for every row)."""
-    catalog = load_catalog(spec, task="tagger")
-    info = {"spec": asdict(spec), "split": split, "split_seed": split_seed, "data_fingerprint": catalog.fingerprint()}
+                          split_seed: int = 0, force: bool = False, task: str = "tagger") -> dict:
+    """``shelfml index build``: the ``split`` rows of a catalog (``all`` for every row), split as ``task``
+    splits it (the price task drops rows without a price, so its split differs)."""
+    catalog = load_catalog(spec, task=task)
+    info = {"spec": asdict(spec), "task": task, "split": split, "split_seed": split_seed,
+            "data_fingerprint": catalog.fingerprint()}
     if split != "all":
         parts, split_info = split_catalog(catalog, seed=split_seed)
         catalog = parts[split]
@@ -278,8 +293,10 @@ class Retriever:
         return self.manifest["fingerprint"]
 
     @classmethod
-    def load(cls, directory: Path, encoder: str | None = None, gpu: bool = False) -> "Retriever":
-        """Load and check an index directory against the query encoder (default all-MiniLM-L6-v2)."""
+    def load(cls, directory: Path, encoder: str | None = None, gpu: bool = False,
+             embedder: Embedder | None = None) -> "Retriever":
+        """Load and check an index directory against the query encoder (default all-MiniLM-L6-v2). ``embedder``:
+        any object with ``describe()`` and ``encode(texts)`` (e.g. a served ONNX MiniLM) used instead."""
         directory = Path(directory)
         path = directory / MANIFEST_FILE
         if not path.is_file():
@@ -291,9 +308,9 @@ class Retriever:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise RetrievalError(f"{path}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}")
         built = manifest["encoder"]
-        embedder = shared_embedder(encoder, int(built.get("max_length", 64)))
+        embedder = embedder or shared_embedder(encoder, int(built.get("max_length", 64)))
         ours = embedder.describe()
-        if (built["name"], built["digest"]) != (ours["name"], ours["digest"]) or built["dimension"] != ours["dimension"]:
+        if [built[k] for k in ("name", "digest", "dimension")] != [ours[k] for k in ("name", "digest", "dimension")]:
             raise RetrievalError(
                 f"index {directory} was built with encoder {built['name']} (weights {built['digest']}, dimension "
                 f"{built['dimension']}), but the query encoder is {ours['name']} (weights {ours['digest']}, "
@@ -315,7 +332,7 @@ class Retriever:
             if not has_faiss_gpu():
                 raise RetrievalError(f"a GPU search of {directory} was asked, but this faiss has no GPU support; "
                                      "install faiss-gpu or drop the GPU flag")
-            index = _faiss().index_cpu_to_gpu(_faiss().StandardGpuResources(), 0, index)
+            index = to_gpu(index)
         return cls(directory, manifest, index, metadata, embedder)
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -451,6 +468,8 @@ class EnrichFormat:
 class Enricher:
     """Retriever + format: product texts -> enriched model inputs (cached per text when nothing is excluded)."""
 
+    CACHE_ROWS = 200_000  # the cache starts afresh beyond this many texts
+
     def __init__(self, retriever: Retriever, fmt: EnrichFormat) -> None:
         self.retriever, self.format = retriever, fmt
         self._cache: dict[str, str] = {}
@@ -478,6 +497,9 @@ class Enricher:
         if exclude_keys is not None:
             return self.render(texts, self.neighbours_of(texts, exclude_keys, progress))
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if len(self._cache) + len(todo) > self.CACHE_ROWS:
+            self._cache.clear()
+            todo = list(dict.fromkeys(texts))
         if todo:
             self._cache.update(zip(todo, self.render(todo, self.neighbours_of(todo, progress=progress))))
         return [self._cache[t] for t in texts]
@@ -510,23 +532,26 @@ def enrich_training_rows(enricher: Enricher, catalog: Catalog, progress: bool = 
     return enricher.render(texts, enricher.retriever.search_vectors(vectors, enricher.format.k, keys))
 
 
-def checkpoint_enricher(recorded: dict, ckpt: Path | str, index_dir: str | Path | None = None) -> Enricher:
+def checkpoint_enricher(recorded: dict, ckpt: Path | str, index_dir: str | Path | None = None,
+                        embedder: Embedder | None = None) -> Enricher:
     """The enricher a checkpoint trained with retrieval needs: ``index_dir`` or the recorded index path,
-    checked against the recorded fingerprint."""
+    checked against the recorded fingerprint (``embedder``: e.g. a served MiniLM, see :meth:`Retriever.load`)."""
     path = Path(index_dir or recorded["index"]["path"])
-    retriever = Retriever.load(path) if index_dir or (path / MANIFEST_FILE).is_file() else None
-    check_index(recorded, retriever, ckpt)
+    retriever = Retriever.load(path, embedder=embedder) if (path / MANIFEST_FILE).is_file() else None
+    check_index(recorded, retriever, ckpt, index_dir)
     return Enricher(retriever, EnrichFormat.from_dict(recorded["format"]))
 
 
-def check_index(recorded: dict, retriever: Retriever | None, ckpt: Path | str) -> None:
+def check_index(recorded: dict, retriever: Retriever | None, ckpt: Path | str,
+                given: str | Path | None = None) -> None:
     """Refuse to run a checkpoint trained with retrieval without its index (or with another one)."""
     index = recorded["index"]
     if retriever is None:
+        missing = (f"{given} is not an index ({MANIFEST_FILE} missing)" if given else
+                   f"no index was given and {index['path']} is not an index ({MANIFEST_FILE} missing)")
         raise RetrievalError(
             f"checkpoint {ckpt} was trained with retrieval (k={recorded['format']['k']}, index {index['fingerprint']} "
-            f"at {index['path']}), but no index was given and {index['path']} is not a usable index; pass "
-            "--retrieval-index DIR")
+            f"at {index['path']}), but {missing}; pass --retrieval-index DIR")
     if retriever.fingerprint != index["fingerprint"]:
         raise RetrievalError(
             f"checkpoint {ckpt} was trained against index {index['fingerprint']} ({index['rows']} rows, "
@@ -565,6 +590,16 @@ def neighbour_log_price(retriever: Retriever, neighbours: Sequence[Neighbour]) -
     return float(logs[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+def price_neighbour_features(retriever: Retriever, texts: Sequence[str], k: int = 10,
+                             exclude_keys: Sequence[str] | None = None, vectors: np.ndarray | None = None
+                             ) -> np.ndarray:
+    """Per text: [similarity-weighted median neighbour log1p(price), top similarity] (k neighbours; training
+    rows pass ``exclude_keys`` so a row never sees its own price). NaN median where no neighbour has a price."""
+    vectors = retriever.embed(texts) if vectors is None else vectors
+    found = retriever.search_vectors(vectors, k, exclude_keys)
+    return np.array([[neighbour_log_price(retriever, ns), ns[0].score if ns else 0.0] for ns in found])
+
+
 # ---------------------------------------------------------------------------------------------
 # Speed (workload W6 of the bench)
 
@@ -573,7 +608,7 @@ def _synthetic_vectors(n: int, d: int, seed: int, clusters: int = 1000) -> np.nd
     """Clustered unit vectors (products come in families), so approximate recall means something."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, d)).astype(np.float32)
-    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, d)).astype(np.float32)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -592,7 +627,7 @@ def retrieval_benchmark(rows: int = 100_000, dimension: int = 384, kinds: Sequen
     corpus, single, many = data[:rows], data[rows : rows + queries], data[rows + queries :]
     exact = faiss.IndexFlatIP(dimension)
     exact.add(corpus)
-    _, truth = exact.search(single, k)
+    truth, _ = exact.search(single, k)
     out: dict = {"workload": "W6 retrieval", "rows": rows, "dimension": dimension, "k": k, "queries": queries,
                  "batch": batch, "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "kinds": {}}
     for kind in kinds:
@@ -603,12 +638,13 @@ def retrieval_benchmark(rows: int = 100_000, dimension: int = 384, kinds: Sequen
         build_s = time.perf_counter() - start
         _set_search_width(index, k)
         index.search(single[:10], k)  # warm-up
-        times, found = [], []
+        times, found, found_ids = [], [], []
         for q in single:
             t = time.perf_counter()
-            _, ids = index.search(q[None], k)
+            scores, ids = index.search(q[None], k)
             times.append(time.perf_counter() - t)
-            found.append(ids[0])
+            found.append(scores[0])
+            found_ids.append(ids[0])
         t = time.perf_counter()
         index.search(many, k)
         batch_s = time.perf_counter() - t
@@ -617,9 +653,9 @@ def retrieval_benchmark(rows: int = 100_000, dimension: int = 384, kinds: Sequen
             "build_s": round(build_s, 3),
             "index_bytes": int(faiss.serialize_index(index).size),
             "peak_rss_growth_mib": round(_rss_mib() - rss, 1),
-            "latency_ms": {p: round(float(np.percentile(ms, q)), 4) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+            "latency_ms": {f"p{q}": round(float(np.percentile(ms, q)), 4) for q in (50, 95, 99)},
             "batch_queries_per_s": round(batch / batch_s, 1),
-            "recall_at_k": round(float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found)])), 4),
+            "recall_at_k": round(_tie_aware_recall(truth, np.array(found), np.array(found_ids)), 4),
         }
     if encoder:
         embedder = shared_embedder()

@@ -89,16 +89,17 @@ class Tagger:
 
     @classmethod
     def load(cls, ckpt: Path, brand_mode: str | None = None, device: str = "cpu", weights: bool = True,
-             retrieval_index: Path | None = None) -> "Tagger":
+             retrieval_index: Path | None = None, embedder=None) -> "Tagger":
         """From a checkpoint; ``weights=False`` loads only tokenizer + taxonomy (e.g. an export's assets,
         for a backend that brings its own graphs). A checkpoint trained with retrieval needs its index:
-        ``retrieval_index``, else the path recorded in the manifest."""
+        ``retrieval_index``, else the path recorded in the manifest; ``embedder`` replaces the default query
+        encoder (e.g. the exported ONNX one; the index checks it describes the same weights)."""
         manifest = read_manifest(ckpt, task="tagger", weights=weights)
         enricher = None
         if manifest.get("retrieval"):
             from shelfml.retrieval import checkpoint_enricher
 
-            enricher = checkpoint_enricher(manifest["retrieval"], ckpt, retrieval_index)
+            enricher = checkpoint_enricher(manifest["retrieval"], ckpt, retrieval_index, embedder=embedder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(ckpt)
             model = T5ForConditionalGeneration.from_pretrained(ckpt).to(device).eval() if weights else None

@@ -134,6 +134,19 @@ def test_knn_vote_and_neighbour_price(retriever):
         knn_vote(retriever, [])
 
 
+def test_price_neighbour_feature_never_sees_the_rows_own_title(retriever, parts):
+    from shelfml.retrieval import price_neighbour_features
+
+    train = parts["train"].subset(range(40))
+    vectors = retriever.stored_vectors(parts["train"].inputs())[:40]
+    keys = train.frame["text"].map(normalise_title).tolist()
+    leaky = price_neighbour_features(retriever, train.inputs(), 5, vectors=vectors)
+    free = price_neighbour_features(retriever, train.inputs(), 5, keys, vectors=vectors)
+    assert leaky.shape == free.shape == (40, 2) and np.isfinite(free).all()
+    assert leaky[:, 1] == pytest.approx(np.ones(40), abs=1e-4)  # without exclusion the row finds itself
+    assert (free[:, 1] < 0.9999).all()
+
+
 @pytest.fixture(scope="module")
 def retrieval_checkpoint(tmp_path_factory, small_spec, flat_index) -> Path:
     from shelfml.training.tagger import TaggerArgs, train_tagger
@@ -216,7 +229,8 @@ def test_bad_index_is_refused(flat_index, tmp_path, breakage, message):
     "corpus, ids, message",
     [
         (lambda c: c.subset([]), None, r"corpus synthetic is empty: an index needs at least one row"),
-        (lambda c: c.subset(range(5)), ["a", "b", "a", "c", "d"], r"duplicate id 'a' in corpus synthetic: rows 0 and 2"),
+        (lambda c: c.subset(range(5)), ["a", "b", "a", "c", "d"],
+         r"duplicate id 'a' in corpus synthetic: rows 0 and 2"),
         (lambda c: c.subset(range(5)), ["a", "b"], r"2 ids for a corpus of 5 rows"),
     ],
     ids=["empty-corpus", "duplicate-ids", "id-count"],
@@ -250,6 +264,8 @@ def test_checkpoint_with_retrieval_refuses_missing_or_other_index(retrieval_chec
     with pytest.raises(RetrievalError, match=rf"checkpoint {moved} was trained with retrieval \(k=3, index "
                        rf"{recorded['fingerprint']} at {tmp_path / 'gone'}\), but no index was given"):
         Tagger.load(moved)
+    with pytest.raises(RetrievalError, match=rf"trained with retrieval .*, but {tmp_path / 'nowhere'} is not an index"):
+        Tagger.load(retrieval_checkpoint, retrieval_index=tmp_path / "nowhere")
     build_index(small_catalog.subset(range(40)), tmp_path / "other", progress=False)
     with pytest.raises(RetrievalError, match=rf"trained against index {recorded['fingerprint']} \(\d+ rows, flat\), "
                        rf"but {tmp_path / 'other'} is index [0-9a-f]{{16}} \(40 rows, flat\)"):
@@ -284,3 +300,54 @@ def test_retrieval_benchmark_small():
     flat, hnsw = result["kinds"]["flat"], result["kinds"]["hnsw"]
     assert flat["recall_at_k"] == 1.0 and 0.5 < hnsw["recall_at_k"] <= 1.0
     assert flat["latency_ms"]["p50"] > 0 and hnsw["batch_queries_per_s"] > 0 and flat["index_bytes"] > 3000 * 32 * 4
+
+
+def test_recall_counts_ties_not_ids():
+    """Catalogs repeat texts: among equal vectors any id is right, so recall compares scores."""
+    import faiss
+
+    from shelfml.retrieval import recall_at_k
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((50, 16)).astype(np.float32)
+    vectors = np.repeat(base / np.linalg.norm(base, axis=1, keepdims=True), 4, axis=0)  # every vector 4 times
+    reversed_order = faiss.IndexFlatIP(16)
+    reversed_order.add(vectors[::-1].copy())  # same vectors, other ids
+    assert recall_at_k(reversed_order, vectors, k=4)["recall"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Served: the index ships in the tagger's version folder; a client sends only text
+
+
+def test_served_tagger_retrieves_inside_the_server(retrieval_checkpoint, parts, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    from shelfml.export.exporter import ExportArgs, ExportError, export_checkpoint
+    from shelfml.model_repository.build import build_repository
+    from shelfml.model_repository.server import TritonServer
+    from shelfml.tagger import Tagger
+
+    manifest = export_checkpoint(retrieval_checkpoint, tmp_path / "export", ExportArgs(parity_rows=8, int8=False))
+    embedder = manifest["parity"]["embedder"]  # the exported MiniLM against sentence-transformers
+    assert embedder["max_abs_diff"] < 1e-4 and embedder["neighbours_identical"] == 1.0, embedder
+    assert "embedder.onnx" in manifest["files"] and manifest["tensorrt_check"]["embedder"]["ok"]
+    build_repository(tmp_path / "repo", tagger=tmp_path / "export")
+    assert (tmp_path / "repo" / "tagger" / "1" / "index" / "index.json").is_file()
+    assert (tmp_path / "repo" / "embedder" / "configs" / "cpu.pbtxt").is_file()
+    texts = parts["test"].inputs()[:6]
+    expected = [" > ".join(p.label.path) for p in Tagger.load(retrieval_checkpoint).predict(texts)]
+    with TritonServer(tmp_path / "repo", log_file=tmp_path / "triton.log") as server, \
+            grpcclient.InferenceServerClient(server.grpc_url) as client:
+        tensor = grpcclient.InferInput("text", [len(texts), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+        served = [p[0].decode() for p in client.infer("tagger", [tensor]).as_numpy("path")]
+    assert served == expected
+    index = json.loads((tmp_path / "export" / "assets" / "shelfml.json").read_text())["retrieval"]["index"]["path"]
+    moved = Path(index).with_name("moved-away")
+    Path(index).rename(moved)
+    try:
+        with pytest.raises(ExportError, match="not there to ship"):
+            build_repository(tmp_path / "repo2", tagger=tmp_path / "export")
+    finally:
+        moved.rename(index)

@@ -89,7 +89,8 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     val = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.val_decode_limit)))
     val_inputs, val_labels = val.inputs(), val.labels()
     val_model_inputs = enricher.enrich(val_inputs) if enricher else val_inputs
-    val_batches = [collate(list(zip(val_model_inputs[i : i + 64], val_labels[i : i + 64]))) for i in range(0, len(val), 64)]
+    val_batches = [collate(list(zip(val_model_inputs[i : i + 64], val_labels[i : i + 64])))
+                   for i in range(0, len(val), 64)]
 
     def validate(m: torch.nn.Module) -> dict:
         device = next(m.parameters()).device

@@ -14,15 +14,17 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        from shelfml.model_repository.services import (PriceService, bls_price_runner, check_numpy,
-                                                       inprocess_price_runner)
+        from shelfml.model_repository.services import PriceService, bls_runner, check_numpy, inprocess_runner
 
         check_numpy()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = Path(args["model_repository"])
         leaf = params["regressor_model"]
-        run = inprocess_price_runner(here.parent, leaf) if params["runner"] == "inprocess" else bls_price_runner(pb_utils, leaf)
+        if params["runner"] == "inprocess":
+            run = inprocess_runner(here.parent, leaf, "price")
+        else:
+            run = bls_runner(pb_utils, leaf, "price")
         self.service = PriceService(here / args["model_version"] / params["assets"], run,
                                     max_batch=int(params["leaf_max_batch"]))
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
