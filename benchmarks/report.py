@@ -154,6 +154,25 @@ def serving_lines(serving: dict) -> list[str]:
     return lines
 
 
+def retrieval_lines(w6: dict | None) -> list[str]:
+    """W6: index build, memory, batch-1 query latency and throughput, beside the seed's 70 ms per query."""
+    if not w6:
+        return []
+    lines = [f"W6 retrieval: {w6['rows']:,} synthetic {w6['dimension']}-d vectors, top-{w6['k']}, "
+             f"{w6['threads']} thread(s), faiss {w6['faiss']}; the seed retrieved at {w6['seed_reference_ms']} ms "
+             "per query.", "",
+             _row(["index", "build s", "MiB", "batch-1 p50 ms", "p95 ms", f"batch-{w6['batch']} queries/s",
+                   "recall@k vs exact"]), _row(["---"] * 7)]
+    for kind, r in w6["kinds"].items():
+        lines.append(_row([kind, _fmt(r["build_s"]), _fmt(r["index_bytes"] / 2**20, 1), _fmt(r["latency_ms"]["p50"], 3),
+                           _fmt(r["latency_ms"]["p95"], 3), _fmt(r["batch_queries_per_s"], 0),
+                           _fmt(r["recall_at_k"], 3)]))
+    encoder = w6.get("encoder_batch1_ms")
+    if encoder:
+        lines += ["", f"MiniLM query embedding (the other half of a query), batch 1: {json.dumps(encoder)}"]
+    return lines + [""]
+
+
 def profile_lines(results: dict) -> list[str]:
     lines = ["Where the time goes in W1 (median encoder call and decoder step, backends built on a step function):",
              "", _row(["model", "backend", "encoder ms", "decoder step ms", "16 steps ms"]), _row(["---"] * 5)]
@@ -186,6 +205,7 @@ def readme_section(results: dict) -> str:
     for g in results["goals"]:
         lines.append(_row([g["goal"], g["model"], _mark(g["passed"]), g["detail"]]))
     lines += [""] + results_tables(results) + serving_lines(results.get("serving", {}))
+    lines += retrieval_lines(results.get("retrieval"))
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +244,8 @@ def markdown(results: dict) -> str:
                     "tokens + 16 cached decoder steps incl. the 32,128-way LM head")
         lines.append(_row([f["figure"], f"{f['value']} {f['unit']}", ours, f"seed: {f['what_it_measured']}; {what}"]))
     lines += ["", "## Results", ""] + results_tables(results) + ["## W4: serving", ""] + serving_lines(
-        results.get("serving", {})) + ["## Profile", ""] + profile_lines(results)
+        results.get("serving", {})) + ["## W6: retrieval", ""] + retrieval_lines(results.get("retrieval")) + [
+        "## Profile", ""] + profile_lines(results)
     lines += ["## Skipped backends", "", _row(["model", "backend", "reason"]), _row(["---"] * 3)]
     lines += [_row([s["model"], s["backend"], s["reason"]]) for s in results["skipped"]]
     lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in PLOTS.items()]

@@ -397,6 +397,13 @@ def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = Fal
         tagger_trained = next((m for m in models if m.key == "tagger-trained"), None)
         results["serving"] = _serving(tagger_trained, reps, texts, grpc_url, exports, out, perf_analyzer, stack)
     tick("serving", t0)
+    t0 = time.perf_counter()
+    from shelfml.retrieval import retrieval_benchmark
+
+    _progress("W6: retrieval (FAISS exact and HNSW over synthetic MiniLM-sized vectors)")
+    results["retrieval"] = retrieval_benchmark(rows=5_000 if quick else 100_000, queries=50 if quick else 500,
+                                               encoder=not quick)
+    tick("retrieval", t0)
     results["skipped"] = [{"model": k, "backend": name, "reason": b["reason"]} for k, m in results["models"].items()
                           for name, b in m["backends"].items() if b["status"] == "skipped"]
     if results["serving"]["status"] == "skipped":

@@ -154,6 +154,9 @@ def test_quick_json_schema(quick_results):
     env = on_disk["environment"]
     assert env["cpu"] and env["threads"] >= 1 and env["versions"]["torch"] and env["versions"]["onnxruntime"]
     assert set(on_disk["workloads"]) == {"W1", "W2", "W3", "W4"}
+    w6 = on_disk["retrieval"]  # W6: FAISS exact and HNSW, recall measured against exact search
+    assert set(w6["kinds"]) == {"flat", "hnsw"} and w6["kinds"]["flat"]["recall_at_k"] == 1.0
+    assert w6["kinds"]["hnsw"]["latency_ms"]["p50"] > 0 and "W6 retrieval" in (out / "report.md").read_text()
     assert set(on_disk["models"]) == {"tagger-trained", "price-trained"}
     assert {g["id"] for g in on_disk["goals"]} >= {"W1-3x-eager", "W1-ctranslate2", "W2-ctranslate2",
                                                    "W3-2x-eager", "W4-overhead", "W4-scaling"}
