@@ -151,13 +151,13 @@ def convert_ctranslate2(hf_dir: Path, out_dir: Path) -> tuple[Path, list[str]]:
     converter = ctranslate2.converters.TransformersConverter(str(hf_dir))
     converter.convert(str(out_dir), force=True)
     path = out_dir / "shared_vocabulary.json"
-    vocab = json.loads(path.read_text())
+    vocab = json.loads(path.read_text(encoding="utf-8"))
     seen: set[str] = set()
     for i, token in enumerate(vocab):
         if token in seen:  # without a tokenizer the converter names ids itself and repeats <extra_id_N>:
             vocab[i] = f"<shelfml_id_{i}>"  # give each id its own string (weights are indexed by position)
         seen.add(vocab[i])
-    path.write_text(json.dumps(vocab))
+    path.write_text(json.dumps(vocab), encoding="utf-8")
     return out_dir, vocab
 
 

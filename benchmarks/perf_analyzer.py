@@ -86,7 +86,7 @@ def _fetch(binary: Path) -> None:
 
 def write_input_data(path: Path, texts: list[str], input_name: str = "text") -> Path:
     """perf_analyzer's --input-data JSON: one single-text request per entry (the BYTES input as a string)."""
-    path.write_text(json.dumps({"data": [{input_name: [t]} for t in texts]}, ensure_ascii=False, indent=1))
+    path.write_text(json.dumps({"data": [{input_name: [t]} for t in texts]}, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
 
 
@@ -102,13 +102,13 @@ def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: tuple
                "--concurrency-range", str(c), "--measurement-interval", str(measurement_ms),
                "--stability-percentage", "50", "--max-trials", "4", "-f", str(report)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        (out_dir / f"perf_analyzer_c{c}.log").write_text(done.stdout + done.stderr)
+        (out_dir / f"perf_analyzer_c{c}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
         if done.returncode != 0 or not report.is_file():
             levels[str(c)] = {"status": "failed", "returncode": done.returncode,
                               "reason": (done.stderr or done.stdout).strip()[-400:]}
             continue
         try:
-            row = next(csv.DictReader(io.StringIO(report.read_text())))
+            row = next(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
             levels[str(c)] = {"status": "measured", "throughput_items_s": float(row["Inferences/Second"]),
                               **{f"{k}_ms": int(row[f"{k} latency"]) / 1e3 for k in ("p50", "p90", "p99")},
                               # its CSV splits the mean into phases (us): client, network, queue, compute

@@ -334,6 +334,6 @@ def write_outputs(results: dict, out: Path) -> None:
     results["goals"] = evaluate_goals(results)
     results["files"] = {"json": "results.json", "report": "report.md", "readme_section": "README-results.md",
                         "plots": plots(results, out)}
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "report.md").write_text(markdown(results))
-    (out / "README-results.md").write_text(readme_section(results))
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    (out / "report.md").write_text(markdown(results), encoding="utf-8")
+    (out / "README-results.md").write_text(readme_section(results), encoding="utf-8")

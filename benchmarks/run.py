@@ -77,7 +77,7 @@ def _version(pkg: str) -> str | None:
 def environment() -> dict:
     cpu = "unknown"
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break

@@ -55,7 +55,7 @@ def read_export(export_dir: Path, task: str | None = None) -> dict:
     if not path.is_file():
         raise ExportError(f"{export_dir} is not a shelfml export: {EXPORT_MANIFEST} is missing")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is corrupt: {e}") from None
     if task and manifest.get("task") != task:
@@ -135,7 +135,7 @@ def tensorrt_checks(specs: dict, tmp: Path, ranges) -> dict:
     out = {}
     for key, spec in specs.items():
         graph_json = tmp / f".{key}.graph.json"
-        graph_json.write_text(json.dumps({"spec": spec.to_dict(), "shape_ranges": ranges.to_dict()}))
+        graph_json.write_text(json.dumps({"spec": spec.to_dict(), "shape_ranges": ranges.to_dict()}), encoding="utf-8")
         report = check_onnx_for_tensorrt(tmp / spec.file, graph_json)
         graph_json.unlink()
         out[key] = {k: report[k] for k in ("ok", "errors", "checker", "opset", "unsupported_ops", "constant_folding",
@@ -222,7 +222,7 @@ def _export_embedder(tagger, tmp: Path, args: ExportArgs) -> dict:
     spec = export_embedder(Path(reference.path), tmp, args.opset)["embedder"]
     tokenizer = AutoTokenizer.from_pretrained(reference.path, local_files_only=True)
     tokenizer.save_pretrained(tmp / ASSETS / EMBEDDER_ASSETS)
-    (tmp / ASSETS / EMBEDDER_ASSETS / EMBEDDER_DESCRIPTION).write_text(json.dumps(reference.describe(), indent=2))
+    (tmp / ASSETS / EMBEDDER_ASSETS / EMBEDDER_DESCRIPTION).write_text(json.dumps(reference.describe(), indent=2), encoding="utf-8")
     onnx_embedder = OrtEmbedder.from_session(load_session(tmp / spec.file, spec), tokenizer, reference.describe())
     texts = [str(t) for t in retriever.metadata["input"].head(64)]
     a, b = reference.encode(texts), onnx_embedder.encode(texts)

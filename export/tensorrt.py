@@ -146,7 +146,7 @@ def load_leaf(version_dir: Path) -> LeafModel:
     version_dir = Path(version_dir)
     graph_path = version_dir / GRAPH_FILE
     try:
-        graph = json.loads(graph_path.read_text())
+        graph = json.loads(graph_path.read_text(encoding="utf-8"))
         spec = GraphSpec.from_dict(graph["spec"])
         ranges = ShapeRanges.from_dict(graph["shape_ranges"])
     except FileNotFoundError:
@@ -254,7 +254,7 @@ class PlanState:
             return cls()
         sidecar_path = plan_path.with_name(plan_path.name + ".json")
         try:
-            sidecar, error = json.loads(sidecar_path.read_text()), None
+            sidecar, error = json.loads(sidecar_path.read_text(encoding="utf-8")), None
             if not isinstance(sidecar, dict) or not isinstance(sidecar.get("key"), dict):
                 sidecar, error = None, f"{sidecar_path.name} has no 'key' object"
         except FileNotFoundError:
@@ -510,7 +510,7 @@ def ensure_engine(version_dir: Path, cache_dir: Path, backend=None, settings: Bu
     cached = Path(cache_dir) / leaf.name / digest / PLAN_FILE
     start = time.perf_counter()
     if _verified(backend, cached, key, leaf.spec).action is Action.REUSE:
-        _install(cached.read_bytes(), json.loads(cached.with_name(SIDECAR_FILE).read_text()), leaf.plan_path)
+        _install(cached.read_bytes(), json.loads(cached.with_name(SIDECAR_FILE).read_text(encoding="utf-8")), leaf.plan_path)
         return {**record, "action": Action.REUSE.value, "seconds": round(time.perf_counter() - start, 3),
                 "reason": f"{decision.reason}; reused the cached engine {cached}"}
 
@@ -675,7 +675,7 @@ def check_onnx_for_tensorrt(onnx_path: Path, graph_json: Path | None = None) -> 
         folded = None
     if folded is not None and graph_json.is_file():
         try:
-            graph = json.loads(graph_json.read_text())
+            graph = json.loads(graph_json.read_text(encoding="utf-8"))
             spec, ranges = GraphSpec.from_dict(graph["spec"]), ShapeRanges.from_dict(graph["shape_ranges"])
             report["parity"] = parity(model, folded, spec, ranges)
             bad = [r for r in report["parity"] if not r["ok"]]

@@ -103,12 +103,12 @@ def service_configs(spec: GraphSpec, leaves: dict[str, GraphSpec], max_batch: in
 
 def write_config(path: Path, config: mc.ModelConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text_format.MessageToString(config))
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
 def read_config(path: Path) -> mc.ModelConfig:
     """Parse a config.pbtxt with Triton's own schema (raises on any unknown field)."""
-    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+    return text_format.Parse(Path(path).read_text(encoding="utf-8"), mc.ModelConfig())
 
 
 def _string_file(path: Path, text: str) -> None:
@@ -125,7 +125,7 @@ def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtim
     shutil.copy2(export_dir / spec.file, folder / "1" / "model.onnx")
     shutil.copy2(SOURCES / "onnx_leaf.py", folder / "1" / "model.py")
     (folder / "1" / "graph.json").write_text(json.dumps(
-        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": keep_fp32}}, indent=2))
+        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": keep_fp32}}, indent=2), encoding="utf-8")
     for name, config in leaf_configs(spec, ranges, runtime).items():
         write_config(folder / name, config)
     return spec
@@ -137,7 +137,7 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
     (folder / "1").mkdir(parents=True)
     shutil.copy2(SOURCES / source, folder / "1" / "model.py")
     shutil.copytree(export_dir / ASSETS, folder / "1" / ASSETS)
-    retrieval = json.loads((export_dir / ASSETS / "shelfml.json").read_text()).get("retrieval")
+    retrieval = json.loads((export_dir / ASSETS / "shelfml.json").read_text(encoding="utf-8")).get("retrieval")
     if retrieval:  # a tagger trained with retrieval: its index ships in the version folder
         index = Path(retrieval["index"]["path"])
         if not (index / "index.json").is_file():
@@ -190,7 +190,7 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
 
     write_checkpoint(repo, save, describe, name="repository.json")
     print(f"shelfml: wrote the Triton model repository {repo}", file=sys.stderr)
-    return json.loads((Path(repo) / "repository.json").read_text())
+    return json.loads((Path(repo) / "repository.json").read_text(encoding="utf-8"))
 
 
 

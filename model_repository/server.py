@@ -125,6 +125,7 @@ def _server_env() -> dict[str, str]:
                           "with numpy 2; install 'numpy<2'")
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
+    env["PYTHONUTF8"] = "1"  # the stubs' python must not decode manifests (taxonomies) with an ASCII locale
     # The stub links libpython3.11.so.1.0: make it the one of this interpreter (the system's may be an older
     # 3.11 whose symbols this interpreter's extension modules lack, e.g. _ssl needing _PyModule_Add).
     libdir = sysconfig.get_config_var("LIBDIR") or ""

@@ -123,7 +123,7 @@ class TaggerService:
 
             folder = Path(assets) / EMBEDDER_ASSETS
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            embedder = OrtEmbedder(embed, tokenizer, json.loads((folder / EMBEDDER_DESCRIPTION).read_text()))
+            embedder = OrtEmbedder(embed, tokenizer, json.loads((folder / EMBEDDER_DESCRIPTION).read_text(encoding="utf-8")))
         self.tagger = Tagger.load(Path(assets), weights=False, retrieval_index=retrieval_index, embedder=embedder)
         self.make_step, self.max_batch = make_step, max_batch
 

@@ -52,7 +52,7 @@ def write_checkpoint(out: Path, save_files: Callable[[Path], None], manifest: di
         save_files(tmp)
         manifest = manifest(tmp) if callable(manifest) else manifest
         manifest = {"format_version": FORMAT_VERSION, **manifest, "versions": versions()}
-        (tmp / name).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+        (tmp / name).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -72,7 +72,7 @@ def update_manifest(ckpt: Path, **fields) -> None:
     manifest = read_manifest(ckpt)
     manifest.update(fields)
     tmp = Path(ckpt) / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     tmp.replace(Path(ckpt) / MANIFEST)
 
 
@@ -86,7 +86,7 @@ def read_manifest(ckpt: Path, task: str | None = None, weights: bool = True) -> 
     if not path.is_file():
         raise CheckpointError(f"{ckpt} is not a shelfml checkpoint: {MANIFEST} is missing")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("task") not in TASKS:

@@ -32,7 +32,7 @@ def evaluation_rows(manifest: dict, spec: DataSpec | None, split: str) -> tuple[
 
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
 
 def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFrame, out: Path, record: bool) -> dict:

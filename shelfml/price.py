@@ -67,7 +67,7 @@ def resolve_pooling(encoder_dir: str | Path, pooling: str = "auto") -> str:
         raise ValueError(f"pooling must be 'auto' or one of {POOLINGS}, got {pooling!r}")
     config = Path(encoder_dir) / "1_Pooling" / "config.json"
     if config.is_file():
-        modes = json.loads(config.read_text())
+        modes = json.loads(config.read_text(encoding="utf-8"))
         if modes.get("pooling_mode_cls_token"):
             return "cls"
     return "mean"
@@ -214,7 +214,7 @@ def load_vision(vision_dir: str | Path | None) -> tuple[CLIPVisionModel, ImageSp
     spec = ImageSpec(size=model.config.image_size)
     preprocessor = path / "preprocessor_config.json"
     if preprocessor.is_file():
-        pre = json.loads(preprocessor.read_text())
+        pre = json.loads(preprocessor.read_text(encoding="utf-8"))
         spec = ImageSpec(size=model.config.image_size, mean=tuple(pre.get("image_mean", spec.mean)),
                          std=tuple(pre.get("image_std", spec.std)))
     return model, spec

@@ -302,7 +302,7 @@ class Retriever:
         if not path.is_file():
             raise RetrievalError(f"{directory} is not a shelfml index: {MANIFEST_FILE} is missing")
         try:
-            manifest = json.loads(path.read_text())
+            manifest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RetrievalError(f"{path} is corrupt: {e}") from None
         if manifest.get("format_version") != FORMAT_VERSION:

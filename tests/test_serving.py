@@ -211,3 +211,23 @@ def test_numpy_2_is_refused_at_model_load(monkeypatch):
     monkeypatch.setattr(numpy, "__version__", "2.1.0")
     with pytest.raises(RuntimeError, match="needs numpy<2"):
         check_numpy()
+
+
+def test_assets_with_non_ascii_labels_load_under_an_ascii_locale(served_repository, tmp_path):
+    """The python backend's stub may run with a C/ASCII locale: manifests are read as UTF-8 explicitly."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    assets = tmp_path / "assets"
+    shutil.copytree(served_repository.exports["tagger"] / "assets", assets)
+    manifest = json.loads((assets / "shelfml.json").read_text(encoding="utf-8"))
+    manifest["taxonomy"]["brands"].append("Café Crème ₹")
+    (assets / "shelfml.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
+    code = (f"from shelfml.tagger import Tagger; t = Tagger.load({str(assets)!r}, weights=False); "
+            f"print({ascii('Café Crème ₹')} in t.taxonomy.brands)")  # the command line itself stays ASCII
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "LC_ALL": "C", "PYTHONUTF8": "0"},
+                          capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
