@@ -298,7 +298,8 @@ def _serving(tagger_model: ModelUnderTest | None, reps: Repetitions, texts, grpc
         from shelfml.model_repository.server import TritonServer
 
         _progress("building the Triton repository and starting tritonserver")
-        build_repository(out / "work" / "repository", tagger=exports["tagger"], price=exports.get("price"))
+        build_repository(out / "work" / "repository", tagger=exports["tagger"], price=exports.get("price"),
+                         force=True)  # the bench's own work folder
         server = stack.enter_context(TritonServer(out / "work" / "repository", log_file=out / "triton.log"))
         url = server.grpc_url
     runner = OrtT5.load(exports["tagger"])
