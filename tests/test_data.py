@@ -1,4 +1,7 @@
-import numpy as np
+"""Data loading: the synthetic catalog, Flipkart, any CSV through the column mapping, errors, the grouped split."""
+
+from __future__ import annotations
+
 import pytest
 
 from conftest import needs_shared

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import SHARED, fast_args, needs_shared, price_csv
@@ -25,7 +24,7 @@ from shelfml.images import AugmentConfig, ImageSpec, ImageStore
 from shelfml.metrics import price_metrics, smape
 from shelfml.price import (PriceConfig, PriceRegressor, build_regressor, default_encoder, from_log,
                            price_loss, resolve_pooling, to_log)
-from shelfml.training.price import LengthBucketSampler, PriceArgs, train_price
+from shelfml.training.price import LengthBucketSampler, train_price
 from shelfml.training.trainer import TrainConfig, fit
 
 TEXTS = ["steel water bottle 1 l", "gold plated necklace set", "cotton socks pack of 3", "leather office chair"]
