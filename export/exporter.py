@@ -14,7 +14,6 @@ graph) leaves any previous export untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shelfml.checkpoint import ensure_writable, read_manifest, write_checkpoint
+from shelfml.checkpoint import ensure_writable, read_json_manifest, read_manifest, sha256_file, write_checkpoint
 from shelfml.export.contract import SEQ, GraphSpec, ShapeRanges, price_ranges, tagger_ranges
 from shelfml.export.onnx import OPSET, export_price, export_t5
 from shelfml.export.runtime import OrtPrice, OrtT5, SessionConfig, load_session
@@ -51,24 +50,10 @@ class ExportArgs:
 
 def read_export(export_dir: Path, task: str | None = None) -> dict:
     """export.json of an export directory; ExportError naming the problem otherwise."""
-    path = Path(export_dir) / EXPORT_MANIFEST
-    if not path.is_file():
-        raise ExportError(f"{export_dir} is not a shelfml export: {EXPORT_MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path} is corrupt: {e}") from None
+    manifest = read_json_manifest(Path(export_dir) / EXPORT_MANIFEST, ExportError, "a shelfml export")
     if task and manifest.get("task") != task:
         raise ExportError(f"{export_dir} holds a {manifest.get('task')} export, not a {task} export")
     return manifest
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_files(export_dir: Path) -> None:
@@ -78,7 +63,7 @@ def verify_files(export_dir: Path) -> None:
         path = Path(export_dir) / name
         if not path.is_file():
             raise ExportError(f"{path} is missing from the export")
-        if sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ExportError(f"{path} does not match the sha256 in {EXPORT_MANIFEST}: corrupt or replaced")
 
 
@@ -108,7 +93,7 @@ def export_checkpoint(ckpt: Path, out: Path, args: ExportArgs | None = None, for
         files = sorted(p.name for p in tmp.glob("*.onnx"))
         return {"task": manifest["task"], "checkpoint": str(Path(ckpt).resolve()), "opset": args.opset,
                 "data_fingerprint": manifest["data"]["fingerprint"], **result,
-                "files": {name: sha256(tmp / name) for name in files}}
+                "files": {name: sha256_file(tmp / name) for name in files}}
 
     write_checkpoint(out, save, describe, name=EXPORT_MANIFEST)
     _progress(f"wrote {out}")

@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from shelfml.checkpoint import sha256_file
 from shelfml.export.contract import GraphSpec, ShapeRanges
 
 ONNX_FILE, GRAPH_FILE, PLAN_FILE, SIDECAR_FILE = "model.onnx", "graph.json", "model.plan", "model.plan.json"
@@ -190,14 +191,6 @@ class DeviceInfo:
     gpu_name: str
     compute_capability: str  # "9.0"
     tensorrt_version: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def engine_key(device: DeviceInfo, onnx_sha256: str, profile: dict, keep_fp32: Sequence[str],

@@ -24,10 +24,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from shelfml.checkpoint import ensure_writable, write_checkpoint
+from shelfml.checkpoint import ensure_writable, sha256_file, write_checkpoint
 from shelfml.export.contract import (PRICE_SERVICE, TAGGER_SERVICE, TRITON_DTYPES, GraphSpec, ShapeRanges,
                                      TensorSpec)
-from shelfml.export.exporter import ASSETS, ExportError, read_export, sha256, verify_files
+from shelfml.export.exporter import ASSETS, ExportError, read_export, verify_files
 from shelfml.export.tensorrt import BERT_KEEP_FP32, T5_KEEP_FP32
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
@@ -185,7 +185,7 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
                 "models": sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file()),
                 "exports": {task: {"path": str(Path(p).resolve()), "files": manifests[task]["files"]}
                             for task, p in exports.items() if p is not None},
-                "onnx": {str(f.relative_to(tmp)): sha256(f) for f in sorted(tmp.glob("*/1/model.onnx"))},
+                "onnx": {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.glob("*/1/model.onnx"))},
                 "serve": f"shelfml serve {repo}"}
 
     write_checkpoint(repo, save, describe, name="repository.json")

@@ -68,19 +68,23 @@ def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str):
     return OrtT5(*sessions).make_step
 
 
+def bls_call(pb_utils, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """One Triton BLS request to a leaf model (whatever backend serves it), outputs in host memory."""
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
+                                        inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
+                                        preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"{model}: {response.error().message()}")
+    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+
 def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_outputs: Sequence[str],
                      decoder_outputs: Sequence[str]):
-    """Triton BLS: the encoder leaf once, then the decoder leaf every step (whatever backend runs them)."""
-    cpu = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+    """Triton BLS: the encoder leaf once, then the decoder leaf every step."""
 
     def call(model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
-                                            inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
-                                            preferred_memory=cpu)
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
-        return {t.name(): t.as_numpy() for t in response.output_tensors()}
+        return bls_call(pb_utils, model, inputs, outputs)
 
     def make_step(input_ids: np.ndarray, attention_mask: np.ndarray) -> StepFn:
         enc = call(encoder_model, {"input_ids": input_ids, "attention_mask": attention_mask}, encoder_outputs[1:])
@@ -183,17 +187,6 @@ def inprocess_runner(repo: Path, model: str, output: str) -> Callable[[dict[str,
 
 
 def bls_runner(pb_utils, model: str, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """The same leaf reached through a Triton BLS request (whatever backend serves it)."""
-    cpu = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
-                                            inputs=[pb_utils.Tensor(k, v) for k, v in feeds.items()],
-                                            preferred_memory=cpu)
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
-
-    return run
+    """The same leaf reached through a Triton BLS request."""
+    return lambda feeds: bls_call(pb_utils, model, feeds, [output])[output]
 

@@ -7,6 +7,7 @@ check the model without the training code. Directories are written atomically; n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -22,6 +23,26 @@ TASKS = ("tagger", "price")
 
 class CheckpointError(ValueError):
     """A directory that is not a usable shelfml checkpoint."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_manifest(path: Path, error: type[Exception], what: str) -> dict:
+    """A JSON manifest, or ``error`` saying it is missing (``{folder} is not {what}``) or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path.parent} is not {what}: {path.name} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is corrupt: {e}") from None
 
 
 def versions() -> dict[str, str]:
@@ -83,12 +104,7 @@ def read_manifest(ckpt: Path, task: str | None = None, weights: bool = True) -> 
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt} is not a directory")
     path = ckpt / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{ckpt} is not a shelfml checkpoint: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from None
+    manifest = read_json_manifest(path, CheckpointError, "a shelfml checkpoint")
     if not isinstance(manifest, dict) or manifest.get("task") not in TASKS:
         raise CheckpointError(f"{path} is corrupt: 'task' must be one of {TASKS}")
     if manifest.get("format_version") != FORMAT_VERSION:

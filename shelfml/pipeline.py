@@ -21,21 +21,9 @@ def run_pipeline(out: Path, spec: DataSpec, tagger_args, force: bool = False, pr
     ensure_writable(out, force)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"data": spec.__dict__, "versions": versions()}
-    start = time.perf_counter()
-    ckpt = out / "tagger"
-    manifest = train_tagger(spec, ckpt, tagger_args, force=True)
-    train_seconds = time.perf_counter() - start
-    metrics = evaluate_tagger(ckpt, split="test", out=out / "tagger-eval")
-    baseline = baseline_tagger(spec, split_seed=tagger_args.split_seed)
-    write_json(out / "baseline-tagger.json", baseline)
-    report["tagger"] = {
-        "metrics": {k: v for k, v in metrics.items() if k != "paths"},
-        "baseline": baseline,
-        "train_seconds": round(train_seconds, 1),
-        "epochs": len(manifest["history"]),
-        "split": manifest["split"],
-        "paths": {"checkpoint": str(ckpt), **metrics["paths"], "baseline": str(out / "baseline-tagger.json")},
-    }
+    report["tagger"], _ = _train_and_compare(
+        out, "tagger", lambda ckpt: train_tagger(spec, ckpt, tagger_args, force=True), evaluate_tagger,
+        lambda: baseline_tagger(spec, split_seed=tagger_args.split_seed))
     write_json(out / "report.json", report)
     if price_args is not None:
         report["price"] = run_price(out, spec, price_args)
@@ -51,24 +39,32 @@ def run_price(out: Path, spec: DataSpec, price_args) -> dict:
     from shelfml.training.baseline import baseline_price
     from shelfml.training.price import train_price
 
+    section, manifest = _train_and_compare(
+        out, "price", lambda ckpt: train_price(spec, ckpt, price_args, force=True), evaluate_price,
+        lambda: baseline_price(spec, split_seed=price_args.split_seed))
+    return {**section, "smape_gain_over_baseline": round(section["baseline"]["smape"] - section["metrics"]["smape"], 4),
+            "model": {"encoder": manifest["encoder"], "loss": manifest["model"]["loss"],
+                      "max_length": manifest["model"]["max_length"], "images": manifest["model"]["images"]}}
+
+
+def _train_and_compare(out: Path, task: str, train, evaluate, baseline) -> tuple[dict, dict]:
+    """Train ``out/task``, evaluate it on its test split, run the baseline on the same split: (report section,
+    checkpoint manifest)."""
     start = time.perf_counter()
-    ckpt = out / "price"
-    manifest = train_price(spec, ckpt, price_args, force=True)
+    ckpt = out / task
+    manifest = train(ckpt)
     train_seconds = time.perf_counter() - start
-    metrics = evaluate_price(ckpt, split="test", out=out / "price-eval")
-    baseline = baseline_price(spec, split_seed=price_args.split_seed)
-    write_json(out / "baseline-price.json", baseline)
+    metrics = evaluate(ckpt, split="test", out=out / f"{task}-eval")
+    scores = baseline()
+    write_json(out / f"baseline-{task}.json", scores)
     return {
         "metrics": {k: v for k, v in metrics.items() if k != "paths"},
-        "baseline": baseline,
-        "smape_gain_over_baseline": round(baseline["smape"] - metrics["smape"], 4),
-        "model": {"encoder": manifest["encoder"], "loss": manifest["model"]["loss"],
-                  "max_length": manifest["model"]["max_length"], "images": manifest["model"]["images"]},
+        "baseline": scores,
         "train_seconds": round(train_seconds, 1),
         "epochs": len(manifest["history"]),
         "split": manifest["split"],
-        "paths": {"checkpoint": str(ckpt), **metrics["paths"], "baseline": str(out / "baseline-price.json")},
-    }
+        "paths": {"checkpoint": str(ckpt), **metrics["paths"], "baseline": str(out / f"baseline-{task}.json")},
+    }, manifest
 
 
 def run_serving(out: Path, with_price: bool = True) -> dict:

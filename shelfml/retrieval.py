@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from shelfml.checkpoint import ensure_writable, versions, write_checkpoint
+from shelfml.checkpoint import ensure_writable, read_json_manifest, sha256_file, versions, write_checkpoint
 from shelfml.data import Catalog, DataSpec, load_catalog, normalise_title, split_catalog
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, Label, format_target, parse_target
 
@@ -68,14 +68,6 @@ class IndexArgs:
             raise RetrievalError(f"unknown index kind {self.kind!r}; expected one of {KINDS}")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 class Embedder:
     """A sentence-transformers encoder (all-MiniLM-L6-v2 by default), L2-normalised float32 output."""
 
@@ -95,7 +87,7 @@ class Embedder:
         dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dim())
         weights = sorted(Path(self.path).glob("*.safetensors")) or sorted(Path(self.path).glob("*.bin"))
-        self.digest = _file_digest(weights[0]) if weights else "unknown"
+        self.digest = sha256_file(weights[0])[:16] if weights else "unknown"
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "digest": self.digest, "dimension": self.dimension,
@@ -299,12 +291,7 @@ class Retriever:
         any object with ``describe()`` and ``encode(texts)`` (e.g. a served ONNX MiniLM) used instead."""
         directory = Path(directory)
         path = directory / MANIFEST_FILE
-        if not path.is_file():
-            raise RetrievalError(f"{directory} is not a shelfml index: {MANIFEST_FILE} is missing")
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RetrievalError(f"{path} is corrupt: {e}") from None
+        manifest = read_json_manifest(path, RetrievalError, "a shelfml index")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise RetrievalError(f"{path}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}")
         built = manifest["encoder"]
