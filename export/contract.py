@@ -156,16 +156,20 @@ def tagger_ranges(max_input_tokens: int, max_new_tokens: int, max_batch: int = 6
 
 
 # ---------------------------------------------------------------------------------------------
-# The price regressor: one graph, text (+ a picture per row and a has-picture mask) -> price.
+# The price regressor: one graph, text (+ a picture per row and a has-picture mask) (+ the neighbour
+# price features: median neighbour log1p price or NaN, top similarity) -> price.
 
 SEQ = "sequence"
+NEIGHBOUR_FEATURES = 2
 
 
-def price_spec(images: bool, image_size: int | None = None) -> GraphSpec:
+def price_spec(images: bool, image_size: int | None = None, neighbours: bool = False) -> GraphSpec:
     inputs = (TensorSpec("input_ids", "int64", (BATCH, SEQ)), TensorSpec("attention_mask", "int64", (BATCH, SEQ)))
     if images:
         inputs += (TensorSpec("pixel_values", "float32", (BATCH, 3, image_size, image_size)),
                    TensorSpec("image_mask", "bool", (BATCH, 1)))
+    if neighbours:
+        inputs += (TensorSpec("neighbour_features", "float32", (BATCH, NEIGHBOUR_FEATURES)),)
     return GraphSpec(name="price_regressor", file="model.onnx", atol=1e-3, inputs=inputs,
                      outputs=(TensorSpec("price", "float32", (BATCH, 1)),))
 
@@ -187,9 +191,11 @@ def price_ranges(max_length: int, max_batch: int = 64) -> ShapeRanges:
 # ---------------------------------------------------------------------------------------------
 # The retrieval embedder (all-MiniLM-L6-v2): text ids + mask -> L2-normalised sentence embedding.
 
+EMBEDDER_SEQ = "embedder_sequence"
+
 
 def embedder_spec(dimension: int) -> GraphSpec:
     return GraphSpec(name="embedder", file="embedder.onnx", atol=1e-4,
-                     inputs=(TensorSpec("input_ids", "int64", (BATCH, SEQ)),
-                             TensorSpec("attention_mask", "int64", (BATCH, SEQ))),
+                     inputs=(TensorSpec("input_ids", "int64", (BATCH, EMBEDDER_SEQ)),
+                             TensorSpec("attention_mask", "int64", (BATCH, EMBEDDER_SEQ))),
                      outputs=(TensorSpec("embedding", "float32", (BATCH, dimension)),))

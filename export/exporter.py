@@ -7,6 +7,7 @@ The export directory::
     assets/                tokenizer + the checkpoint's shelfml.json (taxonomy, model config)
     encoder.onnx decoder.onnx encoder.int8.onnx decoder.int8.onnx     (tagger)
     model.onnx model.int8.onnx                                         (price)
+    embedder.onnx  assets/embedder/    the retrieval query encoder (models trained with retrieval)
 
 It is written into a temporary sibling and renamed into place: a failed export (or a refused INT8
 graph) leaves any previous export untouched.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from shelfml.checkpoint import ensure_writable, read_json_manifest, read_manifest, sha256_file, write_checkpoint
-from shelfml.export.contract import SEQ, GraphSpec, ShapeRanges, price_ranges, tagger_ranges
+from shelfml.export.contract import EMBEDDER_SEQ, GraphSpec, ShapeRanges, price_ranges, tagger_ranges
 from shelfml.export.onnx import OPSET, export_price, export_t5
 from shelfml.export.runtime import OrtPrice, OrtT5, SessionConfig, load_session
 
@@ -153,7 +154,9 @@ def _export_tagger(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> d
     _progress(f"exporting the T5 encoder and KV-cache decoder of {ckpt} (opset {args.opset})")
     specs = export_t5(tagger.model, tmp, args.opset)
     _copy_assets(ckpt, tmp)
-    embedder = _export_embedder(tagger, tmp, args) if tagger.enricher is not None else {}
+    embedder = {}
+    if tagger.enricher is not None:
+        embedder = _export_embedder(tagger.enricher.retriever, tagger.enricher.format.k, tmp, args)
     if args.int8:
         _progress("quantising to INT8 (dynamic, MatMul weights)")
     graphs = _graphs(specs, tmp, args.int8)
@@ -184,24 +187,21 @@ def _export_tagger(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> d
                     "points lost")
     ranges = tagger_ranges(tagger.max_input_tokens, tagger.max_new_tokens)
     if embedder:
-        graphs["embedder"], parity["embedder"] = embedder["graph"], embedder["parity"]
-        ranges = ShapeRanges({**ranges.ranges, SEQ: (1, embedder["max_length"], embedder["max_length"])})
-        specs = {**specs, "embedder": GraphSpec.from_dict(embedder["graph"])}
+        specs, ranges = _add_embedder(embedder, graphs, parity, specs, ranges)
     return {"graphs": graphs, "shape_ranges": ranges.to_dict(), "session": config.to_dict(), "parity": parity,
             "tensorrt_check": tensorrt_checks(specs, tmp, ranges),
             "decode": {"max_input_tokens": tagger.max_input_tokens, "max_new_tokens": tagger.max_new_tokens,
                        "brand_mode": tagger.constraint.brand_mode}}
 
 
-def _export_embedder(tagger, tmp: Path, args: ExportArgs) -> dict:
-    """A tagger trained with retrieval: its query encoder as embedder.onnx (+ tokenizer in assets/embedder),
-    compared with the sentence-transformers encoder on the neighbours it finds."""
+def _export_embedder(retriever, k: int, tmp: Path, args: ExportArgs) -> dict:
+    """A model trained with retrieval: its query encoder as embedder.onnx (+ tokenizer in assets/embedder),
+    compared with the sentence-transformers encoder on the ``k`` neighbours it finds."""
     from transformers import AutoTokenizer
 
     from shelfml.export.onnx import export_embedder
     from shelfml.export.runtime import OrtEmbedder
 
-    retriever = tagger.enricher.retriever
     reference = retriever.embedder
     _progress(f"exporting the retrieval embedder {reference.describe()['name']}")
     spec = export_embedder(Path(reference.path), tmp, args.opset)["embedder"]
@@ -211,13 +211,21 @@ def _export_embedder(tagger, tmp: Path, args: ExportArgs) -> dict:
     onnx_embedder = OrtEmbedder.from_session(load_session(tmp / spec.file, spec), tokenizer, reference.describe())
     texts = [str(t) for t in retriever.metadata["input"].head(64)]
     a, b = reference.encode(texts), onnx_embedder.encode(texts)
-    k = tagger.enricher.format.k
     same = [[n.row for n in x] == [n.row for n in y]
             for x, y in zip(retriever.search_vectors(a, k), retriever.search_vectors(b, k))]
     parity = {"rows": len(texts), "max_abs_diff": float(np.abs(a - b).max()),
               "min_cosine": float((a * b).sum(1).min()), "neighbours_identical": float(np.mean(same))}
     graph = {**spec.to_dict(), "tokenizer": f"{ASSETS}/{EMBEDDER_ASSETS}", "encoder": reference.describe()}
     return {"graph": graph, "parity": parity, "max_length": reference.max_length}
+
+
+def _add_embedder(embedder: dict, graphs: dict, parity: dict, specs: dict, ranges: ShapeRanges
+                  ) -> tuple[dict, ShapeRanges]:
+    """Record the exported embedder beside the model's graphs (its own sequence axis: its max_length)."""
+    graphs["embedder"], parity["embedder"] = embedder["graph"], embedder["parity"]
+    length = embedder["max_length"]
+    return ({**specs, "embedder": GraphSpec.from_dict(embedder["graph"])},
+            ShapeRanges({**ranges.ranges, EMBEDDER_SEQ: (1, length, length)}))
 
 
 @torch.inference_mode()
@@ -261,6 +269,8 @@ def _export_price(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> di
     _progress(f"exporting the price regressor of {ckpt} (opset {args.opset})")
     specs = export_price(regressor.model, tmp, args.opset)
     _copy_assets(ckpt, tmp, subdirs=(ENCODER_DIR, "vision"))
+    retriever = regressor.retriever
+    embedder = _export_embedder(retriever, regressor.cfg.neighbours, tmp, args) if retriever is not None else {}
     if args.int8:
         _progress("quantising to INT8 (dynamic, MatMul weights)")
     graphs = _graphs(specs, tmp, args.int8)
@@ -275,10 +285,11 @@ def _export_price(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> di
         rows = rows.subset(range(min(args.parity_rows, len(rows))))
     texts, images, gold = rows.inputs(), rows.frame["image"].tolist(), rows.frame["price"].to_numpy()
     _progress(f"parity on {len(texts)} test rows")
-    eager = regressor.predict(texts, images, args.batch_size)
+    neighbours = regressor.neighbour_features(texts) if retriever is not None else None
+    eager = regressor.predict(texts, images, args.batch_size, neighbour_features=neighbours)
     parity: dict = {"eager": {"smape": round(smape(gold, eager), 4)}}
     for name, runner in runners.items():
-        pred = regressor.predict(texts, images, args.batch_size, run=runner)
+        pred = regressor.predict(texts, images, args.batch_size, run=runner, neighbour_features=neighbours)
         rel = np.abs(pred - eager) / np.maximum(np.abs(eager), 1e-6)
         parity[name] = {"rows": len(texts), "max_abs_price_diff": float(np.abs(pred - eager).max()),
                         "max_rel_price_diff": float(rel.max()), "median_rel_price_diff": float(np.median(rel)),
@@ -288,6 +299,8 @@ def _export_price(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs) -> di
     if args.int8:
         _check_int8(parity["onnx-int8"]["smape_delta_points"], args.int8_max_drop, "SMAPE", "points added")
     ranges = price_ranges(regressor.cfg.max_length)
+    if embedder:
+        specs, ranges = _add_embedder(embedder, graphs, parity, specs, ranges)
     return {"graphs": graphs, "shape_ranges": ranges.to_dict(), "session": config.to_dict(), "parity": parity,
             "tensorrt_check": tensorrt_checks(specs, tmp, ranges),
             "model": regressor.cfg.to_dict()}

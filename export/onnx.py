@@ -96,8 +96,10 @@ class PriceGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, pixel_values=None, image_mask=None):
+    def forward(self, input_ids, attention_mask, *rest):
+        """``rest``: pixel_values and image_mask (image branch), then neighbour_features (neighbour feature)."""
         m = self.model
+        pixel_values, image_mask = rest[:2] if m.cfg.images else (None, None)
         hidden = m.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         feats = m.pool(hidden, attention_mask)
         if m.cfg.images:
@@ -106,6 +108,8 @@ class PriceGraph(nn.Module):
             flag = image_mask.to(feats.dtype)  # [B, 1]
             attended = m.pool(m.fuse_norm(out + hidden), attention_mask) * flag
             feats = torch.cat([feats, attended, flag], dim=1)
+        if m.cfg.neighbours:
+            feats = torch.cat([feats, m.neighbour_inputs(rest[-1])], dim=1)
         log_price = F.softplus(m.head(feats).float())  # [B, 1]
         return (torch.exp(log_price.clamp(max=MAX_LOG_PRICE)) - 1).clamp(min=0)  # ONNX has no Expm1
 
@@ -158,7 +162,7 @@ def export_price(model: PriceModel, out_dir: Path, opset: int = OPSET) -> dict[s
     """model.onnx: the regressor from token ids (+ pictures) to price."""
     model = _eager_copy(model)
     cfg = model.cfg
-    spec = price_spec(cfg.images, cfg.image["size"] if cfg.images else None)
+    spec = price_spec(cfg.images, cfg.image["size"] if cfg.images else None, bool(cfg.neighbours))
     vocab = model.text_encoder.config.vocab_size
     ids = torch.randint(1000 if vocab > 2000 else 2, vocab, (2, 9))
     mask = torch.ones_like(ids)
@@ -167,6 +171,8 @@ def export_price(model: PriceModel, out_dir: Path, opset: int = OPSET) -> dict[s
     if cfg.images:
         size = cfg.image["size"]
         example += (torch.randn(2, 3, size, size), torch.tensor([[True], [False]]))
+    if cfg.neighbours:
+        example += (torch.tensor([[6.5, 0.9], [float("nan"), 0.2]]),)
     export_graph(PriceGraph(model).eval(), spec, example, out_dir / spec.file, opset)
     return {"model": spec}
 

@@ -155,7 +155,7 @@ class OrtPrice:
 
     def __call__(self, batch: dict) -> np.ndarray:
         """Prices for one batch of :meth:`PriceRegressor.batch` (pictures only for rows that have one):
-        the graph takes a dense picture slot per row plus the has-picture mask."""
+        the graph takes a dense picture slot per row plus the has-picture mask (and the neighbour features)."""
         feeds = {"input_ids": np.asarray(batch["input_ids"], dtype=np.int64),
                  "attention_mask": np.asarray(batch["attention_mask"], dtype=np.int64)}
         if "pixel_values" in self.inputs:
@@ -164,6 +164,8 @@ class OrtPrice:
             pixels = np.zeros((len(has), 3, size, size), dtype=np.float32)
             pixels[has] = np.asarray(batch["pixel_values"], dtype=np.float32)
             feeds |= {"pixel_values": pixels, "image_mask": has[:, None]}
+        if "neighbour_features" in self.inputs:
+            feeds["neighbour_features"] = np.asarray(batch["neighbour_features"], dtype=np.float32)
         return self.session.run(["price"], feeds)[0][:, 0].astype(np.float64)
 
 

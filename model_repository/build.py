@@ -33,7 +33,7 @@ from shelfml.export.tensorrt import BERT_KEEP_FP32, T5_KEEP_FP32
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
 SOURCES = Path(__file__).parent / "models"
-RETRIEVAL_INDEX = "index"  # the tagger's FAISS index folder inside its version folder (retrieval checkpoints)
+RETRIEVAL_INDEX = "index"  # a retrieval model's FAISS index folder inside its version folder
 QUEUE_DELAY_US = 500  # dynamic batching: wait at most 0.5 ms for more requests (busy models queue anyway)
 WARMUP_TEXT = "stainless steel water bottle 750 ml"
 
@@ -125,10 +125,31 @@ def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtim
     shutil.copy2(export_dir / spec.file, folder / "1" / "model.onnx")
     shutil.copy2(SOURCES / "onnx_leaf.py", folder / "1" / "model.py")
     (folder / "1" / "graph.json").write_text(json.dumps(
-        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": keep_fp32}}, indent=2), encoding="utf-8")
+        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": keep_fp32},
+         "encoder": graph.get("encoder")}, indent=2), encoding="utf-8")
     for name, config in leaf_configs(spec, ranges, runtime).items():
         write_config(folder / name, config)
     return spec
+
+
+def _embedder_leaf(repo: Path, export_dir: Path, manifest: dict, ranges: ShapeRanges, runtime: str,
+                   leaves: dict[str, GraphSpec]) -> dict[str, str]:
+    """A model trained with retrieval: its query encoder becomes the ``embedder`` leaf (shared by the tagger
+    and the price model when both were trained against the same encoder weights)."""
+    graph = manifest["graphs"].get("embedder")
+    if graph is None:
+        return {}
+    built = repo / graph["name"] / "1" / "graph.json"
+    if built.is_file():
+        other = json.loads(built.read_text(encoding="utf-8")).get("encoder") or {}
+        if other.get("digest") != graph["encoder"]["digest"]:
+            raise ExportError(f"{export_dir}'s retrieval embedder ({graph['encoder']['name']}, weights "
+                              f"{graph['encoder']['digest']}) differs from the one already in the repository "
+                              f"({other.get('name')}, weights {other.get('digest')})")
+        leaves[graph["name"]] = GraphSpec.from_dict(graph)
+    else:
+        leaves[graph["name"]] = _leaf(repo, export_dir, graph, ranges, runtime, list(BERT_KEEP_FP32))
+    return {"embedder_model": graph["name"]}
 
 
 def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves: dict[str, GraphSpec],
@@ -138,7 +159,7 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
     shutil.copy2(SOURCES / source, folder / "1" / "model.py")
     shutil.copytree(export_dir / ASSETS, folder / "1" / ASSETS)
     retrieval = json.loads((export_dir / ASSETS / "shelfml.json").read_text(encoding="utf-8")).get("retrieval")
-    if retrieval:  # a tagger trained with retrieval: its index ships in the version folder
+    if retrieval:  # a model trained with retrieval: its index ships in the version folder
         index = Path(retrieval["index"]["path"])
         if not (index / "index.json").is_file():
             raise ExportError(f"{export_dir} was trained with retrieval index {index}, which is not there to ship")
@@ -167,18 +188,15 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
             m, ranges = manifests["tagger"], ShapeRanges.from_dict(manifests["tagger"]["shape_ranges"])
             leaves = {g["name"]: _leaf(tmp, Path(tagger), g, ranges, runtime, list(T5_KEEP_FP32))
                       for g in (m["graphs"]["encoder"], m["graphs"]["decoder"])}
-            extra = {}
-            if "embedder" in m["graphs"]:  # trained with retrieval: the query encoder is a leaf too
-                leaves["embedder"] = _leaf(tmp, Path(tagger), m["graphs"]["embedder"], ranges, runtime,
-                                           list(BERT_KEEP_FP32))
-                extra["embedder_model"] = "embedder"
+            extra = _embedder_leaf(tmp, Path(tagger), m, ranges, runtime, leaves)
             _service(tmp, Path(tagger), TAGGER_SERVICE, "tagger.py", leaves, ranges.ranges["batch"][2],
                      encoder_model="tagger_encoder", decoder_model="tagger_decoder", **extra)
         if "price" in manifests:
             m, ranges = manifests["price"], ShapeRanges.from_dict(manifests["price"]["shape_ranges"])
             leaves = {"price_regressor": _leaf(tmp, Path(price), m["graphs"]["model"], ranges, runtime, list(BERT_KEEP_FP32))}
+            extra = _embedder_leaf(tmp, Path(price), m, ranges, runtime, leaves)
             _service(tmp, Path(price), PRICE_SERVICE, "price.py", leaves, ranges.ranges["batch"][2],
-                     regressor_model="price_regressor")
+                     regressor_model="price_regressor", **extra)
 
     def describe(tmp: Path) -> dict:
         return {"runtime": runtime, "cpu_config": CPU_CONFIG,

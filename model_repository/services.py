@@ -106,6 +106,23 @@ def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_o
     return make_step
 
 
+def served_embedder(assets: Path, embed: Callable[[dict[str, np.ndarray]], np.ndarray] | None):
+    """The exported retrieval encoder (its tokenizer in ``assets``) run through ``embed`` (feeds ->
+    embeddings, in-process or BLS), for :class:`shelfml.retrieval.Retriever`; None without ``embed``."""
+    if embed is None:
+        return None
+    import json
+
+    from transformers import AutoTokenizer
+
+    from shelfml.export.exporter import EMBEDDER_ASSETS, EMBEDDER_DESCRIPTION
+    from shelfml.export.runtime import OrtEmbedder
+
+    folder = Path(assets) / EMBEDDER_ASSETS
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return OrtEmbedder(embed, tokenizer, json.loads((folder / EMBEDDER_DESCRIPTION).read_text(encoding="utf-8")))
+
+
 class TaggerService:
     """Texts -> (path, brand, confidence) with the checkpoint's tokenizer and taxonomy constraint."""
 
@@ -116,19 +133,8 @@ class TaggerService:
         has none is refused at load."""
         from shelfml.tagger import Tagger
 
-        embedder = None
-        if embed is not None:
-            import json
-
-            from transformers import AutoTokenizer
-
-            from shelfml.export.exporter import EMBEDDER_ASSETS, EMBEDDER_DESCRIPTION
-            from shelfml.export.runtime import OrtEmbedder
-
-            folder = Path(assets) / EMBEDDER_ASSETS
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            embedder = OrtEmbedder(embed, tokenizer, json.loads((folder / EMBEDDER_DESCRIPTION).read_text(encoding="utf-8")))
-        self.tagger = Tagger.load(Path(assets), weights=False, retrieval_index=retrieval_index, embedder=embedder)
+        self.tagger = Tagger.load(Path(assets), weights=False, retrieval_index=retrieval_index,
+                                  embedder=served_embedder(assets, embed))
         self.make_step, self.max_batch = make_step, max_batch
 
     def tag(self, texts: Sequence[str]) -> list[Prediction]:
@@ -142,14 +148,19 @@ class TaggerService:
 
 
 class PriceService:
-    """Texts (+ picture bytes) -> prices, through the price graph in-process or over BLS."""
+    """Texts (+ picture bytes) -> prices, through the price graph in-process or over BLS. A model trained
+    with the neighbour feature queries its shipped index (``retrieval_index``) with the exported embedder
+    (``embed``) first, so a client sends only text (and a picture)."""
 
-    def __init__(self, assets: Path, run: Callable[[dict[str, np.ndarray]], np.ndarray], max_batch: int = 64) -> None:
+    def __init__(self, assets: Path, run: Callable[[dict[str, np.ndarray]], np.ndarray], max_batch: int = 64,
+                 retrieval_index: Path | None = None,
+                 embed: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> None:
         from shelfml.images import ImageSpec, ImageStore
         from shelfml.price import PriceRegressor
 
-        regressor = PriceRegressor.load(Path(assets), weights=False)
-        self.tokenizer, self.cfg = regressor.tokenizer, regressor.cfg
+        regressor = PriceRegressor.load(Path(assets), weights=False, retrieval_index=retrieval_index,
+                                        embedder=served_embedder(assets, embed))
+        self.regressor, self.tokenizer, self.cfg = regressor, regressor.tokenizer, regressor.cfg
         self.store = ImageStore(ImageSpec.from_dict(self.cfg.image))
         self.run, self.max_batch = run, max_batch
 
@@ -166,6 +177,8 @@ class PriceService:
                 if tensor is not None:
                     pixels[i], has[i] = tensor.numpy(), True
             feeds |= {"pixel_values": pixels, "image_mask": has[:, None]}
+        if self.cfg.neighbours:
+            feeds["neighbour_features"] = self.regressor.neighbour_features(texts)
         return feeds, has
 
     def price(self, texts: Sequence[str], images: Sequence[bytes] | None = None) -> dict[str, np.ndarray]:

@@ -132,6 +132,11 @@ def add_price_arguments(p: argparse.ArgumentParser) -> None:
                    help="log to a local MLflow file store (default DIR: runs/mlruns); off unless given")
     g.add_argument("--val-limit", type=int, default=2000, help="validation rows predicted each epoch")
     add_optimisation_arguments(g, epochs=3, lr=2e-4, patience=2)
+    g = p.add_argument_group("retrieval (neighbour price feature)")
+    g.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="feed the head the similarity-weighted median log price of the K nearest training products "
+                        "and the top similarity (0: off); needs --retrieval-index")
+    g.add_argument("--retrieval-index", metavar="DIR", help="index directory from `shelfml index build --split train`")
 
 
 def price_args(a: argparse.Namespace):
@@ -139,8 +144,8 @@ def price_args(a: argparse.Namespace):
 
     return PriceArgs(encoder=a.encoder, pooling=a.pooling, loss=a.loss, max_length=a.max_length, hidden=a.hidden,
                      dropout=a.dropout, freeze_layers=a.freeze_layers, images=a.images, vision_model=a.vision_model,
-                     mixup=a.mixup, mlflow=a.mlflow, split_seed=a.split_seed, val_limit=a.val_limit,
-                     train=train_config(a))
+                     mixup=a.mixup, neighbours=a.neighbours, retrieval_index=a.retrieval_index, mlflow=a.mlflow,
+                     split_seed=a.split_seed, val_limit=a.val_limit, train=train_config(a))
 
 
 def pipeline_price_args(a: argparse.Namespace):
@@ -196,7 +201,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     ckpt, out = Path(a.checkpoint), a.out and Path(a.out)
     if read_manifest(ckpt)["task"] == "price":
-        metrics = evaluate_price(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit)
+        metrics = evaluate_price(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit,
+                                 retrieval_index=a.retrieval_index)
     else:
         metrics = evaluate_tagger(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit, a.brand_mode,
                                   retrieval_index=a.retrieval_index)
@@ -219,7 +225,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
     if read_manifest(Path(a.checkpoint))["task"] == "price":
         from shelfml.price import PriceRegressor
 
-        prices = PriceRegressor.load(Path(a.checkpoint)).predict(texts, batch_size=a.batch_size)
+        regressor = PriceRegressor.load(Path(a.checkpoint), retrieval_index=a.retrieval_index)
+        prices = regressor.predict(texts, batch_size=a.batch_size)
         for text, price in zip(texts, prices):
             print(json.dumps({"text": text, "price": round(float(price), 4)}, ensure_ascii=False))
         return
@@ -283,7 +290,7 @@ def cmd_index_build(a: argparse.Namespace) -> None:
     args = IndexArgs(kind=a.kind, nlist=a.nlist, nprobe=a.nprobe, hnsw_m=a.hnsw_m, ef_search=a.ef_search,
                      max_length=a.max_length, batch_size=a.batch_size, gpu=a.gpu)
     manifest = build_index_from_spec(data_spec(a), Path(a.out), args, split=a.split, split_seed=a.split_seed,
-                                     force=a.force)
+                                     force=a.force, task=a.task)
     print(json.dumps({k: manifest[k] for k in ("kind", "rows", "dimension", "fingerprint", "recall_at_k", "seconds")}))
 
 
@@ -355,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--eval-limit", type=int, help="score only the first N rows of the split")
     p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
-    p.add_argument("--retrieval-index", help="tagger trained with retrieval: its index (default: the recorded path)")
+    p.add_argument("--retrieval-index", help="checkpoint trained with retrieval: its index (default: the recorded path)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="tag or price texts (arguments, --file, or stdin) as JSON lines")
@@ -364,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="one text per line ('-' for stdin)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--brand-mode", choices=["known", "known+copy"])
-    p.add_argument("--retrieval-index", help="tagger trained with retrieval: its index (default: the recorded path)")
+    p.add_argument("--retrieval-index", help="checkpoint trained with retrieval: its index (default: the recorded path)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX (FP32 + INT8) with parity against eager PyTorch")
@@ -424,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "validation", "test", "all"],
                    help="which rows of the grouped split to index (train: no leakage into evaluation)")
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--task", default="tagger", choices=["tagger", "price"],
+                   help="split the catalog as this task's training does (price: rows without a price dropped)")
     p.add_argument("--nlist", type=int, help="IVF cells (default ~4*sqrt(rows))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
     p.add_argument("--hnsw-m", type=int, default=32)

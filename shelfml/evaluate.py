@@ -74,9 +74,10 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
 
 
 def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
-                   batch_size: int = 64, limit: int | None = None) -> dict:
+                   batch_size: int = 64, limit: int | None = None, retrieval_index: Path | None = None) -> dict:
     """SMAPE (0-200), MAE, RMSE, R² and SMAPE per price decile; with an image branch, the picture
-    counts and the same metrics on the rows that have a picture."""
+    counts and the same metrics on the rows that have a picture (``retrieval_index``: the index of a
+    model trained with the neighbour feature, default the recorded path)."""
     from shelfml.images import describe_counts
     from shelfml.metrics import price_metrics
     from shelfml.price import PriceRegressor
@@ -85,7 +86,7 @@ def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test"
     rows, same_data = evaluation_rows(manifest, spec, split)
     if limit:
         rows = rows.subset(range(min(limit, len(rows))))
-    regressor = PriceRegressor.load(ckpt)
+    regressor = PriceRegressor.load(ckpt, retrieval_index=retrieval_index)
     images = rows.frame["image"].tolist()
     pred, seconds = regressor.timed_predict(rows.inputs(), images, batch_size=batch_size, progress=True)
     gold = rows.frame["price"].to_numpy()

@@ -4,7 +4,9 @@ Text: any local Hugging Face encoder (default all-MiniLM-L6-v2 from the ``gt-all
 package), pooled by CLS or mean. Images (optional): a CLIP vision encoder whose patch features,
 projected to the text width, are the keys and values of a cross-attention queried by the text
 tokens. Rows without a usable picture skip the attention entirely (their image features are zero
-and a flag says so), so a missing and a corrupt file give the same prediction.
+and a flag says so), so a missing and a corrupt file give the same prediction. Neighbours
+(optional): the similarity-weighted median log price of the K nearest training products in a
+retrieval index and the top similarity (``shelfml.retrieval``), two more inputs of the head.
 
 A checkpoint is ``model.safetensors`` (the whole model's state dict), ``encoder/`` (the text
 encoder's config and tokenizer), ``vision/`` (the vision config, when there is an image branch) and
@@ -101,6 +103,7 @@ class PriceConfig:
     image: dict = field(default_factory=lambda: ImageSpec().to_dict())
     attention_heads: int = 8  # text-to-image cross-attention
     mixup_alpha: float = 0.0  # MixUp of fused features and log targets in training; 0 = off
+    neighbours: int = 0  # K of the neighbour price feature (0: off; needs the retrieval index it trained with)
     target_mean: float = 0.0  # mean log1p(price) of the training rows: the head's starting point
 
     def __post_init__(self) -> None:
@@ -137,6 +140,8 @@ class PriceModel(nn.Module):
             self.cross_attn = nn.MultiheadAttention(width, cfg.attention_heads, dropout=0.1, batch_first=True)
             self.fuse_norm = nn.LayerNorm(width)
             features = 2 * width + 1  # text, image-attended text, has-image flag
+        if cfg.neighbours:
+            features += 3  # neighbour log price (centred, 0 when unknown), top similarity, unknown flag
         self.head = nn.Sequential(nn.Linear(features, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.hidden, 1))
         with torch.no_grad():  # start at the mean training price: softplus(b) = target_mean
@@ -170,10 +175,22 @@ class PriceModel(nn.Module):
             attended = attended.index_copy(0, rows, fused.to(attended.dtype))
         return torch.cat([text, attended, image_mask.to(text.dtype).unsqueeze(1)], dim=1)
 
+    def neighbour_inputs(self, neighbour_features: torch.Tensor) -> torch.Tensor:
+        """[B, 2] (median neighbour log1p price or NaN, top similarity) -> the head's 3 neighbour inputs."""
+        log_price, similarity = neighbour_features[:, 0], neighbour_features[:, 1]
+        unknown = torch.isnan(log_price)
+        centred = torch.where(unknown, torch.zeros_like(log_price), log_price - self.cfg.target_mean)
+        return torch.stack([centred, similarity, unknown.to(log_price.dtype)], dim=1)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                image_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> PriceOutput:
-        """``labels`` are log1p prices; ``pixel_values`` holds one picture per ``True`` in ``image_mask``."""
+                image_mask: torch.Tensor | None = None, neighbour_features: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> PriceOutput:
+        """``labels`` are log1p prices; ``pixel_values`` holds one picture per ``True`` in ``image_mask``;
+        ``neighbour_features`` ([B, 2], see :meth:`neighbour_inputs`) when the model has the neighbour feature."""
         feats = self.features(input_ids, attention_mask, pixel_values, image_mask)
+        if self.cfg.neighbours:
+            assert neighbour_features is not None, "this model was trained with the neighbour price feature"
+            feats = torch.cat([feats, self.neighbour_inputs(neighbour_features.to(feats.dtype))], dim=1)
         if self.training and labels is not None and self.cfg.mixup_alpha > 0:
             alpha = torch.tensor(self.cfg.mixup_alpha)
             lam = float(torch.distributions.Beta(alpha, alpha).sample())
@@ -240,10 +257,12 @@ class PriceRegressor:
     """A trained price model with its tokenizer and picture store: batched prediction in input order."""
 
     def __init__(self, model: PriceModel | None, tokenizer, store: ImageStore | None = None,
-                 cfg: PriceConfig | None = None) -> None:
+                 cfg: PriceConfig | None = None, retriever=None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.cfg = cfg or model.cfg
         self.store = store or ImageStore(ImageSpec.from_dict(self.cfg.image))
+        self.retriever = retriever  # shelfml.retrieval.Retriever: the index of the neighbour feature
+        assert bool(self.cfg.neighbours) == (retriever is not None), "the neighbour feature needs its index"
 
     # -- files --------------------------------------------------------------------------------
 
@@ -256,15 +275,23 @@ class PriceRegressor:
             self.model.vision.config.save_pretrained(Path(out) / VISION_DIR)
 
     @classmethod
-    def load(cls, ckpt: Path, device: str = "cpu", weights: bool = True) -> "PriceRegressor":
-        """From a checkpoint; ``weights=False`` loads only the tokenizer and config (an export's assets)."""
+    def load(cls, ckpt: Path, device: str = "cpu", weights: bool = True, retrieval_index: Path | None = None,
+             embedder=None) -> "PriceRegressor":
+        """From a checkpoint; ``weights=False`` loads only the tokenizer and config (an export's assets).
+        A checkpoint with the neighbour feature needs its index: ``retrieval_index``, else the recorded path
+        (``embedder``: another query encoder of the same weights, e.g. the exported ONNX one)."""
         manifest = read_manifest(ckpt, task="price", weights=weights)
         ckpt = Path(ckpt)
+        retriever = None
+        if manifest.get("retrieval"):
+            from shelfml.retrieval import checkpoint_retriever
+
+            retriever = checkpoint_retriever(manifest["retrieval"], ckpt, retrieval_index, embedder=embedder)
         try:
             cfg = PriceConfig.from_dict(manifest["model"])
             tokenizer = AutoTokenizer.from_pretrained(ckpt / ENCODER_DIR, local_files_only=True)
             if not weights:
-                return cls(None, tokenizer, cfg=cfg)
+                return cls(None, tokenizer, cfg=cfg, retriever=retriever)
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(ckpt / ENCODER_DIR, local_files_only=True))
             vision = None
             if cfg.images:
@@ -273,13 +300,21 @@ class PriceRegressor:
             load_model(model, str(ckpt / WEIGHTS), strict=True)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, AssertionError, SafetensorError) as e:
             raise CheckpointError(f"{ckpt} is corrupt: {e}") from None
-        return cls(model.to(device).eval(), tokenizer)
+        return cls(model.to(device).eval(), tokenizer, retriever=retriever)
 
     # -- batching -----------------------------------------------------------------------------
 
+    def neighbour_features(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """[rows, 2] neighbour price features of ``texts`` (queries that are not training rows)."""
+        from shelfml.retrieval import price_neighbour_features
+
+        return price_neighbour_features(self.retriever, texts, self.cfg.neighbours, progress=progress)
+
     def batch(self, texts: Sequence[str], images: Sequence[str] | None = None, log_prices=None,
-              augment: AugmentConfig | None = None, rng: np.random.Generator | None = None) -> dict:
-        """Model inputs for one batch; pictures only for rows that have a usable one."""
+              augment: AugmentConfig | None = None, rng: np.random.Generator | None = None,
+              neighbour_features: np.ndarray | None = None) -> dict:
+        """Model inputs for one batch; pictures only for rows that have a usable one; the neighbour
+        features computed here unless given (training passes leakage-free ones)."""
         enc = self.tokenizer(list(texts), max_length=self.cfg.max_length, truncation=True, padding=True,
                              return_tensors="pt")
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -289,6 +324,10 @@ class PriceRegressor:
             size = self.store.spec.size
             present = [x for x in pictures if x is not None]
             batch["pixel_values"] = torch.stack(present) if present else torch.zeros(0, 3, size, size)
+        if self.cfg.neighbours:
+            if neighbour_features is None:
+                neighbour_features = self.neighbour_features(texts)
+            batch["neighbour_features"] = torch.as_tensor(np.asarray(neighbour_features), dtype=torch.float32)
         if log_prices is not None:
             batch["labels"] = torch.as_tensor(np.asarray(log_prices), dtype=torch.float32)
         return batch
@@ -297,9 +336,11 @@ class PriceRegressor:
 
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], images: Sequence[str] | None = None, batch_size: int = 64,
-                progress: bool = False, run: Callable[[dict], np.ndarray] | None = None) -> np.ndarray:
+                progress: bool = False, run: Callable[[dict], np.ndarray] | None = None,
+                neighbour_features: np.ndarray | None = None) -> np.ndarray:
         """Prices (expm1 of the predicted log1p, clipped at 0), in input order. ``run`` is another
-        backend (e.g. ONNX Runtime) taking this class's batches and returning prices."""
+        backend (e.g. ONNX Runtime) taking this class's batches and returning prices;
+        ``neighbour_features``: precomputed :meth:`neighbour_features` of ``texts``."""
         assert images is None or len(images) == len(texts), f"{len(texts)} texts but {len(images)} images"
         if run is None:
             assert self.model is not None, "this regressor has no PyTorch weights: pass a backend's run"
@@ -308,6 +349,9 @@ class PriceRegressor:
             device = next(self.model.parameters()).device
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch
         out = np.zeros(len(texts), dtype=np.float64)
+        neighbours = neighbour_features
+        if self.cfg.neighbours and neighbours is None:
+            neighbours = self.neighbour_features(texts, progress)
         starts = range(0, len(texts), batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -315,7 +359,8 @@ class PriceRegressor:
             starts = tqdm(starts, desc="predict", unit="batch", leave=False)
         for start in starts:
             idx = order[start : start + batch_size]
-            batch = self.batch([texts[i] for i in idx], None if images is None else [images[i] for i in idx])
+            batch = self.batch([texts[i] for i in idx], None if images is None else [images[i] for i in idx],
+                               neighbour_features=None if neighbours is None else neighbours[idx])
             if run is not None:
                 out[idx] = run(batch)
                 continue
@@ -333,12 +378,13 @@ class PriceRegressor:
 
 
 def build_regressor(cfg: PriceConfig, encoder_dir: str | Path | None = None, vision_dir: str | Path | None = None,
-                    freeze_layers: int = 0) -> PriceRegressor:
-    """A fresh regressor around a pretrained local encoder (and a vision tower when ``cfg.images``)."""
+                    freeze_layers: int = 0, retriever=None) -> PriceRegressor:
+    """A fresh regressor around a pretrained local encoder (and a vision tower when ``cfg.images``;
+    ``retriever``: the index of the neighbour feature when ``cfg.neighbours``)."""
     tokenizer, encoder = load_encoder(encoder_dir)
     freeze_encoder(encoder, freeze_layers)
     vision = None
     if cfg.images:
         vision, spec = load_vision(vision_dir)
         cfg.image = spec.to_dict()
-    return PriceRegressor(PriceModel(cfg, encoder, vision), tokenizer)
+    return PriceRegressor(PriceModel(cfg, encoder, vision), tokenizer, retriever=retriever)

@@ -284,6 +284,13 @@ class Retriever:
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
 
+    def describe(self) -> dict:
+        """The index as a checkpoint trained against it records it (checked again at load)."""
+        m = self.manifest
+        return {"path": str(self.directory.resolve()), "fingerprint": m["fingerprint"], "kind": m["kind"],
+                "rows": m["rows"], "encoder": m["encoder"]["name"], "dimension": m["dimension"],
+                "corpus_fingerprint": m["corpus"]["fingerprint"]}
+
     @classmethod
     def load(cls, directory: Path, encoder: str | None = None, gpu: bool = False,
              embedder: Embedder | None = None) -> "Retriever":
@@ -463,11 +470,7 @@ class Enricher:
 
     def describe(self) -> dict:
         """What a checkpoint records: the format and the index it was trained against."""
-        m = self.retriever.manifest
-        return {"format": self.format.to_dict(), "index": {
-            "path": str(self.retriever.directory.resolve()), "fingerprint": m["fingerprint"], "kind": m["kind"],
-            "rows": m["rows"], "encoder": m["encoder"]["name"], "dimension": m["dimension"],
-            "corpus_fingerprint": m["corpus"]["fingerprint"]}}
+        return {"format": self.format.to_dict(), "index": self.retriever.describe()}
 
     def neighbours_of(self, texts: Sequence[str], exclude_keys: Sequence[str] | None = None,
                       progress: bool = False) -> list[list[Neighbour]]:
@@ -496,37 +499,57 @@ def training_enricher(index_dir: str | Path | None, k: int, fields: Sequence[str
                       ) -> Enricher:
     """The enricher a tagger trains with. Refuses an index holding validation or test titles (they would
     leak the answers into evaluation); training rows are enriched by :func:`enrich_training_rows`."""
+    return Enricher(training_retriever(index_dir, f"--retrieval {k}", parts), EnrichFormat(k, list(fields)))
+
+
+def training_retriever(index_dir: str | Path | None, flag: str, parts: dict[str, Catalog]) -> Retriever:
+    """The index a model trains against (``flag``: the option that asked for it, for the message). Refuses
+    an index holding validation or test titles: they would leak the answers into evaluation."""
     if not index_dir:
-        raise RetrievalError(f"--retrieval {k} needs --retrieval-index DIR (build one with `shelfml index build`)")
-    enricher = Enricher(Retriever.load(Path(index_dir)), EnrichFormat(k, list(fields)))
+        raise RetrievalError(f"{flag} needs --retrieval-index DIR (build one with `shelfml index build`)")
+    retriever = Retriever.load(Path(index_dir))
     held_out = {normalise_title(t) for s in ("validation", "test") for t in parts[s].frame["text"]}
-    leaked = sorted(set(enricher.retriever.keys) & held_out)
+    leaked = sorted(set(retriever.keys) & held_out)
     if leaked:
         raise RetrievalError(
             f"index {index_dir} holds {len(leaked)} normalised titles of this catalog's validation/test split "
             f"(e.g. {leaked[0]!r}); build it from the training split (`shelfml index build --split train` with the "
             "same --split-seed)")
-    return enricher
+    return retriever
+
+
+def training_neighbours(retriever: Retriever, catalog: Catalog, k: int, progress: bool = True
+                        ) -> list[list[Neighbour]]:
+    """Neighbours of training rows: a row never retrieves itself nor a row with its normalised title
+    (the index's stored vectors are reused when the rows are its corpus)."""
+    keys = catalog.frame["text"].map(normalise_title).tolist()
+    texts = catalog.inputs()
+    vectors = retriever.stored_vectors(texts)
+    if vectors is None:
+        vectors = retriever.embed(texts, progress)
+    return retriever.search_vectors(vectors, k, keys)
 
 
 def enrich_training_rows(enricher: Enricher, catalog: Catalog, progress: bool = True) -> list[str]:
-    """Enriched inputs of training rows: a row never retrieves itself nor a row with its normalised title."""
-    keys = catalog.frame["text"].map(normalise_title).tolist()
-    texts = catalog.inputs()
-    vectors = enricher.retriever.stored_vectors(texts)
-    if vectors is None:
-        return enricher.enrich(texts, exclude_keys=keys, progress=progress)
-    return enricher.render(texts, enricher.retriever.search_vectors(vectors, enricher.format.k, keys))
+    """Enriched inputs of training rows (neighbours from :func:`training_neighbours`)."""
+    neighbours = training_neighbours(enricher.retriever, catalog, enricher.format.k, progress)
+    return enricher.render(catalog.inputs(), neighbours)
 
 
-def checkpoint_enricher(recorded: dict, ckpt: Path | str, index_dir: str | Path | None = None,
-                        embedder: Embedder | None = None) -> Enricher:
-    """The enricher a checkpoint trained with retrieval needs: ``index_dir`` or the recorded index path,
+def checkpoint_retriever(recorded: dict, ckpt: Path | str, index_dir: str | Path | None = None,
+                         embedder: Embedder | None = None) -> Retriever:
+    """The index a checkpoint trained with retrieval needs: ``index_dir`` or the recorded index path,
     checked against the recorded fingerprint (``embedder``: e.g. a served MiniLM, see :meth:`Retriever.load`)."""
     path = Path(index_dir or recorded["index"]["path"])
     retriever = Retriever.load(path, embedder=embedder) if (path / MANIFEST_FILE).is_file() else None
     check_index(recorded, retriever, ckpt, index_dir)
-    return Enricher(retriever, EnrichFormat.from_dict(recorded["format"]))
+    return retriever
+
+
+def checkpoint_enricher(recorded: dict, ckpt: Path | str, index_dir: str | Path | None = None,
+                        embedder: Embedder | None = None) -> Enricher:
+    """The enricher of a tagger trained with retrieval (its index from :func:`checkpoint_retriever`)."""
+    return Enricher(checkpoint_retriever(recorded, ckpt, index_dir, embedder), EnrichFormat.from_dict(recorded["format"]))
 
 
 def check_index(recorded: dict, retriever: Retriever | None, ckpt: Path | str,
@@ -577,14 +600,23 @@ def neighbour_log_price(retriever: Retriever, neighbours: Sequence[Neighbour]) -
     return float(logs[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+PRICE_FEATURES = ("similarity-weighted median neighbour log1p(price) (NaN: no neighbour has a price)",
+                  "top neighbour cosine similarity")
+
+
+def neighbour_price_features(retriever: Retriever, neighbours: Sequence[Sequence[Neighbour]]) -> np.ndarray:
+    """[rows, 2] float32: :data:`PRICE_FEATURES` of each row's neighbours."""
+    return np.array([[neighbour_log_price(retriever, ns), ns[0].score if ns else 0.0] for ns in neighbours],
+                    dtype=np.float32).reshape(len(neighbours), len(PRICE_FEATURES))
+
+
 def price_neighbour_features(retriever: Retriever, texts: Sequence[str], k: int = 10,
-                             exclude_keys: Sequence[str] | None = None, vectors: np.ndarray | None = None
-                             ) -> np.ndarray:
-    """Per text: [similarity-weighted median neighbour log1p(price), top similarity] (k neighbours; training
-    rows pass ``exclude_keys`` so a row never sees its own price). NaN median where no neighbour has a price."""
-    vectors = retriever.embed(texts) if vectors is None else vectors
-    found = retriever.search_vectors(vectors, k, exclude_keys)
-    return np.array([[neighbour_log_price(retriever, ns), ns[0].score if ns else 0.0] for ns in found])
+                             exclude_keys: Sequence[str] | None = None, vectors: np.ndarray | None = None,
+                             progress: bool = False) -> np.ndarray:
+    """:func:`neighbour_price_features` of ``texts`` (k neighbours; training rows pass ``exclude_keys`` so a
+    row never sees its own price)."""
+    vectors = retriever.embed(texts, progress) if vectors is None else vectors
+    return neighbour_price_features(retriever, retriever.search_vectors(vectors, k, exclude_keys))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -317,32 +317,110 @@ def test_recall_counts_ties_not_ids():
 
 
 # ---------------------------------------------------------------------------------------------
-# Served: the index ships in the tagger's version folder; a client sends only text
+# Price: the neighbour feature (median neighbour log price + top similarity) as inputs of the head
 
 
-def test_served_tagger_retrieves_inside_the_server(retrieval_checkpoint, parts, tmp_path):
+@pytest.fixture(scope="module")
+def neighbour_price_checkpoint(tmp_path_factory, small_spec, flat_index, tiny_encoder) -> Path:
+    from conftest import fast_args
+
+    from shelfml.training.price import train_price
+
+    out = tmp_path_factory.mktemp("nprice") / "price"
+    train_price(small_spec, out, fast_args(tiny_encoder, neighbours=3, retrieval_index=str(flat_index)))
+    return out
+
+
+def test_price_trained_with_the_neighbour_feature_records_and_uses_it(neighbour_price_checkpoint, retriever, parts):
+    from shelfml.checkpoint import read_manifest
+    from shelfml.price import PriceRegressor
+    from shelfml.retrieval import neighbour_price_features, training_neighbours
+
+    manifest = read_manifest(neighbour_price_checkpoint)
+    recorded = manifest["retrieval"]
+    assert manifest["model"]["neighbours"] == 3 and recorded["format"]["k"] == 3
+    assert recorded["index"]["fingerprint"] == retriever.fingerprint and recorded["exclude_same_title_at_training"]
+    # training rows get leakage-free features: never their own row (similarity 1) nor their own title
+    train = parts["train"].subset(range(60))
+    found = training_neighbours(retriever, train, 3, progress=False)
+    keys = train.frame["text"].map(normalise_title).tolist()
+    assert all(retriever.keys[n.row] != keys[q] for q, ns in enumerate(found) for n in ns)
+    assert (neighbour_price_features(retriever, found)[:, 1] < 0.9999).all()
+    # the head reads the feature: other neighbour prices give other predictions
+    regressor = PriceRegressor.load(neighbour_price_checkpoint)
+    texts = parts["test"].inputs()[:8]
+    features = regressor.neighbour_features(texts)
+    assert features.shape == (8, 2) and np.isfinite(features).all()
+    plain = regressor.predict(texts)
+    assert np.allclose(plain, regressor.predict(texts, neighbour_features=features))
+    shifted = features.copy()
+    shifted[:, 0] += 2.0
+    assert not np.allclose(plain, regressor.predict(texts, neighbour_features=shifted))
+    unknown = features.copy()
+    unknown[:, 0] = np.nan  # no neighbour with a price: still a finite price
+    assert np.isfinite(regressor.predict(texts, neighbour_features=unknown)).all()
+
+
+def test_price_with_the_neighbour_feature_refuses_a_missing_or_other_index(neighbour_price_checkpoint, tmp_path,
+                                                                          small_catalog):
+    from shelfml.price import PriceRegressor
+
+    with pytest.raises(RetrievalError, match=r"trained with retrieval \(k=3.*is not an index"):
+        PriceRegressor.load(neighbour_price_checkpoint, retrieval_index=tmp_path)
+    build_index(small_catalog.subset(range(50)), tmp_path / "other", progress=False)
+    with pytest.raises(RetrievalError, match=r"was trained against index \w+ .* but .*other is index"):
+        PriceRegressor.load(neighbour_price_checkpoint, retrieval_index=tmp_path / "other")
+
+
+def test_price_neighbour_feature_needs_an_index(small_spec, tiny_encoder, tmp_path):
+    from conftest import fast_args
+
+    from shelfml.training.price import train_price
+
+    with pytest.raises(RetrievalError, match="--neighbours 3 needs --retrieval-index"):
+        train_price(small_spec, tmp_path / "ckpt", fast_args(tiny_encoder, neighbours=3))
+    assert not (tmp_path / "ckpt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Served: the index ships in the model's version folder; a client sends only text
+
+
+def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbour_price_checkpoint, parts, tmp_path):
+    """The retrieval tagger and the neighbour-feature price model in one repository sharing one embedder leaf:
+    served tags equal the in-process ones, served prices equal eager PyTorch's."""
     import tritonclient.grpc as grpcclient
 
     from shelfml.export.exporter import ExportArgs, ExportError, export_checkpoint
     from shelfml.model_repository.build import build_repository
     from shelfml.model_repository.server import TritonServer
+    from shelfml.price import PriceRegressor
     from shelfml.tagger import Tagger
 
     manifest = export_checkpoint(retrieval_checkpoint, tmp_path / "export", ExportArgs(parity_rows=8, int8=False))
     embedder = manifest["parity"]["embedder"]  # the exported MiniLM against sentence-transformers
     assert embedder["max_abs_diff"] < 1e-4 and embedder["neighbours_identical"] == 1.0, embedder
     assert "embedder.onnx" in manifest["files"] and manifest["tensorrt_check"]["embedder"]["ok"]
-    build_repository(tmp_path / "repo", tagger=tmp_path / "export")
-    assert (tmp_path / "repo" / "tagger" / "1" / "index" / "index.json").is_file()
+    price = export_checkpoint(neighbour_price_checkpoint, tmp_path / "price-export", ExportArgs(parity_rows=16))
+    assert price["parity"]["onnx-fp32"]["max_rel_price_diff"] < 1e-3, price["parity"]
+    assert price["parity"]["embedder"]["neighbours_identical"] == 1.0
+    assert [t["name"] for t in price["graphs"]["model"]["inputs"]][-1] == "neighbour_features"
+    assert price["tensorrt_check"]["model"]["ok"] and price["shape_ranges"]["embedder_sequence"][2] == 64
+    build_repository(tmp_path / "repo", tagger=tmp_path / "export", price=tmp_path / "price-export")
+    for model in ("tagger", "price"):
+        assert (tmp_path / "repo" / model / "1" / "index" / "index.json").is_file()
     assert (tmp_path / "repo" / "embedder" / "configs" / "cpu.pbtxt").is_file()
     texts = parts["test"].inputs()[:6]
     expected = [" > ".join(p.label.path) for p in Tagger.load(retrieval_checkpoint).predict(texts)]
+    expected_prices = PriceRegressor.load(neighbour_price_checkpoint).predict(texts)
     with TritonServer(tmp_path / "repo", log_file=tmp_path / "triton.log") as server, \
             grpcclient.InferenceServerClient(server.grpc_url) as client:
         tensor = grpcclient.InferInput("text", [len(texts), 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
         served = [p[0].decode() for p in client.infer("tagger", [tensor]).as_numpy("path")]
+        served_prices = client.infer("price", [tensor]).as_numpy("price")[:, 0]
     assert served == expected
+    assert served_prices == pytest.approx(expected_prices, rel=1e-3)
     index = json.loads((tmp_path / "export" / "assets" / "shelfml.json").read_text())["retrieval"]["index"]["path"]
     moved = Path(index).with_name("moved-away")
     Path(index).rename(moved)
@@ -351,3 +429,22 @@ def test_served_tagger_retrieves_inside_the_server(retrieval_checkpoint, parts, 
             build_repository(tmp_path / "repo2", tagger=tmp_path / "export")
     finally:
         moved.rename(index)
+
+
+def test_cli_price_with_the_neighbour_feature(tiny_encoder, flat_index, tmp_path):
+    """index build --task price -> train price --neighbours -> evaluate / predict, and the refusal of another index."""
+    from test_cli import shelfml
+
+    data = ["--data", "synthetic", "--rows", "300"]
+    shelfml("index", "build", *data, "--task", "price", "--out", tmp_path / "index")
+    shelfml("train", "price", *data, "--encoder", tiny_encoder, "--max-length", 32, "--max-steps", 3,
+            "--neighbours", 2, "--retrieval-index", tmp_path / "index", "--out", tmp_path / "ckpt")
+    manifest = json.loads((tmp_path / "ckpt" / "shelfml.json").read_text())
+    assert manifest["retrieval"]["index"]["path"] == str((tmp_path / "index").resolve())
+    metrics = json.loads(shelfml("evaluate", tmp_path / "ckpt").stdout.splitlines()[-1])
+    assert 0 <= metrics["smape"] <= 200
+    record = json.loads(shelfml("predict", tmp_path / "ckpt", "steel water bottle 1 l").stdout)
+    assert record["price"] > 0
+    proc = shelfml("predict", tmp_path / "ckpt", "steel water bottle 1 l", "--retrieval-index", flat_index,
+                   check=False)
+    assert proc.returncode == 2 and "was trained against index" in proc.stderr, proc.stderr[-2000:]

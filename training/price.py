@@ -33,6 +33,8 @@ class PriceArgs:
     images: bool = False  # add the image branch
     vision_model: str | None = None  # local CLIP checkpoint; otherwise a small CLIP vision tower from scratch
     mixup: float = 0.0  # MixUp alpha (0: off)
+    neighbours: int = 0  # K of the neighbour price feature (0: off); needs retrieval_index
+    retrieval_index: str | None = None  # `shelfml index build` directory (built from the training split)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mlflow: str | None = None  # local MLflow file store (off when None)
     split_seed: int = 0
@@ -42,6 +44,7 @@ class PriceArgs:
     def __post_init__(self) -> None:
         assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
         assert self.mixup >= 0, f"mixup alpha must be >= 0, got {self.mixup}"
+        assert self.neighbours >= 0, f"neighbours must be >= 0, got {self.neighbours}"
 
 
 class LengthBucketSampler(Sampler[int]):
@@ -112,11 +115,21 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     train, val = parts["train"], parts["validation"]
     if args.val_limit:
         val = val.subset(np.arange(min(len(val), args.val_limit)))
+    retriever, neighbour_features = None, None
+    if args.neighbours:
+        from shelfml.retrieval import (PRICE_FEATURES, neighbour_price_features, training_neighbours,
+                                       training_retriever)
+
+        retriever = training_retriever(args.retrieval_index, f"--neighbours {args.neighbours}", parts)
+        print(f"shelfml: neighbour price feature of {len(train):,} training rows (k={args.neighbours}, "
+              "same normalised title excluded)", file=sys.stderr)
+        neighbour_features = neighbour_price_features(
+            retriever, training_neighbours(retriever, train, args.neighbours, args.train.progress))
     encoder = args.encoder or default_encoder()
     cfg = PriceConfig(pooling=resolve_pooling(encoder, args.pooling), loss=args.loss, hidden=args.hidden,
                       dropout=args.dropout, max_length=args.max_length, images=args.images, mixup_alpha=args.mixup,
-                      target_mean=float(to_log(train.frame["price"]).mean()))
-    regressor = build_regressor(cfg, encoder, args.vision_model, args.freeze_layers)
+                      neighbours=args.neighbours, target_mean=float(to_log(train.frame["price"]).mean()))
+    regressor = build_regressor(cfg, encoder, args.vision_model, args.freeze_layers, retriever)
     model = regressor.model
 
     texts, images = train.inputs(), train.frame["image"].tolist()
@@ -125,7 +138,8 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     augment = args.augment if args.images else None
 
     def collate(idx: list[int]) -> dict:
-        return regressor.batch([texts[i] for i in idx], [images[i] for i in idx], log_prices[idx], augment, rng)
+        return regressor.batch([texts[i] for i in idx], [images[i] for i in idx], log_prices[idx], augment, rng,
+                               None if neighbour_features is None else neighbour_features[idx])
 
     lengths = [len(ids) for ids in regressor.tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]]
     loader = DataLoader(list(range(len(texts))), batch_size=args.train.batch_size, collate_fn=collate,
@@ -137,6 +151,7 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
         for name, counts in image_counts.items():
             print(f"shelfml: {name} images: {describe_counts(counts)}", file=sys.stderr)
     val_texts, val_images, val_prices = val.inputs(), val.frame["image"].tolist(), val.frame["price"].to_numpy()
+    val_neighbours = regressor.neighbour_features(val_texts) if retriever is not None else None
 
     manifest = {
         "task": "price",
@@ -153,6 +168,9 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
                     f"cross-attention, {cfg.attention_heads} heads, text queries, image keys/values"}
                    if args.images else None),
         "images": image_counts,
+        "retrieval": ({"format": {"k": args.neighbours, "feature": "price", "inputs": list(PRICE_FEATURES)},
+                       "index": retriever.describe(), "exclude_same_title_at_training": True}
+                      if retriever is not None else None),
         "parameters": {"total": sum(p.numel() for p in model.parameters()),
                        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
         "training": {**asdict(args), "train": args.train.to_dict()},
@@ -161,7 +179,8 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     with tracking(args.mlflow, Path(out).name, manifest["training"]) as log:
 
         def validate(m: torch.nn.Module) -> dict:
-            metrics = price_metrics(val_prices, regressor.predict(val_texts, val_images, batch_size=64))
+            metrics = price_metrics(val_prices, regressor.predict(val_texts, val_images, batch_size=64,
+                                                                neighbour_features=val_neighbours))
             metrics.pop("smape_by_decile")
             metrics["score"] = -metrics["smape"]
             log(metrics, next(epochs))

@@ -2,7 +2,9 @@
 
 Tokenises the text, decodes the picture (a missing or corrupt one is flagged, not an error: the
 model was trained to price products without one), and runs the ``price_regressor`` graph through
-BLS (``runner: bls``) or in-process (``runner: inprocess``). Names and dtypes come from config.pbtxt.
+BLS (``runner: bls``) or in-process (``runner: inprocess``). A model trained with the neighbour
+feature first finds the text's neighbours (the ``embedder`` leaf + the FAISS index shipped in
+``retrieval_index``). Names and dtypes come from config.pbtxt.
 """
 
 import json
@@ -20,13 +22,19 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = Path(args["model_repository"])
-        leaf = params["regressor_model"]
-        if params["runner"] == "inprocess":
-            run = inprocess_runner(here.parent, leaf, "price")
-        else:
-            run = bls_runner(pb_utils, leaf, "price")
-        self.service = PriceService(here / args["model_version"] / params["assets"], run,
-                                    max_batch=int(params["leaf_max_batch"]))
+        leaf, embedder = params["regressor_model"], params.get("embedder_model")
+
+        def runner(model, output):  # a leaf graph: in-process ONNX Runtime or a BLS request
+            if params["runner"] == "inprocess":
+                return inprocess_runner(here.parent, model, output)
+            return bls_runner(pb_utils, model, output)
+
+        version = here / args["model_version"]
+        index = params.get("retrieval_index")
+        self.service = PriceService(version / params["assets"], runner(leaf, "price"),
+                                    max_batch=int(params["leaf_max_batch"]),
+                                    retrieval_index=version / index if index else None,
+                                    embed=runner(embedder, "embedding") if embedder else None)
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
 
     def execute(self, requests):
