@@ -39,6 +39,7 @@ FIELDS = ("labels", "brands", "descriptions")
 DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 RECALL_K = 10  # recall@k of an approximate index against exact search, measured at build time
 RECALL_QUERIES = 1000
+TIE_DECIMALS = 5  # scores equal to this many decimals are ties, broken by index row
 
 
 class RetrievalError(ValueError):
@@ -335,25 +336,23 @@ class Retriever:
     def search_vectors(self, vectors: np.ndarray, k: int, exclude_keys: Sequence[str] | None = None
                        ) -> list[list[Neighbour]]:
         """Top-k per query; with ``exclude_keys`` (one normalised title per query), rows whose normalised
-        title equals the query's are skipped (so is the query's own row)."""
+        title equals the query's are skipped (so is the query's own row). Catalogs repeat titles, so many
+        scores tie up to float noise: scores equal to :data:`TIE_DECIMALS` decimals are ordered by index row,
+        which keeps the neighbours the same whichever encoder build (PyTorch, ONNX) embedded the query."""
         if k < 1:
             raise RetrievalError(f"k must be at least 1, got {k}")
         if exclude_keys is not None and len(exclude_keys) != len(vectors):
             raise RetrievalError(f"{len(exclude_keys)} exclusion keys for {len(vectors)} queries")
-        fetch = min(self.index.ntotal, k + (self.max_group if exclude_keys is not None else 0))
+        fetch = min(self.index.ntotal, k + self.max_group + (self.max_group if exclude_keys is not None else 0))
         _set_search_width(self.index, fetch)
         scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)
         ids = self.metadata["id"].to_numpy()
         out = []
         for q, (srow, rrow) in enumerate(zip(scores, rows)):
-            found = []
-            for s, r in zip(srow, rrow):
-                if r < 0 or (exclude_keys is not None and self.keys[r] == exclude_keys[q]):
-                    continue
-                found.append(Neighbour(str(ids[r]), float(s), int(r)))
-                if len(found) == k:
-                    break
-            out.append(found)
+            kept = [(float(s), int(r)) for s, r in zip(srow, rrow)
+                    if r >= 0 and (exclude_keys is None or self.keys[r] != exclude_keys[q])]
+            kept.sort(key=lambda sr: (-round(sr[0], TIE_DECIMALS), sr[1]))
+            out.append([Neighbour(str(ids[r]), s, r) for s, r in kept[:k]])
         return out
 
     def stored_vectors(self, texts: Sequence[str]) -> np.ndarray | None:
@@ -549,7 +548,8 @@ def checkpoint_retriever(recorded: dict, ckpt: Path | str, index_dir: str | Path
 def checkpoint_enricher(recorded: dict, ckpt: Path | str, index_dir: str | Path | None = None,
                         embedder: Embedder | None = None) -> Enricher:
     """The enricher of a tagger trained with retrieval (its index from :func:`checkpoint_retriever`)."""
-    return Enricher(checkpoint_retriever(recorded, ckpt, index_dir, embedder), EnrichFormat.from_dict(recorded["format"]))
+    retriever = checkpoint_retriever(recorded, ckpt, index_dir, embedder)
+    return Enricher(retriever, EnrichFormat.from_dict(recorded["format"]))
 
 
 def check_index(recorded: dict, retriever: Retriever | None, ckpt: Path | str,

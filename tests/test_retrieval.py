@@ -448,3 +448,24 @@ def test_cli_price_with_the_neighbour_feature(tiny_encoder, flat_index, tmp_path
     proc = shelfml("predict", tmp_path / "ckpt", "steel water bottle 1 l", "--retrieval-index", flat_index,
                    check=False)
     assert proc.returncode == 2 and "was trained against index" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_tied_neighbours_do_not_depend_on_float_noise(tmp_path, small_catalog):
+    """Repeated titles tie; their order (and so the k-th neighbour, and a price median over them) must not flip
+    when another encoder build (ONNX in the server) embeds the query a few ulps differently."""
+    frame = small_catalog.frame.head(40).copy()
+    frame.loc[10:19, "text"] = "Steel water bottle 1 l"  # ten identical rows, ten prices
+    frame.loc[10:19, "description"] = ""
+    corpus = Catalog(frame.reset_index(drop=True), small_catalog.level_names, "synthetic+ties")
+    build_index(corpus, tmp_path / "ties", progress=False)
+    r = Retriever.load(tmp_path / "ties")
+    rng = np.random.default_rng(0)
+    stored = r.index.reconstruct_n(0, r.index.ntotal)  # as when the corpus was embedded in differently padded batches
+    r.index.reset()
+    r.index.add(stored + rng.normal(0, 1e-7, stored.shape).astype(np.float32))
+    query = r.embed(["Steel water bottle 1 l"])
+    found = [[n.row for n in r.search_vectors(query + rng.normal(0, 1e-7, query.shape).astype(np.float32), 4)[0]]
+             for _ in range(20)]
+    assert all(rows == found[0] for rows in found), found
+    tied = [row for row in found[0] if r.metadata["input"][row] == corpus.inputs()[10]]
+    assert tied == sorted(tied) and len(tied) == 4

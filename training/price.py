@@ -1,4 +1,5 @@
-"""Train the price regressor: data -> split -> encoder (+ vision) -> the shared trainer -> checkpoint."""
+"""Train the price regressor: data -> split -> (neighbour price features) -> encoder (+ vision) -> the shared
+trainer -> checkpoint."""
 
 from __future__ import annotations
 
