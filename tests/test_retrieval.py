@@ -421,6 +421,19 @@ def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbou
         served_prices = client.infer("price", [tensor]).as_numpy("price")[:, 0]
     assert served == expected
     assert served_prices == pytest.approx(expected_prices, rel=1e-3)
+    # the GPU configs' path: both python models reach the embedder (and their graphs) through BLS
+    from shelfml.model_repository.build import read_config, write_config
+
+    for model, key in (("tagger", "decoder"), ("price", "runner")):
+        cpu = tmp_path / "repo" / model / "configs" / "cpu.pbtxt"
+        config = read_config(cpu)
+        config.parameters[key].string_value = "bls"
+        del config.model_warmup[:]  # BLS cannot run before the server is ready
+        write_config(cpu, config)
+    with TritonServer(tmp_path / "repo", log_file=tmp_path / "triton-bls.log") as server, \
+            grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert [p[0].decode() for p in client.infer("tagger", [tensor]).as_numpy("path")] == expected
+        assert client.infer("price", [tensor]).as_numpy("price")[:, 0] == pytest.approx(expected_prices, rel=1e-3)
     index = json.loads((tmp_path / "export" / "assets" / "shelfml.json").read_text())["retrieval"]["index"]["path"]
     moved = Path(index).with_name("moved-away")
     Path(index).rename(moved)
