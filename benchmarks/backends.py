@@ -244,12 +244,16 @@ def tagger_backends(model, ort_runners: dict, hf_dir: Path | None, work_dir: Pat
 # Price
 
 
-def price_batch(input_ids: np.ndarray, attention_mask: np.ndarray, images: bool, size: int | None) -> dict:
-    """A :meth:`PriceRegressor.batch`-shaped dict of text rows without pictures."""
+def price_batch(input_ids: np.ndarray, attention_mask: np.ndarray, cfg) -> dict:
+    """A :meth:`PriceRegressor.batch`-shaped dict of text rows without pictures; a model with the neighbour
+    feature gets fixed neighbour features (the mean training price, similarity 0.8): retrieval is W6's."""
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if images:
+    if cfg.images:
+        size = cfg.image["size"]
         batch |= {"image_mask": np.zeros(len(input_ids), dtype=bool),
                   "pixel_values": np.zeros((0, 3, size, size), dtype=np.float32)}
+    if cfg.neighbours:
+        batch["neighbour_features"] = np.tile(np.float32([cfg.target_mean, 0.8]), (len(input_ids), 1))
     return batch
 
 
@@ -258,11 +262,11 @@ def price_backends(regressor, ort_runners: dict) -> list[Backend]:
     from shelfml.price import from_log
 
     model, cfg = regressor.model, regressor.cfg
-    size = cfg.image["size"] if cfg.images else None
 
     def eager(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {k: torch.from_numpy(v) for k, v in price_batch(ids, mask, cfg).items()}
         with torch.inference_mode():
-            log_price = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).log_price
+            log_price = model(**feeds).log_price
         return from_log(log_price.double().numpy())
 
     backends = [Backend("eager", "fp32", run=eager, notes="PriceModel.forward, text only")]
@@ -272,7 +276,7 @@ def price_backends(regressor, ort_runners: dict) -> list[Backend]:
             backends.append(Backend(name, precision, skipped=runner))
             continue
         backends.append(Backend(name, precision, exact=precision == "fp32", notes="OrtPrice",
-                                run=lambda ids, mask, r=runner: r(price_batch(ids, mask, cfg.images, size))))
+                                run=lambda ids, mask, r=runner: r(price_batch(ids, mask, cfg))))
     return backends + cuda_backends(model, "price", 0, 0, 0)
 
 

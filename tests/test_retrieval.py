@@ -372,6 +372,31 @@ def test_price_with_the_neighbour_feature_refuses_a_missing_or_other_index(neigh
         PriceRegressor.load(neighbour_price_checkpoint, retrieval_index=tmp_path / "other")
 
 
+@pytest.fixture(scope="module")
+def neighbour_price_export(tmp_path_factory, neighbour_price_checkpoint) -> Path:
+    from shelfml.export.exporter import ExportArgs, export_checkpoint
+
+    out = tmp_path_factory.mktemp("nprice-export") / "export"
+    export_checkpoint(neighbour_price_checkpoint, out, ExportArgs(parity_rows=16))
+    return out
+
+
+def test_bench_times_the_neighbour_price_model(neighbour_price_checkpoint, neighbour_price_export):
+    """W3 feeds fixed neighbour features to eager and ONNX Runtime alike (retrieval itself is timed in W6)."""
+    from shelfml.benchmarks.backends import price_backends
+    from shelfml.export.runtime import OrtPrice
+    from shelfml.price import PriceRegressor
+
+    regressor = PriceRegressor.load(neighbour_price_checkpoint)
+    backends = {b.name: b for b in price_backends(regressor, {"fp32": OrtPrice.load(neighbour_price_export)})}
+    enc = regressor.tokenizer(["steel water bottle 1 l", "cotton shirt for men, blue"], padding=True,
+                              return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    eager, onnx = backends["eager"].run(ids, mask), backends["onnx-fp32"].run(ids, mask)
+    assert eager.shape == (2,) and np.all(eager > 0)
+    assert onnx == pytest.approx(eager, rel=1e-4)
+
+
 def test_price_neighbour_feature_needs_an_index(small_spec, tiny_encoder, tmp_path):
     from conftest import fast_args
 
@@ -386,7 +411,8 @@ def test_price_neighbour_feature_needs_an_index(small_spec, tiny_encoder, tmp_pa
 # Served: the index ships in the model's version folder; a client sends only text
 
 
-def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbour_price_checkpoint, parts, tmp_path):
+def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbour_price_checkpoint,
+                                                  neighbour_price_export, parts, tmp_path):
     """The retrieval tagger and the neighbour-feature price model in one repository sharing one embedder leaf:
     served tags equal the in-process ones, served prices equal eager PyTorch's."""
     import tritonclient.grpc as grpcclient
@@ -401,12 +427,12 @@ def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbou
     embedder = manifest["parity"]["embedder"]  # the exported MiniLM against sentence-transformers
     assert embedder["max_abs_diff"] < 1e-4 and embedder["neighbours_identical"] == 1.0, embedder
     assert "embedder.onnx" in manifest["files"] and manifest["tensorrt_check"]["embedder"]["ok"]
-    price = export_checkpoint(neighbour_price_checkpoint, tmp_path / "price-export", ExportArgs(parity_rows=16))
+    price = json.loads((neighbour_price_export / "export.json").read_text())
     assert price["parity"]["onnx-fp32"]["max_rel_price_diff"] < 1e-3, price["parity"]
     assert price["parity"]["embedder"]["neighbours_identical"] == 1.0
     assert [t["name"] for t in price["graphs"]["model"]["inputs"]][-1] == "neighbour_features"
     assert price["tensorrt_check"]["model"]["ok"] and price["shape_ranges"]["embedder_sequence"][2] == 64
-    build_repository(tmp_path / "repo", tagger=tmp_path / "export", price=tmp_path / "price-export")
+    build_repository(tmp_path / "repo", tagger=tmp_path / "export", price=neighbour_price_export)
     for model in ("tagger", "price"):
         assert (tmp_path / "repo" / model / "1" / "index" / "index.json").is_file()
     assert (tmp_path / "repo" / "embedder" / "configs" / "cpu.pbtxt").is_file()
