@@ -110,11 +110,20 @@ class TargetCodec:
         return self._ids(brand) + [self.eos_id]
 
     def brand_ids_many(self, brands: Sequence[str]) -> list[list[int]]:
-        """:meth:`brand_ids` for many brands in one tokenizer call."""
+        """:meth:`brand_ids` for many brands in one tokenizer call (the decode loop's copy mode tokenises every
+        candidate span of every input, so this is on the serving path: the Rust tokenizer is called directly,
+        without the transformers wrapper's per-row conversion, which cost more than the tokenisation itself)."""
         if not brands:
             return []
-        encoded = self.tokenizer(list(brands), add_special_tokens=False)["input_ids"]
-        return [list(ids) + [self.eos_id] for ids in encoded]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow (python) tokenizer
+            encoded = self.tokenizer(list(brands), add_special_tokens=False)["input_ids"]
+            return [list(ids) + [self.eos_id] for ids in encoded]
+        if backend.padding is not None:  # left set by the wrapper's last padded call
+            backend.no_padding()
+        if backend.truncation is not None:
+            backend.no_truncation()
+        return [e.ids + [self.eos_id] for e in backend.encode_batch(list(brands), add_special_tokens=False)]
 
     def encode(self, label: Label) -> list[int]:
         return self.path_ids(label.path) + self.brand_ids(label.brand)

@@ -53,3 +53,14 @@ def test_codec_ids_are_field_by_field(tokenizer):
     assert ids[: len(codec.path_ids(label.path))] == codec.path_ids(label.path)
     assert codec.path_ids(label.path)[-len(codec.brand_sep):] == codec.brand_sep
     assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == format_target(label).replace(" ", "")
+
+
+def test_brand_ids_many_equals_one_by_one_after_padded_calls(tokenizer):
+    """The batched brand tokenisation calls the Rust tokenizer directly: the padding and truncation a
+    previous wrapper call left on it must not leak into the ids."""
+    codec = TargetCodec(tokenizer)
+    brands = ["Crunchy", "Green Harbor", "x", "Stainless Steel Water Bottle Co", "Ploomz Women's T-Shirt Bra"]
+    one_by_one = [codec.brand_ids(b) for b in brands]
+    tokenizer(["a much longer text than any brand here, to pad to", "b"], padding=True, truncation=True, max_length=4)
+    assert codec.brand_ids_many(brands) == one_by_one
+    assert tokenizer(brands, add_special_tokens=False)["input_ids"] == [ids[:-1] for ids in one_by_one]
