@@ -53,7 +53,7 @@ class Repetitions:
     constrained: int = 10  # end-to-end constrained tagger, batch 1 (batch 32: a third of it, at least 2)
     w4_latency: int = 40  # requests per path (served, in-process)
     w4_rounds: int = 3  # rounds of each concurrency level
-    w4_requests: int = 64  # requests per round
+    w4_requests: int = 256  # requests per round (16 waves at concurrency 16: the ramp-up and tail stay small)
 
     @classmethod
     def quick(cls) -> "Repetitions":
