@@ -20,6 +20,8 @@ from shelfml.retrieval import (
 )
 from shelfml.training.trainer import TrainConfig
 
+from conftest import needs_shared
+
 
 @pytest.fixture(scope="module")
 def parts(small_spec):
@@ -508,3 +510,26 @@ def test_tied_neighbours_do_not_depend_on_float_noise(tmp_path, small_catalog):
     assert all(rows == found[0] for rows in found), found
     tied = [row for row in found[0] if r.metadata["input"][row] == corpus.inputs()[10]]
     assert tied == sorted(tied) and len(tied) == 4
+
+
+@needs_shared
+def test_flipkart_price_neighbours_are_leakage_free_and_informative(tmp_path):
+    """Real catalog: training rows never see a row with their normalised title, and the held-out rows'
+    neighbour price (from training rows only) tracks their real price."""
+    from shelfml.data import DataSpec
+    from shelfml.retrieval import price_neighbour_features, training_neighbours, training_retriever
+
+    parts = split_catalog(load_catalog(DataSpec(source="flipkart", limit=2500), task="price"), seed=0)[0]
+    build_index(parts["train"], tmp_path / "index", progress=False)
+    retriever = training_retriever(tmp_path / "index", "--neighbours 5", parts)
+    train = parts["train"].subset(range(300))
+    keys = train.frame["text"].map(normalise_title).tolist()
+    found = training_neighbours(retriever, train, 5, progress=False)
+    leaky = retriever.search_vectors(retriever.stored_vectors(parts["train"].inputs())[:300], 5)
+    assert sum(retriever.keys[ns[0].row] == keys[q] for q, ns in enumerate(leaky)) > 250  # not vacuous: self first
+    assert all(len(ns) == 5 and all(retriever.keys[n.row] != keys[q] for n in ns) for q, ns in enumerate(found))
+    held_out = parts["test"]
+    features = price_neighbour_features(retriever, held_out.inputs(), 5)
+    truth = np.log1p(held_out.frame["price"].to_numpy(dtype=float))
+    ok = np.isfinite(features[:, 0])
+    assert ok.mean() > 0.95 and np.corrcoef(features[ok, 0], truth[ok])[0, 1] > 0.4
