@@ -459,7 +459,7 @@ class EnrichFormat:
 
 
 class Enricher:
-    """Retriever + format: product texts -> enriched model inputs (cached per text when nothing is excluded)."""
+    """Retriever + format: product texts -> enriched model inputs (cached per text)."""
 
     CACHE_ROWS = 200_000  # the cache starts afresh beyond this many texts
 
@@ -480,11 +480,8 @@ class Enricher:
         return [self.format.format(t, [(self.retriever.label(n.row), m.at[n.row, "description"]) for n in ns])
                 for t, ns in zip(texts, neighbours)]
 
-    def enrich(self, texts: Sequence[str], exclude_keys: Sequence[str] | None = None,
-               progress: bool = False) -> list[str]:
-        """The model inputs for ``texts``; ``exclude_keys`` (training) bypasses the cache."""
-        if exclude_keys is not None:
-            return self.render(texts, self.neighbours_of(texts, exclude_keys, progress))
+    def enrich(self, texts: Sequence[str], progress: bool = False) -> list[str]:
+        """The model inputs for ``texts`` (queries; training rows go through :func:`enrich_training_rows`)."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if len(self._cache) + len(todo) > self.CACHE_ROWS:
             self._cache.clear()
