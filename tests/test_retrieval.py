@@ -533,3 +533,21 @@ def test_flipkart_price_neighbours_are_leakage_free_and_informative(tmp_path):
     truth = np.log1p(held_out.frame["price"].to_numpy(dtype=float))
     ok = np.isfinite(features[:, 0])
     assert ok.mean() > 0.95 and np.corrcoef(features[ok, 0], truth[ok])[0, 1] > 0.4
+
+
+def test_repository_refuses_two_embedders_of_different_weights(neighbour_price_export, tmp_path):
+    """The tagger and the price model share one `embedder` leaf only when both were trained against the same
+    encoder weights."""
+    from shelfml.export.contract import ShapeRanges
+    from shelfml.export.exporter import ExportError
+    from shelfml.model_repository.build import _embedder_leaf, build_repository
+
+    build_repository(tmp_path / "repo", price=neighbour_price_export)
+    manifest = json.loads((neighbour_price_export / "export.json").read_text())
+    ranges = ShapeRanges.from_dict(manifest["shape_ranges"])
+    leaves: dict = {}
+    assert _embedder_leaf(tmp_path / "repo", neighbour_price_export, manifest, ranges, "onnxruntime", leaves) == {
+        "embedder_model": "embedder"}  # same weights: the existing leaf is reused
+    manifest["graphs"]["embedder"]["encoder"] = {**manifest["graphs"]["embedder"]["encoder"], "digest": "0" * 16}
+    with pytest.raises(ExportError, match="retrieval embedder .* differs from the one already in the repository"):
+        _embedder_leaf(tmp_path / "repo", neighbour_price_export, manifest, ranges, "onnxruntime", leaves)
