@@ -471,9 +471,8 @@ class Enricher:
         """What a checkpoint records: the format and the index it was trained against."""
         return {"format": self.format.to_dict(), "index": self.retriever.describe()}
 
-    def neighbours_of(self, texts: Sequence[str], exclude_keys: Sequence[str] | None = None,
-                      progress: bool = False) -> list[list[Neighbour]]:
-        return self.retriever.search(texts, self.format.k, exclude_keys, progress)
+    def neighbours_of(self, texts: Sequence[str], progress: bool = False) -> list[list[Neighbour]]:
+        return self.retriever.search(texts, self.format.k, progress=progress)
 
     def render(self, texts: Sequence[str], neighbours: list[list[Neighbour]]) -> list[str]:
         m = self.retriever.metadata

@@ -16,7 +16,7 @@ from shelfml.labels import Label
 from shelfml.retrieval import (
     FIELDS, INDEX_FILE, MANIFEST_FILE, METADATA_FILE, EnrichFormat, Enricher, IndexArgs, Neighbour, RetrievalError,
     Retriever, build_index, build_index_from_spec, enrich_training_rows, knn_vote, neighbour_log_price,
-    retrieval_benchmark,
+    retrieval_benchmark, training_neighbours,
 )
 from shelfml.training.trainer import TrainConfig
 
@@ -87,7 +87,7 @@ def test_neighbours_exclude_self_and_same_normalised_title(tmp_path, small_catal
     enricher = Enricher(r, fmt)
     assert enrich_training_rows(enricher, corpus, progress=False) == enricher.render(corpus.inputs(), free)
     sample = corpus.subset(range(0, 150, 10))
-    via_text = enricher.neighbours_of(sample.inputs(), sample.frame["text"].map(normalise_title).tolist())
+    via_text = training_neighbours(r, sample, 5, progress=False)  # not the index's corpus: re-embedded
     assert all(keys[n.row] != normalise_title(t) for ns, t in zip(via_text, sample.frame["text"]) for n in ns)
 
 
@@ -336,7 +336,7 @@ def neighbour_price_checkpoint(tmp_path_factory, small_spec, flat_index, tiny_en
 def test_price_trained_with_the_neighbour_feature_records_and_uses_it(neighbour_price_checkpoint, retriever, parts):
     from shelfml.checkpoint import read_manifest
     from shelfml.price import PriceRegressor
-    from shelfml.retrieval import neighbour_price_features, training_neighbours
+    from shelfml.retrieval import neighbour_price_features
 
     manifest = read_manifest(neighbour_price_checkpoint)
     recorded = manifest["retrieval"]
@@ -517,7 +517,7 @@ def test_flipkart_price_neighbours_are_leakage_free_and_informative(tmp_path):
     """Real catalog: training rows never see a row with their normalised title, and the held-out rows'
     neighbour price (from training rows only) tracks their real price."""
     from shelfml.data import DataSpec
-    from shelfml.retrieval import price_neighbour_features, training_neighbours, training_retriever
+    from shelfml.retrieval import price_neighbour_features, training_retriever
 
     parts = split_catalog(load_catalog(DataSpec(source="flipkart", limit=2500), task="price"), seed=0)[0]
     build_index(parts["train"], tmp_path / "index", progress=False)
