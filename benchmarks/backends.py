@@ -16,12 +16,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import torch
 
-from shelfml.tagger import MODEL_SHAPES, MakeStep, eager_step_factory
+from shelfml.export.onnx import OPSET
+from shelfml.tagger import MakeStep
+from shelfml.tagger.model import MODEL_SHAPES, eager_step_factory
 
 FLAN_T5_VOCAB = 32128  # flan-t5-small's vocabulary size (the random reference model's)
 T5_SPECIAL = {"pad": 0, "eos": 1, "unk": 2}  # the T5 convention; a trained checkpoint's tokenizer says its own
@@ -77,7 +80,8 @@ def reference_t5(shape: str = "small", vocab_size: int = FLAN_T5_VOCAB, seed: in
 
 def reference_price(seed: int = 0):
     """The default price encoder (all-MiniLM-L6-v2, real weights) with an untrained MLP head."""
-    from shelfml.price import PriceConfig, build_regressor
+    from shelfml.price import PriceConfig
+    from shelfml.price.model import build_regressor
 
     torch.manual_seed(seed)
     regressor = build_regressor(PriceConfig())
@@ -93,10 +97,11 @@ def export_graphs(model, out_dir: Path, task: str) -> dict[str, dict[str, Path]]
     """FP32 + dynamic INT8 ONNX graphs of a model without a checkpoint (the random reference models):
     {"fp32": {key: path}, "int8": {key: path}}, written the way ``shelfml export`` writes them."""
     from shelfml.export.exporter import quantize_int8
-    from shelfml.export.onnx import export_price, export_t5
+    from shelfml.families import family
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs = export_t5(model, out_dir) if task == "tagger" else export_price(model, out_dir)
+    hooks = family(task).export_hooks()
+    specs = hooks.export_graphs(SimpleNamespace(model=model), out_dir, OPSET)
     files: dict[str, dict[str, Path]] = {"fp32": {}, "int8": {}}
     for key, spec in specs.items():
         files["fp32"][key] = out_dir / spec.file
@@ -245,13 +250,13 @@ def tagger_backends(model, ort_runners: dict, hf_dir: Path | None, work_dir: Pat
 
 
 def price_batch(input_ids: np.ndarray, attention_mask: np.ndarray, cfg) -> dict:
-    """A :meth:`PriceRegressor.batch`-shaped dict of text rows without pictures; a model with the neighbour
-    feature gets fixed neighbour features (the mean training price, similarity 0.8): retrieval is W6's."""
+    """:meth:`PriceRegressor.feeds` of text rows without pictures; a model with the neighbour feature gets
+    fixed neighbour features (the mean training price, similarity 0.8): retrieval is W6's."""
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if cfg.images:
         size = cfg.image["size"]
-        batch |= {"image_mask": np.zeros(len(input_ids), dtype=bool),
-                  "pixel_values": np.zeros((0, 3, size, size), dtype=np.float32)}
+        batch |= {"image_mask": np.zeros((len(input_ids), 1), dtype=bool),
+                  "pixel_values": np.zeros((len(input_ids), 3, size, size), dtype=np.float32)}
     if cfg.neighbours:
         batch["neighbour_features"] = np.tile(np.float32([cfg.target_mean, 0.8]), (len(input_ids), 1))
     return batch
@@ -259,15 +264,13 @@ def price_batch(input_ids: np.ndarray, attention_mask: np.ndarray, cfg) -> dict:
 
 def price_backends(regressor, ort_runners: dict) -> list[Backend]:
     """The price column: eager FP32, ONNX Runtime FP32/INT8, CUDA."""
-    from shelfml.price import from_log
+    from shelfml.price.model import eager_runner
 
     model, cfg = regressor.model, regressor.cfg
+    run_eager = eager_runner(model)
 
     def eager(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feeds = {k: torch.from_numpy(v) for k, v in price_batch(ids, mask, cfg).items()}
-        with torch.inference_mode():
-            log_price = model(**feeds).log_price
-        return from_log(log_price.double().numpy())
+        return run_eager(price_batch(ids, mask, cfg))
 
     backends = [Backend("eager", "fp32", run=eager, notes="PriceModel.forward, text only")]
     for precision, runner in ort_runners.items():

@@ -22,7 +22,7 @@ def _count(fn) -> tuple[float, object]:
 @torch.inference_mode()
 def t5_gflops(model, input_ids: np.ndarray, attention_mask: np.ndarray, steps: int) -> dict:
     """Encoder once + ``steps`` cached decoder steps on one batch; ``per_request`` divides by the batch."""
-    from shelfml.tagger import eager_step_factory
+    from shelfml.tagger.model import eager_step_factory
 
     make_step = eager_step_factory(model)
     encoder, step = _count(lambda: make_step(input_ids, attention_mask))

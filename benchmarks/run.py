@@ -86,7 +86,7 @@ def environment() -> dict:
         gpu = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
     import onnxruntime as ort
 
-    from shelfml.export.runtime import SessionConfig
+    from shelfml.onnxrt import SessionConfig
 
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "threads": threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -107,7 +107,8 @@ def _progress(message: str) -> None:
 
 
 def _tagger_models(checkpoint, export, reference_shape, work: Path, steps: int) -> list[ModelUnderTest]:
-    from shelfml.export.runtime import OrtT5, load_session
+    from shelfml.onnxrt import load_session
+    from shelfml.tagger.runners import OrtT5
     from shelfml.tagger import Tagger
 
     models = []
@@ -141,7 +142,8 @@ def _tagger_models(checkpoint, export, reference_shape, work: Path, steps: int) 
 
 
 def _price_models(checkpoint, export, reference: bool, work: Path) -> list[ModelUnderTest]:
-    from shelfml.export.runtime import OrtPrice, load_session
+    from shelfml.onnxrt import load_session
+    from shelfml.price.runners import OrtPrice
     from shelfml.price import PriceRegressor
 
     models = []
@@ -290,7 +292,7 @@ def _serving(tagger_model: ModelUnderTest | None, reps: Repetitions, texts, grpc
 
     if tagger_model is None:
         return {"status": "skipped", "reason": "W4 serves the trained tagger: pass a tagger checkpoint"}
-    from shelfml.export.runtime import OrtT5
+    from shelfml.tagger.runners import OrtT5
 
     url = grpc_url
     if url is None:
@@ -399,7 +401,7 @@ def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = Fal
         results["serving"] = _serving(tagger_trained, reps, texts, grpc_url, exports, out, perf_analyzer, stack)
     tick("serving", t0)
     t0 = time.perf_counter()
-    from shelfml.retrieval import retrieval_benchmark
+    from shelfml.benchmarks.retrieval import retrieval_benchmark
 
     _progress("W6: retrieval (FAISS exact and HNSW over synthetic MiniLM-sized vectors)")
     results["retrieval"] = retrieval_benchmark(rows=5_000 if quick else 100_000, queries=50 if quick else 500,

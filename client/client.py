@@ -21,7 +21,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from shelfml.export.contract import PRICE_SERVICE, TAGGER_SERVICE, GraphSpec
+from shelfml.contract import GraphSpec
+from shelfml.price.contract import PRICE_SERVICE
+from shelfml.tagger.contract import TAGGER_SERVICE
 from shelfml.labels import LEVEL_SEP
 
 Image = Union[str, os.PathLike, bytes, None]  # a picture file path, its encoded bytes, or none

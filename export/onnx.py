@@ -1,10 +1,8 @@
-"""PyTorch -> ONNX: small wrapper modules around the trained models, exported with the TorchScript
-exporter (``torch.onnx.export(..., dynamo=False)``) under the names and axes of export/contract.py.
+"""PyTorch -> ONNX, the export stage's generic part: an exportable eval copy of a model, and one
+graph exported under its contract's names and axes with the TorchScript exporter
+(``torch.onnx.export(..., dynamo=False)``), then checked with ``onnx.checker``.
 
-T5 becomes two graphs: the encoder (run once per request; it also projects every decoder layer's
-cross-attention keys/values) and one decoder step with a self-attention cache that grows from
-length 0. The decoder step is written out from the model's own modules (no ``Cache`` objects), so
-the graph is plain MatMul/Softmax/Concat that ONNX Runtime and TensorRT both take.
+Each family's wrapper modules and graph list live with the family (``shelfml/<family>/onnx.py``).
 """
 
 from __future__ import annotations
@@ -15,106 +13,14 @@ from pathlib import Path
 
 import onnx
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from shelfml.export.contract import GraphSpec, embedder_spec, price_spec, t5_decoder_spec, t5_encoder_spec
-from shelfml.price import MAX_LOG_PRICE, PriceModel
+from shelfml.contract import GraphSpec
 
 OPSET = 17
 
 
-def _split_heads(x: torch.Tensor, heads: int, d_kv: int) -> torch.Tensor:
-    return x.view(x.shape[0], -1, heads, d_kv).transpose(1, 2)  # [B, H, L, d_kv]
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scaling: float) -> torch.Tensor:
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling + bias
-    out = torch.matmul(F.softmax(scores.float(), dim=-1).to(v.dtype), v)  # [B, H, 1, d_kv]
-    return out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
-
-
-class T5EncoderGraph(nn.Module):
-    """input ids + mask -> encoder hidden states + each decoder layer's cross-attention k/v."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.encoder = model.get_encoder()
-        self.cross = nn.ModuleList(block.layer[1].EncDecAttention for block in model.decoder.block)
-        self.heads, self.d_kv = model.config.num_heads, model.config.d_kv
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        kv = []
-        for attn in self.cross:
-            kv += [_split_heads(attn.k(hidden), self.heads, self.d_kv), _split_heads(attn.v(hidden), self.heads, self.d_kv)]
-        return (hidden, *kv)
-
-
-class T5DecoderStep(nn.Module):
-    """One decoder token with a KV cache: (token, encoder mask, self past, cross k/v) -> (logits, new self past)."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        cfg = model.config
-        self.embed, self.blocks = model.decoder.embed_tokens, model.decoder.block
-        self.final_norm, self.lm_head = model.decoder.final_layer_norm, model.lm_head
-        self.out_scale = cfg.d_model**-0.5 if getattr(cfg, "scale_decoder_outputs", False) else 1.0
-        self.heads, self.d_kv = cfg.num_heads, cfg.d_kv
-
-    def forward(self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor, *past: torch.Tensor):
-        n = len(self.blocks)
-        self_past, cross = past[: 2 * n], past[2 * n :]
-        x = self.embed(input_ids)
-        past_len = self_past[0].shape[2]
-        # relative position bias of the new token (position past_len) against positions 0..past_len
-        bias = self.blocks[0].layer[0].SelfAttention.compute_bias(1, past_len + 1, past_seen_tokens=past_len)
-        mask = encoder_attention_mask[:, None, None, :].to(x.dtype)
-        enc_bias = (1.0 - mask) * torch.finfo(x.dtype).min
-        presents = []
-        for i, block in enumerate(self.blocks):
-            layer, attn = block.layer[0], block.layer[0].SelfAttention
-            h = layer.layer_norm(x)
-            k = torch.cat([self_past[2 * i], _split_heads(attn.k(h), self.heads, self.d_kv)], dim=2)
-            v = torch.cat([self_past[2 * i + 1], _split_heads(attn.v(h), self.heads, self.d_kv)], dim=2)
-            presents += [k, v]
-            x = x + attn.o(_attend(_split_heads(attn.q(h), self.heads, self.d_kv), k, v, bias, attn.scaling))
-            layer, attn = block.layer[1], block.layer[1].EncDecAttention
-            q = _split_heads(attn.q(layer.layer_norm(x)), self.heads, self.d_kv)
-            x = x + attn.o(_attend(q, cross[2 * i], cross[2 * i + 1], enc_bias, attn.scaling))
-            x = block.layer[-1](x)  # feed-forward: norm, FFN, residual
-        logits = self.lm_head(self.final_norm(x) * self.out_scale)
-        return (logits, *presents)
-
-
-class PriceGraph(nn.Module):
-    """Text (+ one picture slot per row and a has-picture mask) -> price, computed densely: rows
-    without a picture run through the image branch too, and the mask zeroes what they get (the eager
-    model skips them; the result per row is the same)."""
-
-    def __init__(self, model: PriceModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, *rest):
-        """``rest``: pixel_values and image_mask (image branch), then neighbour_features (neighbour feature)."""
-        m = self.model
-        pixel_values, image_mask = rest[:2] if m.cfg.images else (None, None)
-        hidden = m.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        feats = m.pool(hidden, attention_mask)
-        if m.cfg.images:
-            patches = m.image_proj(m.vision(pixel_values=pixel_values).last_hidden_state)
-            out, _ = m.cross_attn(hidden, patches, patches, need_weights=False)
-            flag = image_mask.to(feats.dtype)  # [B, 1]
-            attended = m.pool(m.fuse_norm(out + hidden), attention_mask) * flag
-            feats = torch.cat([feats, attended, flag], dim=1)
-        if m.cfg.neighbours:
-            feats = torch.cat([feats, m.neighbour_inputs(rest[-1])], dim=1)
-        log_price = F.softplus(m.head(feats).float())  # [B, 1]
-        return (torch.exp(log_price.clamp(max=MAX_LOG_PRICE)) - 1).clamp(min=0)  # ONNX has no Expm1
-
-
-def _eager_copy(model: nn.Module) -> nn.Module:
+def eager_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy using the plain attention implementation (exportable, no SDPA fast paths)."""
     model = copy.deepcopy(model).eval().float()
     for module in model.modules():
@@ -136,69 +42,3 @@ def export_graph(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tensor
                           dynamo=False)
     onnx.checker.check_model(str(out), full_check=True)
     return out
-
-
-def export_t5(model, out_dir: Path, opset: int = OPSET) -> dict[str, GraphSpec]:
-    """encoder.onnx + decoder.onnx. The examples are padded batches (a full-ones mask could let the
-    tracer drop the mask) with a non-empty past."""
-    model = _eager_copy(model)
-    cfg = model.config
-    enc_spec, dec_spec = t5_encoder_spec(cfg), t5_decoder_spec(cfg)
-    ids = torch.randint(2, cfg.vocab_size, (2, 7))
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
-    encoder = T5EncoderGraph(model).eval()
-    export_graph(encoder, enc_spec, (ids, mask), out_dir / enc_spec.file, opset)
-    with torch.no_grad():
-        cross = encoder(ids, mask)[1:]
-    self_past = [torch.randn(2, cfg.num_heads, 3, cfg.d_kv) for _ in range(2 * cfg.num_decoder_layers)]
-    token = torch.randint(2, cfg.vocab_size, (2, 1))
-    export_graph(T5DecoderStep(model).eval(), dec_spec, (token, mask, *self_past, *cross), out_dir / dec_spec.file,
-                 opset)
-    return {"encoder": enc_spec, "decoder": dec_spec}
-
-
-def export_price(model: PriceModel, out_dir: Path, opset: int = OPSET) -> dict[str, GraphSpec]:
-    """model.onnx: the regressor from token ids (+ pictures) to price."""
-    model = _eager_copy(model)
-    cfg = model.cfg
-    spec = price_spec(cfg.images, cfg.image["size"] if cfg.images else None, bool(cfg.neighbours))
-    vocab = model.text_encoder.config.vocab_size
-    ids = torch.randint(1000 if vocab > 2000 else 2, vocab, (2, 9))
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    example: tuple = (ids, mask)
-    if cfg.images:
-        size = cfg.image["size"]
-        example += (torch.randn(2, 3, size, size), torch.tensor([[True], [False]]))
-    if cfg.neighbours:
-        example += (torch.tensor([[6.5, 0.9], [float("nan"), 0.2]]),)
-    export_graph(PriceGraph(model).eval(), spec, example, out_dir / spec.file, opset)
-    return {"model": spec}
-
-
-class EmbedderGraph(nn.Module):
-    """A sentence-transformers MiniLM: encoder, mean pooling over the mask, L2 normalisation."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=1)
-
-
-def export_embedder(encoder_dir: Path, out_dir: Path, opset: int = OPSET) -> dict[str, GraphSpec]:
-    """embedder.onnx: the retrieval encoder (mean pooling + normalisation, as all-MiniLM-L6-v2 is used)."""
-    from transformers import AutoModel
-
-    encoder = _eager_copy(AutoModel.from_pretrained(encoder_dir, local_files_only=True))
-    spec = embedder_spec(encoder.config.hidden_size)
-    ids = torch.randint(1000, encoder.config.vocab_size, (2, 9))
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    export_graph(EmbedderGraph(encoder).eval(), spec, (ids, mask), out_dir / spec.file, opset)
-    return {"embedder": spec}

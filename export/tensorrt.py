@@ -39,7 +39,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from shelfml.checkpoint import sha256_file
-from shelfml.export.contract import GraphSpec, ShapeRanges
+from shelfml.contract import GraphSpec, ShapeRanges
+from shelfml.price.contract import BERT_KEEP_FP32
+from shelfml.tagger.contract import T5_KEEP_FP32
 
 ONNX_FILE, GRAPH_FILE, PLAN_FILE, SIDECAR_FILE = "model.onnx", "graph.json", "model.plan", "model.plan.json"
 KEY_FORMAT = 1  # bump when the key's fields change: every cached engine is then rebuilt once
@@ -49,17 +51,12 @@ KEY_FORMAT = 1  # bump when the key's fields change: every cached engine is then
 # T5 overflows FP16 in the FFN output projection and its RMS layer norm (pow -> mean -> rsqrt), and
 # softmax loses the most in FP16; names are those of torch.onnx.export (dynamo=False) of the HF modules,
 # e.g. /encoder/block.0/layer.1/DenseReluDense/wo/MatMul, /layer_norm_1/Pow, /final_layer_norm/Sqrt, /Softmax_2.
-T5_KEEP_FP32: tuple[str, ...] = (
-    r"DenseReluDense/wo/",  # FFN output projection
-    r"layer_norm(_\d+)?/",  # T5LayerNorm (also final_layer_norm): Pow, ReduceMean, Add, Sqrt, Div, Mul
-    r"Softmax",  # attention softmax (HF's SelfAttention/Softmax and export/onnx.py's /Softmax_N)
-)
-BERT_KEEP_FP32: tuple[str, ...] = (r"LayerNorm", r"Softmax")  # the price model's MiniLM encoder
 DEFAULT_KEEP_FP32: dict[str, tuple[str, ...]] = {
     "tagger_encoder": T5_KEEP_FP32,
     "tagger_decoder": T5_KEEP_FP32,
     "price_regressor": BERT_KEEP_FP32,
-}
+    "embedder": BERT_KEEP_FP32,
+}  # for a graph.json without keep_fp32 (the contracts carry their own: GraphSpec.keep_fp32)
 
 # ---------------------------------------------------------------------------------------------
 # Operators the TensorRT ONNX parser supports (default domain): the "Y" rows of onnx-tensorrt's
@@ -157,7 +154,7 @@ def load_leaf(version_dir: Path) -> LeafModel:
                           f"'precision': {{'keep_fp32': [regex]}}}}; got an error: {exc!r}") from None
     precision = graph.get("precision") or {}
     keep = precision.get("keep_fp32")
-    keep = tuple(keep) if keep is not None else DEFAULT_KEEP_FP32.get(spec.name, ())
+    keep = tuple(keep) if keep is not None else (spec.keep_fp32 or DEFAULT_KEEP_FP32.get(spec.name, ()))
     for pattern in keep:
         try:
             re.compile(pattern)

@@ -25,15 +25,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from shelfml.checkpoint import ensure_writable, sha256_file, write_checkpoint
-from shelfml.export.contract import (PRICE_SERVICE, TAGGER_SERVICE, TRITON_DTYPES, GraphSpec, ShapeRanges,
-                                     TensorSpec)
-from shelfml.export.exporter import ASSETS, ExportError, read_export, verify_files
-from shelfml.export.tensorrt import BERT_KEEP_FP32, T5_KEEP_FP32
+from shelfml.contract import TRITON_DTYPES, GraphSpec, ShapeRanges, TensorSpec
+from shelfml.exports import ASSETS, ExportError, read_export, verify_files
+from shelfml.families import Family, family
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
 SOURCES = Path(__file__).parent / "models"
-RETRIEVAL_INDEX = "index"  # a retrieval model's FAISS index folder inside its version folder
 QUEUE_DELAY_US = 500  # dynamic batching: wait at most 0.5 ms for more requests (busy models queue anyway)
 WARMUP_TEXT = "stainless steel water bottle 750 ml"
 
@@ -86,11 +84,10 @@ def leaf_configs(spec: GraphSpec, ranges: ShapeRanges, runtime: str) -> dict[str
 
 def service_configs(spec: GraphSpec, leaves: dict[str, GraphSpec], max_batch: int, **params: str) -> dict:
     """Python models (tagger, price): BLS to the leaves on GPU, the leaves' ONNX in-process on CPU."""
-    mode_key = "decoder" if spec.name == "tagger" else "runner"
     out = {}
     for file, mode, gpu in (("config.pbtxt", "bls", True), (f"configs/{CPU_CONFIG}.pbtxt", "inprocess", False)):
         config = _config(spec, max_batch, gpu=False, backend="python")
-        _parameters(config, assets=ASSETS, leaf_max_batch=str(max_batch), **{mode_key: mode}, **params,
+        _parameters(config, assets=ASSETS, leaf_max_batch=str(max_batch), runner=mode, **params,
                     leaf_outputs=json.dumps({name: s.output_names for name, s in leaves.items()}))
         if mode == "inprocess":  # BLS calls cannot run while the server is still loading: no warm-up then
             warmup = mc.ModelWarmup(name=f"{spec.name}-text", batch_size=1)
@@ -118,14 +115,14 @@ def _string_file(path: Path, text: str) -> None:
     path.write_bytes(struct.pack("<I", len(data)) + data)
 
 
-def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtime: str, keep_fp32: list[str]) -> GraphSpec:
+def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtime: str) -> GraphSpec:
     spec = GraphSpec.from_dict(graph)
     folder = repo / spec.name
     (folder / "1").mkdir(parents=True)
     shutil.copy2(export_dir / spec.file, folder / "1" / "model.onnx")
     shutil.copy2(SOURCES / "onnx_leaf.py", folder / "1" / "model.py")
     (folder / "1" / "graph.json").write_text(json.dumps(
-        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": keep_fp32},
+        {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": list(spec.keep_fp32)},
          "encoder": graph.get("encoder")}, indent=2), encoding="utf-8")
     for name, config in leaf_configs(spec, ranges, runtime).items():
         write_config(folder / name, config)
@@ -148,26 +145,32 @@ def _embedder_leaf(repo: Path, export_dir: Path, manifest: dict, ranges: ShapeRa
                               f"({other.get('name')}, weights {other.get('digest')})")
         leaves[graph["name"]] = GraphSpec.from_dict(graph)
     else:
-        leaves[graph["name"]] = _leaf(repo, export_dir, graph, ranges, runtime, list(BERT_KEEP_FP32))
+        leaves[graph["name"]] = _leaf(repo, export_dir, graph, ranges, runtime)
     return {"embedder_model": graph["name"]}
 
 
 def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves: dict[str, GraphSpec],
              max_batch: int, **params: str) -> None:
+    """The family's python model: its model.py, the export's assets (tokenizer, manifest, and the retrieval
+    index of a model trained with one), the warm-up input and both configs."""
     folder = repo / spec.name
     (folder / "1").mkdir(parents=True)
     shutil.copy2(SOURCES / source, folder / "1" / "model.py")
     shutil.copytree(export_dir / ASSETS, folder / "1" / ASSETS)
-    retrieval = json.loads((export_dir / ASSETS / "shelfml.json").read_text(encoding="utf-8")).get("retrieval")
-    if retrieval:  # a model trained with retrieval: its index ships in the version folder
-        index = Path(retrieval["index"]["path"])
-        if not (index / "index.json").is_file():
-            raise ExportError(f"{export_dir} was trained with retrieval index {index}, which is not there to ship")
-        shutil.copytree(index, folder / "1" / RETRIEVAL_INDEX)
-        params = {**params, "retrieval_index": RETRIEVAL_INDEX}
     _string_file(folder / "warmup" / "text", WARMUP_TEXT)
     for name, config in service_configs(spec, leaves, max_batch, **params).items():
         write_config(folder / name, config)
+
+
+def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str) -> None:
+    """A family's leaves (its graphs, plus the shared embedder of a retrieval model) and its python model."""
+    ranges = ShapeRanges.from_dict(manifest["shape_ranges"])
+    leaves, params = {}, {}
+    for key, param in fam.leaves.items():
+        spec = _leaf(repo, export_dir, manifest["graphs"][key], ranges, runtime)
+        leaves[spec.name], params[param] = spec, spec.name
+    params |= _embedder_leaf(repo, export_dir, manifest, ranges, runtime, leaves)
+    _service(repo, export_dir, fam.service, fam.model_source, leaves, ranges.ranges["batch"][2], **params)
 
 
 def build_repository(repo: Path, tagger: Path | None = None, price: Path | None = None,
@@ -184,24 +187,13 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
     ensure_writable(repo, force)
 
     def save(tmp: Path) -> None:
-        if "tagger" in manifests:
-            m, ranges = manifests["tagger"], ShapeRanges.from_dict(manifests["tagger"]["shape_ranges"])
-            leaves = {g["name"]: _leaf(tmp, Path(tagger), g, ranges, runtime, list(T5_KEEP_FP32))
-                      for g in (m["graphs"]["encoder"], m["graphs"]["decoder"])}
-            extra = _embedder_leaf(tmp, Path(tagger), m, ranges, runtime, leaves)
-            _service(tmp, Path(tagger), TAGGER_SERVICE, "tagger.py", leaves, ranges.ranges["batch"][2],
-                     encoder_model="tagger_encoder", decoder_model="tagger_decoder", **extra)
-        if "price" in manifests:
-            m, ranges = manifests["price"], ShapeRanges.from_dict(manifests["price"]["shape_ranges"])
-            leaves = {"price_regressor": _leaf(tmp, Path(price), m["graphs"]["model"], ranges, runtime, list(BERT_KEEP_FP32))}
-            extra = _embedder_leaf(tmp, Path(price), m, ranges, runtime, leaves)
-            _service(tmp, Path(price), PRICE_SERVICE, "price.py", leaves, ranges.ranges["batch"][2],
-                     regressor_model="price_regressor", **extra)
+        for task, manifest in manifests.items():
+            _family_models(tmp, Path(exports[task]), manifest, family(task), runtime)
 
     def describe(tmp: Path) -> dict:
         return {"runtime": runtime, "cpu_config": CPU_CONFIG,
                 "models": sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file()),
-                "exports": {task: {"path": str(Path(p).resolve()), "files": manifests[task]["files"]}
+                "exports": {task: {"path": Path(p).name, "files": manifests[task]["files"]}
                             for task, p in exports.items() if p is not None},
                 "onnx": {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.glob("*/1/model.onnx"))},
                 "serve": f"shelfml serve {repo}"}

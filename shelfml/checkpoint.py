@@ -62,6 +62,15 @@ def ensure_writable(out: Path, force: bool) -> None:
         raise FileExistsError(f"{out} already exists and is not empty; pass --force to replace it")
 
 
+def make_readable(folder: Path) -> None:
+    """Directories 0755, files 0644: artifacts are read by other users (the containers run as uid 10001)."""
+    folder = Path(folder)
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def write_checkpoint(out: Path, save_files: Callable[[Path], None], manifest: dict | Callable[[Path], dict],
                      name: str = MANIFEST) -> Path:
     """Write files + manifest (``name``) into a temporary sibling, then swap it into place. ``manifest``
@@ -74,6 +83,7 @@ def write_checkpoint(out: Path, save_files: Callable[[Path], None], manifest: di
         manifest = manifest(tmp) if callable(manifest) else manifest
         manifest = {"format_version": FORMAT_VERSION, **manifest, "versions": versions()}
         (tmp / name).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        make_readable(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -94,6 +104,7 @@ def update_manifest(ckpt: Path, **fields) -> None:
     manifest.update(fields)
     tmp = Path(ckpt) / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.chmod(0o644)
     tmp.replace(Path(ckpt) / MANIFEST)
 
 

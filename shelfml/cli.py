@@ -17,11 +17,12 @@ USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError, R
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors reported as one line and exit code 2 (the export ones load lazily: they import onnxruntime)."""
     errors = USER_ERRORS
-    if "shelfml.export.exporter" in sys.modules:
-        from shelfml.export.exporter import ExportError
-        from shelfml.export.runtime import GraphError
+    if "shelfml.exports" in sys.modules or "shelfml.onnxrt" in sys.modules:
+        from shelfml.exports import ExportError
+        from shelfml.onnxrt import GraphError
+        from shelfml.text import TokenizerError
 
-        errors += (ExportError, GraphError)
+        errors += (ExportError, GraphError, TokenizerError)
     if "shelfml.export.tensorrt" in sys.modules:
         from shelfml.export.tensorrt import EngineError
 
@@ -77,7 +78,7 @@ def train_config(a: argparse.Namespace, prefix: str = ""):
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from shelfml.tagger import MODEL_SHAPES
+    from shelfml.tagger.model import MODEL_SHAPES
 
     g = p.add_argument_group("tagger model and training")
     g.add_argument("--shape", default="tiny", choices=sorted(MODEL_SHAPES), help="T5 shape trained from scratch")
@@ -275,7 +276,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     args = ExportArgs(int8=not a.no_int8, int8_max_drop=a.int8_max_drop,
                       parity_rows=None if a.parity_rows == 0 else a.parity_rows, batch_size=a.batch_size)
-    manifest = export_checkpoint(Path(a.checkpoint), Path(a.out), args, force=a.force)
+    manifest = export_checkpoint(Path(a.checkpoint), Path(a.out), args, force=a.force, data=data_spec(a))
     print_metrics(f"{a.out}: parity with eager PyTorch", _flat_parity(manifest["parity"]))
     if a.repository:
         from shelfml.model_repository.build import build_repository
@@ -380,12 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="export FP32 graphs only")
     p.add_argument("--int8-max-drop", type=float, default=2.0,
                    help="refuse INT8 when it loses more item-accuracy points (tagger) or adds more SMAPE points")
-    p.add_argument("--parity-rows", type=int, default=512, help="test rows compared end to end (0: all)")
+    p.add_argument("--parity-rows", type=int, default=512,
+                   help="rows compared end to end (0: all): of the checkpoint's parity sample, or of the test "
+                        "split of --data when given")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--force", action="store_true", help="replace an existing export directory")
     p.add_argument("--repository", help="also write a Triton model repository serving this export")
     p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                    help="what the stock (GPU) config.pbtxt of each leaf model runs")
+    add_data_arguments(p, default=None)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("repository", help="write a Triton model repository from tagger and/or price exports")

@@ -1,4 +1,4 @@
-"""Product pictures: loading with a reason when there is none, and CPU augmentation (PIL, numpy, torch).
+"""Product pictures: loading with a reason when there is none, and CPU augmentation (PIL, numpy; no torch).
 
 No torchvision: there is no CPU build of it here. A picture is either usable (status ``ok``) or absent
 for a counted reason: ``none`` (no image given), ``link`` (a URL; nothing is fetched), ``missing``
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 STATUSES = ("ok", "none", "link", "missing", "corrupt")
@@ -139,14 +138,14 @@ def augment(img: Image.Image, size: int, cfg: AugmentConfig, rng: np.random.Gene
     return img
 
 
-def to_tensor(img: Image.Image, spec: ImageSpec) -> torch.Tensor:
+def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     """HWC uint8 -> normalised CHW float32."""
     array = np.asarray(img, dtype=np.float32) / 255.0
     array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def random_erase(x: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
+def random_erase(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """With probability ``cfg.erase``, replace a random rectangle by standard-normal noise."""
     if rng.random() >= cfg.erase:
         return x
@@ -157,8 +156,8 @@ def random_erase(x: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) 
         eh, ew = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
         if 0 < eh < h and 0 < ew < w:
             top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
-            x = x.clone()
-            x[:, top : top + eh, left : left + ew] = torch.from_numpy(rng.standard_normal((3, eh, ew), np.float32))
+            x = x.copy()
+            x[:, top : top + eh, left : left + ew] = rng.standard_normal((3, eh, ew), np.float32)
             return x
     return x
 
@@ -191,23 +190,23 @@ class ImageStore:
         counts = Counter(self.status(p) for p in paths)
         return {s: counts.get(s, 0) for s in STATUSES}
 
-    def tensor_from_bytes(self, data: bytes) -> tuple[torch.Tensor | None, str]:
+    def array_from_bytes(self, data: bytes) -> tuple[np.ndarray | None, str]:
         """The evaluation view of a picture sent as file bytes, and its status (``ok``/``none``/``corrupt``)."""
         img, status = decode_image(data, max_short_side=round(1.25 * self.spec.size))
-        return (None if img is None else to_tensor(center_crop(img, self.spec.size), self.spec)), status
+        return (None if img is None else to_array(center_crop(img, self.spec.size), self.spec)), status
 
-    def tensor(self, path: str, augment_cfg: AugmentConfig | None = None,
-               rng: np.random.Generator | None = None) -> torch.Tensor | None:
+    def array(self, path: str, augment_cfg: AugmentConfig | None = None,
+              rng: np.random.Generator | None = None) -> np.ndarray | None:
         """The model input for ``path``: augmented when ``augment_cfg`` is given, else the centre crop;
         ``None`` when there is no usable picture."""
         img, _ = self.get(path)
         if img is None:
             return None
         if augment_cfg is None:
-            return to_tensor(center_crop(img, self.spec.size), self.spec)
+            return to_array(center_crop(img, self.spec.size), self.spec)
         assert rng is not None, "augmentation needs a random generator"
         fill = tuple(round(255 * m) for m in self.spec.mean)
-        x = to_tensor(augment(img, self.spec.size, augment_cfg, rng, fill), self.spec)
+        x = to_array(augment(img, self.spec.size, augment_cfg, rng, fill), self.spec)
         return random_erase(x, augment_cfg, rng)
 
 

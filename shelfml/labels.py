@@ -32,9 +32,19 @@ def clean_value(value: object) -> str:
     return _FORBIDDEN.sub(" / ", text).strip(" /") if (">" in text or "|" in text) else text
 
 
+def format_path(path: Iterable[str]) -> str:
+    """``("a", "b", "c")`` -> ``"a > b > c"``."""
+    return LEVEL_SEP.join(path)
+
+
+def parse_path(text: str) -> tuple[str, ...]:
+    """Inverse of :func:`format_path` (values stripped; empty text -> ``()``)."""
+    return tuple(p.strip() for p in text.split(LEVEL_SEP.strip())) if text.strip() else ()
+
+
 def format_target(label: Label) -> str:
     """``Label(("a", "b", "c"), "x")`` -> ``"a > b > c | x"``."""
-    return LEVEL_SEP.join(label.path) + BRAND_SEP + label.brand
+    return format_path(label.path) + BRAND_SEP + label.brand
 
 
 def parse_target(text: str) -> Label:
@@ -42,7 +52,7 @@ def parse_target(text: str) -> Label:
     path_text, sep, brand = text.rpartition(BRAND_SEP.strip())
     if not sep:
         raise ValueError(f"not a label (no '{BRAND_SEP.strip()}' before the brand): {text!r}")
-    path = tuple(p.strip() for p in path_text.split(LEVEL_SEP.strip()))
+    path = parse_path(path_text)
     if not MIN_LEVELS <= len(path) <= MAX_LEVELS or not all(path):
         raise ValueError(f"not a label (expected {MIN_LEVELS}-{MAX_LEVELS} non-empty levels): {text!r}")
     return Label(path, brand.strip())

@@ -74,7 +74,7 @@ def _wrong_step_factory(make_step):
 @pytest.mark.parametrize("exact,raises", [(True, True), (False, False)], ids=["required-fails", "int8-reported"])
 def test_agreement_fails_when_a_backend_disagrees(tiny_tagger, exact, raises):
     from shelfml.benchmarks.workloads import token_batch
-    from shelfml.tagger import eager_step_factory
+    from shelfml.tagger.model import eager_step_factory
 
     tok = tiny_tagger.tokenizer
     ids, mask = token_batch(len(tok), 4, 64, 3, tok.eos_token_id)

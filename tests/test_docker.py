@@ -164,7 +164,7 @@ def entrypoint(repo: Path, cache: Path, server: Path, *args: str, **env: str) ->
 
 def leaf_repo(root: Path) -> Path:
     """A repository with one leaf model folder (graph.json beside model.onnx) and one python model."""
-    from shelfml.export.contract import price_ranges, price_spec
+    from shelfml.price.contract import price_ranges, price_spec
 
     version = root / "repo" / "price_regressor" / "1"
     version.mkdir(parents=True)

@@ -14,13 +14,19 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from shelfml.checkpoint import CheckpointError
-from shelfml.export.contract import t5_decoder_spec, t5_encoder_spec
-from shelfml.export.exporter import (EXPORT_MANIFEST, ExportArgs, ExportError, export_checkpoint, read_export,
-                                     step_parity, verify_files)
-from shelfml.export.onnx import export_price, export_t5
-from shelfml.export.runtime import GraphError, OrtPrice, OrtT5, load_session
-from shelfml.price import PriceConfig, PriceRegressor, build_regressor
-from shelfml.tagger import MODEL_SHAPES, Tagger, eager_step_factory
+from shelfml.tagger.contract import past_name, t5_decoder_spec, t5_encoder_spec
+from shelfml.exports import EXPORT_MANIFEST, ExportError, read_export, verify_files
+from shelfml.export.exporter import (ExportArgs, export_checkpoint,
+                                     step_parity)
+from shelfml.price.onnx import export_price
+from shelfml.tagger.onnx import export_t5
+from shelfml.onnxrt import GraphError, load_session
+from shelfml.price.runners import OrtPrice
+from shelfml.tagger.runners import OrtT5
+from shelfml.price import PriceConfig, PriceRegressor
+from shelfml.price.model import build_regressor
+from shelfml.tagger import Tagger
+from shelfml.tagger.model import MODEL_SHAPES, eager_step_factory
 
 LOGIT_ATOL = 1e-4  # fp32 ORT vs eager: measured ~2e-6 (tiny) and ~5e-6 (flan-t5-small shape)
 
@@ -86,7 +92,7 @@ def test_the_decoder_cache_grows_from_empty(t5_export):
     feeds = {"input_ids": np.zeros((3, 1), np.int64), "encoder_attention_mask": mask}
     for name in cross.self_names:
         feeds[name] = np.zeros((3, cfg.num_heads, 0, cfg.d_kv), np.float32)
-    for name, value in zip(cross.cross_names, enc[1:]):
+    for name, value in zip([past_name(n) for n in cross.cross_outputs], enc[1:]):
         feeds[name] = value
     outputs = session.run(None, feeds)
     assert outputs[0].shape == (3, 1, cfg.vocab_size)

@@ -22,8 +22,8 @@ from shelfml.data import DataSpec, load_catalog
 from shelfml.evaluate import evaluate_price
 from shelfml.images import AugmentConfig, ImageSpec, ImageStore
 from shelfml.metrics import price_metrics, smape
-from shelfml.price import (PriceConfig, PriceRegressor, build_regressor, default_encoder, from_log,
-                           price_loss, resolve_pooling, to_log)
+from shelfml.price import PriceConfig, PriceRegressor, default_encoder, from_log, resolve_pooling, to_log
+from shelfml.price.model import build_regressor, price_loss
 from shelfml.training.price import LengthBucketSampler, train_price
 from shelfml.training.trainer import TrainConfig, fit
 
@@ -159,12 +159,12 @@ def test_missing_and_corrupt_pictures_give_the_same_prediction(tiny_encoder, tin
 def test_augmentation_is_seeded_and_keeps_the_shape(pictures):
     store = ImageStore(ImageSpec(size=32))
     cfg = AugmentConfig(erase=1.0)
-    a = store.tensor(pictures["ok"], cfg, np.random.default_rng(1))
-    b = store.tensor(pictures["ok"], cfg, np.random.default_rng(1))
-    c = store.tensor(pictures["ok"], cfg, np.random.default_rng(2))
-    plain = store.tensor(pictures["ok"])
-    assert a.shape == plain.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
-    assert store.tensor(pictures["corrupt"], cfg, np.random.default_rng(1)) is None
+    a = store.array(pictures["ok"], cfg, np.random.default_rng(1))
+    b = store.array(pictures["ok"], cfg, np.random.default_rng(1))
+    c = store.array(pictures["ok"], cfg, np.random.default_rng(2))
+    plain = store.array(pictures["ok"])
+    assert a.shape == plain.shape == (3, 32, 32) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert store.array(pictures["corrupt"], cfg, np.random.default_rng(1)) is None
     assert "torchvision" not in sys.modules
 
 
@@ -309,7 +309,7 @@ def test_amazon_ml_2025_schema_loads_as_is():
 def test_minilm_loads_with_the_hub_unreachable(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    code = ("from shelfml.price import load_encoder, resolve_pooling, default_encoder\n"
+    code = ("from shelfml.price.model import load_encoder\nfrom shelfml.price import resolve_pooling, default_encoder\n"
             "tok, enc = load_encoder()\n"
             "out = enc(**tok(['steel water bottle'], return_tensors='pt')).last_hidden_state\n"
             "print(out.shape[-1], resolve_pooling(default_encoder()))\n")

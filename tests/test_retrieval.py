@@ -15,8 +15,8 @@ from shelfml.data import Catalog, load_catalog, normalise_title, split_catalog
 from shelfml.labels import Label
 from shelfml.retrieval import (
     FIELDS, INDEX_FILE, MANIFEST_FILE, METADATA_FILE, EnrichFormat, Enricher, IndexArgs, Neighbour, RetrievalError,
-    Retriever, build_index, build_index_from_spec, enrich_training_rows, knn_vote, neighbour_log_price,
-    retrieval_benchmark, training_neighbours,
+    Retriever, build_index, build_index_from_spec, enrich_training_rows, neighbour_log_price,
+    training_neighbours,
 )
 from shelfml.training.trainer import TrainConfig
 
@@ -111,29 +111,27 @@ def test_enrichment_format_round_trip(fields):
     neighbours = [(Label(("home", "kitchen", "pans"), "Ovalia"), "Non-stick; 24 cm || oven safe :: yes"),
                   (Label(("home", "kitchen", "pots"), ""), ""),
                   (Label(("toys", "games", "cards"), "Kornwell Co"), "A deck")]
-    text, parsed = fmt.parse(fmt.format("Ovalia frying pan 24 cm. Non-stick", neighbours))
+    enriched = fmt.format("Ovalia frying pan 24 cm. Non-stick", neighbours)
+    text, _, body = enriched.partition(" || ")
     assert text == "Ovalia frying pan 24 cm. Non-stick"
-    assert len(parsed) == 3
-    for (label, desc), rec in zip(neighbours, parsed):
-        if "labels" in fields:
-            assert rec["path"] == label.path
-        if "brands" in fields:
-            assert rec["brand"] == label.brand
-        if "descriptions" in fields:
-            assert rec["description"] == ", ".join(
-                p.strip() for p in desc.replace("||", ";").replace("::", ";").split(";") if p.strip())[:80]
+    items = body.split(" ; ")
+    assert len(items) == 3 and "||" not in body
+    for (label, desc), item in zip(neighbours, items):
+        assert ("home > kitchen" in item or "toys > games" in item) == ("labels" in fields)
+        if "brands" in fields and label.brand:
+            assert label.brand in item
+        if "descriptions" in fields and desc:
+            assert item.endswith(", ".join(
+                p.strip() for p in desc.replace("||", ";").replace("::", ";").split(";") if p.strip())[:80])
 
 
-def test_knn_vote_and_neighbour_price(retriever):
+def test_neighbour_price_is_the_weighted_median(retriever):
     m = retriever.metadata
     rows = [0, 0, 1]
     ns = [Neighbour(m["id"][r], s, r) for r, s in zip(rows, (0.9, 0.8, 0.95))]
-    vote = knn_vote(retriever, ns)
-    assert vote == retriever.label(0)  # 1.7 against 0.95
     logs = np.log1p(m["price"].to_numpy(dtype=float)[rows])
-    assert neighbour_log_price(retriever, ns) == pytest.approx(logs[0])
-    with pytest.raises(RetrievalError, match="zero neighbours"):
-        knn_vote(retriever, [])
+    assert neighbour_log_price(retriever, ns) == pytest.approx(np.sort(logs)[np.searchsorted(
+        np.cumsum(np.array([0.9, 0.8, 0.95])[np.argsort(logs)]), 0.5 * 2.65)])
 
 
 def test_price_neighbour_feature_never_sees_the_rows_own_title(retriever, parts):
@@ -173,8 +171,8 @@ def test_tagger_trained_with_retrieval_records_and_applies_it(retrieval_checkpoi
     tagger = Tagger.load(retrieval_checkpoint)
     texts = parts["test"].inputs()[:6]
     enriched = tagger.enricher.enrich(texts)
-    text, neighbours = tagger.enricher.format.parse(enriched[0])
-    assert text == texts[0][:240].strip() and len(neighbours) == 3
+    text, _, body = enriched[0].partition(" || ")
+    assert text == texts[0][:240].strip() and len(body.split(" ; ")) == 3
     copy = tmp_path / "copy"
     shutil.copytree(retrieval_checkpoint, copy)
     first = tagger.predict(texts, batch_size=4)
@@ -297,6 +295,8 @@ def test_training_with_bad_retrieval_settings_is_refused(small_spec, flat_index,
 
 
 def test_retrieval_benchmark_small():
+    from shelfml.benchmarks.retrieval import retrieval_benchmark
+
     result = retrieval_benchmark(rows=3000, dimension=32, queries=30, batch=64)
     assert set(result["kinds"]) == {"flat", "hnsw"}
     flat, hnsw = result["kinds"]["flat"], result["kinds"]["hnsw"]
@@ -386,7 +386,7 @@ def neighbour_price_export(tmp_path_factory, neighbour_price_checkpoint) -> Path
 def test_bench_times_the_neighbour_price_model(neighbour_price_checkpoint, neighbour_price_export):
     """W3 feeds fixed neighbour features to eager and ONNX Runtime alike (retrieval itself is timed in W6)."""
     from shelfml.benchmarks.backends import price_backends
-    from shelfml.export.runtime import OrtPrice
+    from shelfml.price.runners import OrtPrice
     from shelfml.price import PriceRegressor
 
     regressor = PriceRegressor.load(neighbour_price_checkpoint)
@@ -538,7 +538,7 @@ def test_flipkart_price_neighbours_are_leakage_free_and_informative(tmp_path):
 def test_repository_refuses_two_embedders_of_different_weights(neighbour_price_export, tmp_path):
     """The tagger and the price model share one `embedder` leaf only when both were trained against the same
     encoder weights."""
-    from shelfml.export.contract import ShapeRanges
+    from shelfml.contract import ShapeRanges
     from shelfml.export.exporter import ExportError
     from shelfml.model_repository.build import _embedder_leaf, build_repository
 

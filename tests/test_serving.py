@@ -12,10 +12,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from shelfml.export.contract import PRICE_SERVICE, TAGGER_SERVICE
+from shelfml.price.contract import PRICE_SERVICE
+from shelfml.tagger.contract import TAGGER_SERVICE
 from shelfml.labels import LEVEL_SEP
 from shelfml.model_repository.build import RUNTIMES, build_repository, read_config, write_config
-from shelfml.model_repository.services import RequestError, check_numpy, decode_texts
+from shelfml.serving import RequestError, check_numpy, decode_texts
 from shelfml.price import PriceRegressor
 from shelfml.tagger import Tagger
 

@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 
 from shelfml.checkpoint import MANIFEST, CheckpointError, read_manifest
 from shelfml.labels import TargetCodec
-from shelfml.tagger import Tagger, build_t5
+from shelfml.tagger import Tagger
+from shelfml.tagger.model import build_t5
 from shelfml.training.tagger import _collate
 from shelfml.training.trainer import TrainConfig, fit
 

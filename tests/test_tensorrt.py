@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from shelfml.export import tensorrt as trt_mod
-from shelfml.export.contract import (PAST_SEQ, ShapeRanges, price_ranges, price_spec, t5_decoder_spec,
+from shelfml.contract import ShapeRanges
+from shelfml.price.contract import price_ranges, price_spec
+from shelfml.tagger.contract import (PAST_SEQ, t5_decoder_spec,
                                      t5_encoder_spec, tagger_ranges)
 from shelfml.export.tensorrt import (Action, BuildSettings, BuiltEngine, DeviceInfo, EngineError, EngineRefused,
                                      PlanState, TensorRTUnavailable, check_onnx_for_tensorrt, decide, engine_key,
@@ -99,7 +101,7 @@ class HFEncoder(nn.Module):
 def tiny_t5():
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from shelfml.tagger import MODEL_SHAPES
+    from shelfml.tagger.model import MODEL_SHAPES
 
     torch.manual_seed(0)
     config = T5Config(vocab_size=120, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
@@ -110,7 +112,7 @@ def tiny_t5():
 @pytest.fixture(scope="module")
 def t5_graphs(tmp_path_factory, tiny_t5) -> dict[str, Path]:
     """The HF encoder exported alone, and the project's own encoder + decoder-step graphs (export/onnx.py)."""
-    from shelfml.export.onnx import export_t5
+    from shelfml.tagger.onnx import export_t5
 
     out = tmp_path_factory.mktemp("t5")
     ids = torch.randint(2, 120, (2, 7))

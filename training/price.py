@@ -18,7 +18,10 @@ from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoin
 from shelfml.data import DataSpec, load_catalog, split_catalog
 from shelfml.images import AugmentConfig, describe_counts
 from shelfml.metrics import price_metrics
-from shelfml.price import LOSSES, PriceConfig, build_regressor, default_encoder, resolve_pooling, to_log
+from shelfml.parity import write_parity_sample
+from shelfml.retrieval.policy import store_index
+from shelfml.price import LOSSES, PriceConfig, default_encoder, resolve_pooling, to_log
+from shelfml.price.model import build_regressor, to_torch
 from shelfml.training.trainer import TrainConfig, fit
 
 
@@ -139,10 +142,11 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     augment = args.augment if args.images else None
 
     def collate(idx: list[int]) -> dict:
-        return regressor.batch([texts[i] for i in idx], [images[i] for i in idx], log_prices[idx], augment, rng,
-                               None if neighbour_features is None else neighbour_features[idx])
+        feeds = regressor.feeds([texts[i] for i in idx], [images[i] for i in idx],
+                                None if neighbour_features is None else neighbour_features[idx], augment, rng)
+        return {**to_torch(feeds), "labels": torch.as_tensor(log_prices[idx], dtype=torch.float32)}
 
-    lengths = [len(ids) for ids in regressor.tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]]
+    lengths = [int(mask.sum()) for mask in regressor.tokenizer.batch(texts, cfg.max_length)[1]]
     loader = DataLoader(list(range(len(texts))), batch_size=args.train.batch_size, collate_fn=collate,
                         sampler=LengthBucketSampler(lengths, args.train.batch_size, args.train.seed))
     image_counts = {}
@@ -189,7 +193,14 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
 
         def on_best(metrics: dict) -> None:
             manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}
-            write_checkpoint(out, regressor.save_files, manifest)
+
+            def save(tmp: Path) -> None:
+                regressor.save_files(tmp)
+                write_parity_sample(tmp, parts["test"], "price")
+                if retriever is not None:  # the index travels inside the checkpoint
+                    manifest["retrieval"]["index"] = store_index(retriever, tmp)
+
+            write_checkpoint(out, save, manifest)
 
         manifest["history"] = fit(model, loader, validate, on_best, args.train)
     update_manifest(out, history=manifest["history"])

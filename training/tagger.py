@@ -15,7 +15,10 @@ from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
 from shelfml.decoding import BRAND_MODES
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, TargetCodec, format_target
 from shelfml.metrics import tagger_metrics
-from shelfml.tagger import MAX_INPUT_TOKENS, Tagger, build_t5
+from shelfml.parity import write_parity_sample
+from shelfml.retrieval.policy import store_index
+from shelfml.tagger import MAX_INPUT_TOKENS, Tagger
+from shelfml.tagger.model import build_t5
 from shelfml.tokenizer import train_tokenizer
 from shelfml.training.trainer import TrainConfig, fit
 
@@ -122,6 +125,9 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         def save(tmp: Path) -> None:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            write_parity_sample(tmp, parts["test"], "tagger")
+            if enricher is not None:  # the index travels inside the checkpoint
+                manifest["retrieval"]["index"] = store_index(enricher.retriever, tmp)
 
         write_checkpoint(out, save, manifest)
 

@@ -14,8 +14,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        from shelfml.export.runtime import SessionConfig, load_session
-        from shelfml.model_repository.services import check_numpy
+        from shelfml.onnxrt import SessionConfig, load_session
+        from shelfml.serving import check_numpy
 
         check_numpy()
         config = json.loads(args["model_config"])

@@ -3,8 +3,8 @@
 Tokenises the text, decodes the picture (a missing or corrupt one is flagged, not an error: the
 model was trained to price products without one), and runs the ``price_regressor`` graph through
 BLS (``runner: bls``) or in-process (``runner: inprocess``). A model trained with the neighbour
-feature first finds the text's neighbours (the ``embedder`` leaf + the FAISS index shipped in
-``retrieval_index``). Names and dtypes come from config.pbtxt.
+feature first finds the text's neighbours (the ``embedder`` leaf + the FAISS index shipped in its
+assets). Names and dtypes come from config.pbtxt. Imports no torch.
 """
 
 import json
@@ -16,7 +16,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        from shelfml.model_repository.services import PriceService, bls_runner, check_numpy, inprocess_runner
+        from shelfml.price.service import PriceService
+        from shelfml.serving import bls_runner, check_numpy, inprocess_runner
 
         check_numpy()
         config = json.loads(args["model_config"])
@@ -29,16 +30,13 @@ class TritonPythonModel:
                 return inprocess_runner(here.parent, model, output)
             return bls_runner(pb_utils, model, output)
 
-        version = here / args["model_version"]
-        index = params.get("retrieval_index")
-        self.service = PriceService(version / params["assets"], runner(leaf, "price"),
+        self.service = PriceService(here / args["model_version"] / params["assets"], runner(leaf, "price"),
                                     max_batch=int(params["leaf_max_batch"]),
-                                    retrieval_index=version / index if index else None,
                                     embed=runner(embedder, "embedding") if embedder else None)
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
 
     def execute(self, requests):
-        from shelfml.model_repository.services import RequestError, decode_texts
+        from shelfml.serving import RequestError, decode_texts
 
         texts, images, spans, errors = [], [], [], {}
         for i, request in enumerate(requests):

@@ -1,11 +1,10 @@
 """Triton python model ``tagger``: text -> category path, brand and confidence.
 
 Tokenises the text and runs the project's one taxonomy-constrained greedy decode loop, whose step
-function calls the ``tagger_encoder``/``tagger_decoder`` leaves through BLS (``decoder: bls``) or
-runs their ONNX files in-process (``decoder: inprocess``). A tagger trained with retrieval finds its
-neighbours first (the ``embedder`` leaf's MiniLM + the FAISS index shipped in ``retrieval_index``), so a
-client sends only text.
-Names and dtypes come from config.pbtxt.
+function calls the ``tagger_encoder``/``tagger_decoder`` leaves through BLS (``runner: bls``) or runs
+their ONNX files in-process (``runner: inprocess``). A tagger trained with retrieval finds its
+neighbours first (the ``embedder`` leaf's MiniLM + the FAISS index shipped in its assets), so a client
+sends only text. Names and dtypes come from config.pbtxt. Imports no torch.
 """
 
 import json
@@ -16,8 +15,9 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        from shelfml.model_repository.services import (TaggerService, bls_runner, bls_step_factory, check_numpy,
-                                                       inprocess_runner, inprocess_step_factory)
+        from shelfml.serving import bls_runner, check_numpy, inprocess_runner
+        from shelfml.tagger.runners import bls_step_factory, inprocess_step_factory
+        from shelfml.tagger.service import TaggerService
 
         check_numpy()
         config = json.loads(args["model_config"])
@@ -25,22 +25,20 @@ class TritonPythonModel:
         here = Path(args["model_repository"])
         encoder, decoder = params["encoder_model"], params["decoder_model"]
         embedder = params.get("embedder_model")
-        if params["decoder"] == "inprocess":
+        if params["runner"] == "inprocess":
             make_step = inprocess_step_factory(here.parent, encoder, decoder)
             embed = embedder and inprocess_runner(here.parent, embedder, "embedding")
         else:
             outputs = json.loads(params["leaf_outputs"])
             make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder])
             embed = embedder and bls_runner(pb_utils, embedder, "embedding")
-        version = here / args["model_version"]
-        index = params.get("retrieval_index")
-        self.service = TaggerService(version / params["assets"], make_step, max_batch=int(params["leaf_max_batch"]),
-                                     retrieval_index=version / index if index else None, embed=embed or None)
+        assets = here / args["model_version"] / params["assets"]
+        self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None)
         self.input = config["input"][0]["name"]
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
 
     def execute(self, requests):
-        from shelfml.model_repository.services import RequestError, decode_texts
+        from shelfml.serving import RequestError, decode_texts
 
         texts, spans, errors = [], [], {}
         for i, request in enumerate(requests):

@@ -1,0 +1,91 @@
+"""Tokenizers without transformers: a ``save_pretrained`` folder's ``tokenizer.json`` run by the Rust
+``tokenizers`` library, giving the ids the transformers wrapper gives (truncation counts the special
+tokens the post-processor adds; padding to the longest row, on the right).
+
+Serving, export assets and evaluation read tokenizers through :func:`load_tokenizer`; only training
+builds them with transformers (:mod:`shelfml.tokenizer`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+SPECIAL = ("pad", "eos", "unk", "cls", "sep")
+
+
+class TokenizerError(ValueError):
+    """A folder without a usable tokenizer."""
+
+
+def _token(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class TextTokenizer:
+    """Batch encoding to padded int64 id/mask arrays, and plain id lists for label fields."""
+
+    def __init__(self, backend: Tokenizer, special: dict[str, str | None]) -> None:
+        self.backend_tokenizer = backend
+        self.pad_token, self.eos_token, self.unk_token = special.get("pad"), special.get("eos"), special.get("unk")
+        self.pad_token_id = self._id(self.pad_token)
+        self.eos_token_id = self._id(self.eos_token)
+        self.unk_token_id = self._id(self.unk_token)
+        self.cls_token_id, self.sep_token_id = self._id(special.get("cls")), self._id(special.get("sep"))
+
+    @classmethod
+    def from_transformers(cls, tokenizer) -> "TextTokenizer":
+        """An independent copy of a transformers fast tokenizer's backend (training builds those)."""
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        return cls(backend, {k: getattr(tokenizer, f"{k}_token", None) for k in SPECIAL})
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend_tokenizer.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size without added tokens (as transformers counts it)."""
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """One text's ids, untruncated."""
+        backend = self.backend_tokenizer
+        backend.no_truncation()
+        backend.no_padding()
+        return backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def batch(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), int64 [rows, longest], truncated to ``max_length`` tokens."""
+        backend = self.backend_tokenizer
+        backend.enable_truncation(max_length)
+        backend.enable_padding(pad_id=self.pad_token_id or 0, pad_token=self.pad_token or "[PAD]")
+        encodings = backend.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1)
+        return ids, mask
+
+
+def load_tokenizer(folder: str | Path) -> TextTokenizer:
+    """The tokenizer saved in ``folder`` (``tokenizer.json`` + ``tokenizer_config.json``)."""
+    folder = Path(folder)
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        raise TokenizerError(f"{folder} has no {TOKENIZER_FILE} (save the tokenizer with a fast tokenizer's "
+                             "save_pretrained)")
+    try:
+        backend = Tokenizer.from_file(str(path))
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")) if (folder / CONFIG_FILE).is_file() else {}
+    except Exception as e:  # tokenizers raises a bare Exception on a corrupt file
+        raise TokenizerError(f"{path} is corrupt: {str(e).splitlines()[0][:300]}") from None
+    special = {k: _token(config.get(f"{k}_token")) for k in SPECIAL}
+    return TextTokenizer(backend, special)
