@@ -35,7 +35,8 @@ COPY docker/entrypoint.sh docker/entrypoint.sh
 # numpy<2: the python backend corrupts tensors with numpy 2. The stub for Python 3.11 goes into backends/python/,
 # and /opt/triton links the wheel's server so the entrypoint finds it (its bundled libraries sit beside it).
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN pip install --no-cache-dir . "nvidia-pytriton==${PYTRITON_VERSION}" "onnxruntime>=1.17,<2" "numpy<2" \
+# hadolint ignore=DL3013  # "." is this project (with an extra), not an unpinned package
+RUN pip install --no-cache-dir ".[train]" "nvidia-pytriton==${PYTRITON_VERSION}" "onnxruntime>=1.17,<2" "numpy<2" \
     && site="$(python -c 'import pytriton, pathlib; print(pathlib.Path(pytriton.__file__).parent / "tritonserver")')" \
     && cp "${site}/python_backend_stubs/3.11/triton_python_backend_stub" "${site}/backends/python/" \
     && ln -s "${site}" /opt/triton

@@ -10,10 +10,9 @@ ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 FROM ${TRITON_IMAGE}
 
 # The python tensorrt that builds the engines must be the TensorRT the server loads them with (10.5.0 in 24.10;
-# the entrypoint compares it with the image's TRT_VERSION). torch: the CPU wheel, the python models only
-# tokenise and decode; the graphs run in the TensorRT backend.
+# the entrypoint compares it with the image's TRT_VERSION). No torch and no transformers: the python models
+# only tokenise (Rust tokenizers) and decode; the graphs run in the TensorRT backend (shelfml[serve]).
 ARG TENSORRT_VERSION=10.5.0
-ARG TORCH_VERSION=2.13.0
 ARG UID=10001
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -25,7 +24,6 @@ ENV PIP_NO_CACHE_DIR=1 \
     SHELFML_ENGINE_CACHE=/engine-cache
 
 WORKDIR /opt/shelfml
-RUN python3 -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 
 COPY pyproject.toml README.md ./
 COPY shelfml/ shelfml/
@@ -37,8 +35,13 @@ COPY benchmarks/ benchmarks/
 COPY docker/entrypoint.sh docker/entrypoint.sh
 
 # numpy<2: Triton's python backend corrupts tensors with numpy 2 (pinned by the project too).
-RUN python3 -m pip install --no-cache-dir . "tensorrt==${TENSORRT_VERSION}" "numpy<2" \
-    && python3 -c "import tensorrt, numpy; assert numpy.__version__ < '2', numpy.__version__; print('tensorrt', tensorrt.__version__)"
+# The sources of every stage are copied (one distribution), but only the serve extra's dependencies are installed:
+# the training and export modules cannot run here, and the check below fails the build if torch crept in.
+# hadolint ignore=DL3013  # "." is this project (with an extra), not an unpinned package
+RUN python3 -m pip install --no-cache-dir ".[serve]" "tensorrt==${TENSORRT_VERSION}" "numpy<2" \
+    && python3 -c "import importlib.util as u, tensorrt, numpy; assert numpy.__version__ < '2', numpy.__version__; \
+assert u.find_spec('torch') is None and u.find_spec('transformers') is None, 'torch in the server image'; \
+print('tensorrt', tensorrt.__version__)"
 
 RUN groupadd --gid "${UID}" shelfml \
     && useradd --uid "${UID}" --gid "${UID}" --create-home --shell /usr/sbin/nologin shelfml \

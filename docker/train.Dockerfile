@@ -23,9 +23,10 @@ COPY model_repository/ model_repository/
 COPY client/ client/
 COPY benchmarks/ benchmarks/
 
-# The base image's CUDA torch stays: the project's dependencies other than torch, then the project without deps.
+# The base image's CUDA torch stays: the train extra's dependencies (with serve + client) other than torch, then
+# the project without deps.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN python -c "import tomllib, pathlib; deps = tomllib.loads(pathlib.Path('pyproject.toml').read_text())['project']['dependencies']; pathlib.Path('/tmp/deps.txt').write_text('\n'.join(d for d in deps if not d.startswith('torch')))" \
+RUN python -c "import tomllib, pathlib; p = tomllib.loads(pathlib.Path('pyproject.toml').read_text())['project']; deps = p['dependencies'] + [d for x in ('serve', 'client', 'train') for d in p['optional-dependencies'][x]]; pathlib.Path('/tmp/deps.txt').write_text('\n'.join(d for d in deps if not d.startswith(('torch', 'shelfml'))))" \
     && pip install --no-cache-dir -r /tmp/deps.txt \
     && pip install --no-cache-dir --no-deps . \
     && python -c "import shelfml.cli, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"

@@ -28,6 +28,7 @@ from shelfml.checkpoint import ensure_writable, sha256_file, write_checkpoint
 from shelfml.contract import TRITON_DTYPES, GraphSpec, ShapeRanges, TensorSpec
 from shelfml.exports import ASSETS, ExportError, read_export, verify_files
 from shelfml.families import Family, family
+from shelfml.retrieval.policy import recorded_index_path
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
@@ -156,6 +157,12 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
     folder = repo / spec.name
     (folder / "1").mkdir(parents=True)
     shutil.copy2(SOURCES / source, folder / "1" / "model.py")
+    retrieval = json.loads((export_dir / ASSETS / "shelfml.json").read_text(encoding="utf-8")).get("retrieval")
+    if retrieval:  # a model trained with retrieval: its index ships inside the assets
+        index = recorded_index_path(retrieval, export_dir / ASSETS)
+        if not (index / "index.json").is_file():
+            raise ExportError(f"{export_dir} was trained with retrieval index {retrieval['index']['fingerprint']}, "
+                              f"which is not there to ship ({index} is missing)")
     shutil.copytree(export_dir / ASSETS, folder / "1" / ASSETS)
     _string_file(folder / "warmup" / "text", WARMUP_TEXT)
     for name, config in service_configs(spec, leaves, max_batch, **params).items():

@@ -240,7 +240,7 @@ def _engine_files(version: Path, state: str, key: dict) -> None:
         "no-tensorrt"])
 def test_engine_step_decision_on_disk(tmp_path, state, built_for, unavailable, action):
     """The decision the entrypoint's engine step takes (decide() on the files PlanState.read finds)."""
-    from shelfml.export.contract import price_ranges, price_spec
+    from shelfml.price.contract import price_ranges, price_spec
     from shelfml.export.tensorrt import (BuildSettings, DeviceInfo, PlanState, decide, engine_key,
                                          profile_shapes)
 

@@ -128,3 +128,16 @@ def test_export_without_a_parity_sample_asks_for_data(tiny_checkpoint, tmp_path)
     with pytest.raises(CheckpointError, match="pass --data CSV"):
         export_checkpoint(old, tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_every_package_is_in_the_distribution():
+    """A non-editable install (the server image, a client-only install) ships only the packages listed."""
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    listed = set(config["packages"])
+    dirs = {f"shelfml.{p.parent.name}" for p in (root / "shelfml").glob("*/__init__.py")}
+    assert dirs <= listed, f"packages missing from pyproject.toml: {sorted(dirs - listed)}"
+    stages = {f"shelfml.{name}" for name in config["package-dir"].keys() - {"shelfml"} for name in [name.split(".")[-1]]}
+    assert stages <= listed

@@ -23,11 +23,17 @@ from shelfml.evaluate import evaluate_price
 from shelfml.images import AugmentConfig, ImageSpec, ImageStore
 from shelfml.metrics import price_metrics, smape
 from shelfml.price import PriceConfig, PriceRegressor, default_encoder, from_log, resolve_pooling, to_log
-from shelfml.price.model import build_regressor, price_loss
+from shelfml.price.model import build_regressor, price_loss, to_torch
 from shelfml.training.price import LengthBucketSampler, train_price
 from shelfml.training.trainer import TrainConfig, fit
 
 TEXTS = ["steel water bottle 1 l", "gold plated necklace set", "cotton socks pack of 3", "leather office chair"]
+
+
+def batch(reg, texts, images=None, log_prices=None) -> dict:
+    """A training batch: the regressor's feeds as tensors, plus log1p labels."""
+    feeds = to_torch(reg.feeds(texts, images))
+    return feeds if log_prices is None else {**feeds, "labels": torch.as_tensor(log_prices, dtype=torch.float32)}
 
 
 def regressor(encoder: Path, vision: Path | None = None, **cfg) -> PriceRegressor:
@@ -97,8 +103,8 @@ def test_head_trains_on_synthetic_data_and_loss_falls(tiny_encoder, loss):
     texts = [f"{w} thing" for w in words] * 16
     logs = to_log([words[t.split()[0]] for t in texts])
     loader = DataLoader(list(range(len(texts))), batch_size=16, shuffle=True,
-                        collate_fn=lambda idx: reg.batch([texts[i] for i in idx], log_prices=logs[idx]))
-    fixed = reg.batch(texts, log_prices=logs)
+                        collate_fn=lambda idx: batch(reg, [texts[i] for i in idx], log_prices=logs[idx]))
+    fixed = batch(reg, texts, log_prices=logs)
     with torch.no_grad():
         before = reg.model(**fixed).loss.item()
     history = fit(reg.model, loader, lambda m: {"score": 0.0}, lambda metrics: None,
@@ -135,10 +141,10 @@ def test_image_branch_runs_with_all_some_and_no_pictures(tiny_encoder, tiny_visi
     paths = {"all": [pictures["ok"], pictures["ok2"]] * 2,
              "some": [pictures["ok"], pictures["missing"], pictures["corrupt"], pictures["ok2"]],
              "none": [pictures["none"], pictures["missing"], pictures["corrupt"], pictures["link"]]}[present]
-    batch = reg.batch(TEXTS, paths, log_prices=to_log([10, 20, 30, 40]))
-    assert batch["image_mask"].sum().item() == len(batch["pixel_values"]) == sum(p in (pictures["ok"], pictures[
-        "ok2"]) for p in paths)
-    out = reg.model(**batch)
+    feeds = batch(reg, TEXTS, paths, log_prices=to_log([10, 20, 30, 40]))
+    assert feeds["image_mask"].sum().item() == sum(p in (pictures["ok"], pictures["ok2"]) for p in paths)
+    assert len(feeds["pixel_values"]) == len(TEXTS) and feeds["image_mask"].shape == (len(TEXTS), 1)
+    out = reg.model(**feeds)
     assert torch.isfinite(out.log_price).all() and torch.isfinite(out.loss)
     out.loss.backward()  # gradients flow whatever the mix
     prices = reg.predict(TEXTS, paths)
@@ -170,14 +176,14 @@ def test_augmentation_is_seeded_and_keeps_the_shape(pictures):
 
 def test_mixup_changes_training_only(tiny_encoder):
     reg = regressor(tiny_encoder, mixup_alpha=0.4)
-    batch = reg.batch(TEXTS, log_prices=to_log([10, 20, 30, 40]))
+    feeds = batch(reg, TEXTS, log_prices=to_log([10, 20, 30, 40]))
     with torch.no_grad():
-        evaluated = reg.model(**batch).loss
+        evaluated = reg.model(**feeds).loss
         reg.model.training = True  # the top module only: MixUp on, every dropout still off
         torch.manual_seed(3)
-        mixed = reg.model(**batch).loss
+        mixed = reg.model(**feeds).loss
         reg.model.training = False
-        assert reg.model(**batch).loss == evaluated
+        assert reg.model(**feeds).loss == evaluated
     assert torch.isfinite(mixed) and mixed != evaluated
 
 

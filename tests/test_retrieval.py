@@ -176,7 +176,8 @@ def test_tagger_trained_with_retrieval_records_and_applies_it(retrieval_checkpoi
     copy = tmp_path / "copy"
     shutil.copytree(retrieval_checkpoint, copy)
     first = tagger.predict(texts, batch_size=4)
-    second = Tagger.load(copy, retrieval_index=Path(recorded["index"]["path"])).predict(texts, batch_size=3)
+    assert recorded["index"]["path"] == "retrieval_index" and (copy / "retrieval_index" / "index.json").is_file()
+    second = Tagger.load(copy).predict(texts, batch_size=3)  # the index travels inside the checkpoint
     assert [p.label for p in first] == [p.label for p in second]
     assert all(p.label.path in tagger.taxonomy for p in first)
 
@@ -391,9 +392,7 @@ def test_bench_times_the_neighbour_price_model(neighbour_price_checkpoint, neigh
 
     regressor = PriceRegressor.load(neighbour_price_checkpoint)
     backends = {b.name: b for b in price_backends(regressor, {"fp32": OrtPrice.load(neighbour_price_export)})}
-    enc = regressor.tokenizer(["steel water bottle 1 l", "cotton shirt for men, blue"], padding=True,
-                              return_tensors="np")
-    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    ids, mask = regressor.tokenizer.batch(["steel water bottle 1 l", "cotton shirt for men, blue"], 128)
     eager, onnx = backends["eager"].run(ids, mask), backends["onnx-fp32"].run(ids, mask)
     assert eager.shape == (2,) and np.all(eager > 0)
     assert onnx == pytest.approx(eager, rel=1e-4)
@@ -436,7 +435,7 @@ def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbou
     assert price["tensorrt_check"]["model"]["ok"] and price["shape_ranges"]["embedder_sequence"][2] == 64
     build_repository(tmp_path / "repo", tagger=tmp_path / "export", price=neighbour_price_export)
     for model in ("tagger", "price"):
-        assert (tmp_path / "repo" / model / "1" / "index" / "index.json").is_file()
+        assert (tmp_path / "repo" / model / "1" / "assets" / "retrieval_index" / "index.json").is_file()
     assert (tmp_path / "repo" / "embedder" / "configs" / "cpu.pbtxt").is_file()
     texts = parts["test"].inputs()[:6]
     expected = [" > ".join(p.label.path) for p in Tagger.load(retrieval_checkpoint).predict(texts)]
@@ -452,7 +451,7 @@ def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbou
     # the GPU configs' path: both python models reach the embedder (and their graphs) through BLS
     from shelfml.model_repository.build import read_config, write_config
 
-    for model, key in (("tagger", "decoder"), ("price", "runner")):
+    for model, key in (("tagger", "runner"), ("price", "runner")):
         cpu = tmp_path / "repo" / model / "configs" / "cpu.pbtxt"
         config = read_config(cpu)
         config.parameters[key].string_value = "bls"
@@ -462,8 +461,8 @@ def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbou
             grpcclient.InferenceServerClient(server.grpc_url) as client:
         assert [p[0].decode() for p in client.infer("tagger", [tensor]).as_numpy("path")] == expected
         assert client.infer("price", [tensor]).as_numpy("price")[:, 0] == pytest.approx(expected_prices, rel=1e-3)
-    index = json.loads((tmp_path / "export" / "assets" / "shelfml.json").read_text())["retrieval"]["index"]["path"]
-    moved = Path(index).with_name("moved-away")
+    index = tmp_path / "export" / "assets" / "retrieval_index"
+    moved = index.with_name("moved-away")
     Path(index).rename(moved)
     try:
         with pytest.raises(ExportError, match="not there to ship"):
@@ -481,7 +480,8 @@ def test_cli_price_with_the_neighbour_feature(tiny_encoder, flat_index, tmp_path
     shelfml("train", "price", *data, "--encoder", tiny_encoder, "--max-length", 32, "--max-steps", 3,
             "--neighbours", 2, "--retrieval-index", tmp_path / "index", "--out", tmp_path / "ckpt")
     manifest = json.loads((tmp_path / "ckpt" / "shelfml.json").read_text())
-    assert manifest["retrieval"]["index"]["path"] == str((tmp_path / "index").resolve())
+    assert manifest["retrieval"]["index"]["path"] == "retrieval_index"  # stored inside the checkpoint
+    assert (tmp_path / "ckpt" / "retrieval_index" / "index.json").is_file()
     metrics = json.loads(shelfml("evaluate", tmp_path / "ckpt").stdout.splitlines()[-1])
     assert 0 <= metrics["smape"] <= 200
     record = json.loads(shelfml("predict", tmp_path / "ckpt", "steel water bottle 1 l").stdout)
