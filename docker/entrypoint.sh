@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shelfml GPU server entrypoint: make the TensorRT engines fit this GPU, then exec tritonserver.
 #
-# 1. `python -m shelfml.export.tensorrt build $REPO --cache $CACHE` builds, reuses or rebuilds the FP16
+# 1. `python -m shelfml engines $REPO --cache $CACHE` builds, reuses or rebuilds the FP16
 #    engine of every leaf model (a folder with graph.json); a stale or corrupt engine is removed, never loaded.
 # 2. Only when that succeeded: exec tritonserver on the repository's stock configs, with any arguments given.
 #
@@ -34,7 +34,7 @@ case "$ENGINES" in
             fi
         fi
         log "preparing TensorRT engines in $REPO (cache: $CACHE)"
-        if ! "$PYTHON" -m shelfml.export.tensorrt build "$REPO" --cache "$CACHE"; then
+        if ! "$PYTHON" -m shelfml engines "$REPO" --cache "$CACHE"; then
             log "engine step failed: not starting tritonserver (it would serve missing or mismatched engines)"
             exit 3
         fi

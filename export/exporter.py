@@ -133,7 +133,7 @@ def _copy_assets(ckpt: Path, tmp: Path, subdirs: tuple[str, ...] = ()) -> Path:
 def tensorrt_checks(specs: dict, tmp: Path, ranges) -> dict:
     """Static TensorRT readiness of each FP32 graph (checker, supported ops, constant folding, and an
     ONNX Runtime run of the folded graph at the min/opt/max shapes); recorded, never fatal here."""
-    from shelfml.export.tensorrt import check_onnx_for_tensorrt
+    from shelfml.export.tensorrt_check import check_onnx_for_tensorrt
 
     out = {}
     for key, spec in specs.items():

@@ -23,8 +23,8 @@ def user_errors() -> tuple[type[Exception], ...]:
         from shelfml.text import TokenizerError
 
         errors += (ExportError, GraphError, TokenizerError)
-    if "shelfml.export.tensorrt" in sys.modules:
-        from shelfml.export.tensorrt import EngineError
+    if "shelfml.model_repository.engines" in sys.modules:
+        from shelfml.model_repository.engines import EngineError
 
         errors += (EngineError,)
     return errors
@@ -326,11 +326,25 @@ def cmd_serve(a: argparse.Namespace) -> int:
                  log_file=a.log_file, timeout_s=a.timeout)
 
 
-def cmd_engines(a: argparse.Namespace) -> None:
-    from shelfml.export.tensorrt import ensure_repository_engines
+def cmd_engines(a: argparse.Namespace) -> int:
+    """Build/reuse/rebuild a repository's FP16 engines (GPU), or ``--check`` one ONNX file statically."""
+    if a.check:
+        from shelfml.export.tensorrt_check import check_onnx_for_tensorrt
 
-    for record in ensure_repository_engines(Path(a.repository), Path(a.cache)):
-        print(json.dumps(record, default=str))
+        report = check_onnx_for_tensorrt(Path(a.check), Path(a.graph) if a.graph else None)
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 2
+    if not a.repository or not a.cache:
+        raise FileNotFoundError("shelfml engines needs REPOSITORY and --cache DIR (or --check FILE.onnx)")
+    from shelfml.model_repository.engines import GRAPH_FILE, BuildSettings, ensure_repository_engines
+
+    rows = ensure_repository_engines(Path(a.repository), Path(a.cache),
+                                     settings=BuildSettings(workspace_gib=a.workspace_gib))
+    if not rows:
+        print(f"{a.repository}: no leaf model with {GRAPH_FILE}; nothing to build")
+    for row in rows:
+        print(f"{row['model']:<16} {row['action']:<8} {row['seconds']:>8.1f} s  {row['reason']}")
+    return 0
 
 
 def _flat_parity(parity: dict) -> dict:
@@ -401,9 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_repository)
 
-    p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU)")
-    p.add_argument("repository")
-    p.add_argument("--cache", required=True, help="engine cache folder (keyed by GPU, TensorRT version, ONNX hash)")
+    p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "
+                       "or --check one ONNX graph statically (no TensorRT needed)")
+    p.add_argument("repository", nargs="?")
+    p.add_argument("--cache", help="engine cache folder (keyed by GPU, TensorRT version, ONNX hash)")
+    p.add_argument("--workspace-gib", type=float, default=4.0, help="TensorRT builder workspace")
+    p.add_argument("--check", metavar="ONNX", help="static TensorRT readiness of one ONNX file instead")
+    p.add_argument("--graph", help="with --check: graph.json (default: beside the ONNX file)")
     p.set_defaults(func=cmd_engines)
 
     p = sub.add_parser("serve", help="run tritonserver (from nvidia-pytriton) on a model repository")

@@ -241,7 +241,7 @@ def _engine_files(version: Path, state: str, key: dict) -> None:
 def test_engine_step_decision_on_disk(tmp_path, state, built_for, unavailable, action):
     """The decision the entrypoint's engine step takes (decide() on the files PlanState.read finds)."""
     from shelfml.price.contract import price_ranges, price_spec
-    from shelfml.export.tensorrt import (BuildSettings, DeviceInfo, PlanState, decide, engine_key,
+    from shelfml.model_repository.engines import (BuildSettings, DeviceInfo, PlanState, decide, engine_key,
                                          profile_shapes)
 
     device = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0", "10.5.0")

@@ -1,4 +1,4 @@
-"""export/tensorrt.py: profiles, engine key, the build/reuse/rebuild/refuse decision, engine files on disk,
+"""model_repository/engines.py and export/tensorrt_check.py: profiles, engine key, the build/reuse/rebuild/refuse decision, engine files on disk,
 FP32 patterns against real T5 node names, and the static ONNX checks. TensorRT itself is not installed
 here: the file logic runs against a stand-in backend, and the refusal without TensorRT is tested for real."""
 
@@ -19,15 +19,17 @@ import pytest
 import torch
 from torch import nn
 
-from shelfml.export import tensorrt as trt_mod
+from shelfml.checkpoint import sha256_file
+from shelfml.cli import main as shelfml_main
 from shelfml.contract import ShapeRanges
+from shelfml.export.tensorrt_check import check_onnx_for_tensorrt
+from shelfml.model_repository import engines as trt_mod
+from shelfml.model_repository.engines import (Action, BuildSettings, BuiltEngine, DeviceInfo, EngineError,
+                                              EngineRefused, PlanState, TensorRTUnavailable, decide, engine_key,
+                                              ensure_engine, ensure_repository_engines, import_tensorrt, key_digest,
+                                              load_leaf, matching_names, parse_nvidia_smi, profile_shapes)
 from shelfml.price.contract import price_ranges, price_spec
-from shelfml.tagger.contract import (PAST_SEQ, t5_decoder_spec,
-                                     t5_encoder_spec, tagger_ranges)
-from shelfml.export.tensorrt import (Action, BuildSettings, BuiltEngine, DeviceInfo, EngineError, EngineRefused,
-                                     PlanState, TensorRTUnavailable, check_onnx_for_tensorrt, decide, engine_key,
-                                     ensure_engine, ensure_repository_engines, import_tensorrt, key_digest,
-                                     load_leaf, matching_names, parse_nvidia_smi, profile_shapes, T5_KEEP_FP32)
+from shelfml.tagger.contract import PAST_SEQ, T5_KEEP_FP32, t5_decoder_spec, t5_encoder_spec, tagger_ranges
 
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0", "10.5.0")
 
@@ -187,11 +189,11 @@ def test_key_changes_with(changed):
 def test_key_follows_onnx_bytes(price_onnx, tmp_path):
     copy = tmp_path / "model.onnx"
     shutil.copy(price_onnx, copy)
-    same = trt_mod.sha256_file(copy)
+    same = sha256_file(copy)
     model = onnx.load(str(copy))
     model.graph.initializer[0].raw_data = np.ones_like(onnx.numpy_helper.to_array(model.graph.initializer[0])).tobytes()
     onnx.save(model, str(copy))
-    assert same == trt_mod.sha256_file(price_onnx) != trt_mod.sha256_file(copy)
+    assert same == sha256_file(price_onnx) != sha256_file(copy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,13 +259,13 @@ def test_repository_refused_without_tensorrt(monkeypatch, price_repo, tmp_path):
 
 def test_cli_refuses_without_tensorrt(monkeypatch, price_repo, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    assert trt_mod.main(["build", str(price_repo), "--cache", str(tmp_path / "cache")]) == 2
+    assert shelfml_main(["engines", str(price_repo), "--cache", str(tmp_path / "cache")]) == 2
     assert "gpu extra" in capsys.readouterr().err
 
 
 def test_cli_nothing_to_build(tmp_path, capsys):
     (tmp_path / "repo" / "tagger" / "1").mkdir(parents=True)
-    assert trt_mod.main(["build", str(tmp_path / "repo"), "--cache", str(tmp_path / "cache")]) == 0
+    assert shelfml_main(["engines", str(tmp_path / "repo"), "--cache", str(tmp_path / "cache")]) == 0
     assert "nothing to build" in capsys.readouterr().out
 
 
@@ -491,7 +493,7 @@ def test_check_reports_checker_failure(tmp_path):
 
 
 def test_cli_check(price_repo, tmp_path, capsys):
-    assert trt_mod.main(["check", str(price_repo / "price_regressor" / "1" / "model.onnx")]) == 0
+    assert shelfml_main(["engines", "--check", str(price_repo / "price_regressor" / "1" / "model.onnx")]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
     (tmp_path / "bad.onnx").write_bytes(b"nope")
-    assert trt_mod.main(["check", str(tmp_path / "bad.onnx")]) == 2
+    assert shelfml_main(["engines", "--check", str(tmp_path / "bad.onnx")]) == 2
