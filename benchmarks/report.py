@@ -256,17 +256,11 @@ def markdown(results: dict) -> str:
 # Plots
 
 
-def plots(results: dict, out: Path) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tagger = {k: m for k, m in results["models"].items() if m["task"] == "tagger"}
-    price = {k: m for k, m in results["models"].items() if m["task"] == "price"}
-    panels = [(k, wid, m["results"][wid]) for k, m in tagger.items() for wid in ("W1", "W2")]
-    panels += [(k, "W3", m["results"]["W3"]) for k, m in price.items()]
-    files = {}
+def _bar_plots(plt, results: dict, out: Path, files: dict) -> None:
+    """Latency and speed-up bars: one panel per (model, workload)."""
+    panels = [(k, wid, m["results"][wid]) for k, m in results["models"].items() if m["task"] == "tagger"
+              for wid in ("W1", "W2")]
+    panels += [(k, "W3", m["results"]["W3"]) for k, m in results["models"].items() if m["task"] == "price"]
     for kind, ylabel, key in (("latency", "p50 latency (ms), whiskers p90", "p50_ms"),
                               ("speedup", "speed-up over eager (p50)", "speedup_vs_eager")):
         fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 4), squeeze=False)
@@ -282,11 +276,10 @@ def plots(results: dict, out: Path) -> dict[str, str]:
             ax.set_title(f"{model}\n{wid} (batch {w['batch']})", fontsize=9)
             ax.tick_params(axis="x", rotation=60, labelsize=7)
             ax.set_ylabel(ylabel, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / PLOTS[kind], dpi=110)
-        plt.close(fig)
-        files[kind] = PLOTS[kind]
+        _save(plt, fig, out, kind, files)
 
+
+def _concurrency_plot(plt, results: dict, out: Path, files: dict) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     serving = results.get("serving", {})
     if serving.get("status") == "timed":
@@ -305,11 +298,12 @@ def plots(results: dict, out: Path) -> dict[str, str]:
     ax.set_xlabel("concurrent requests (batch 1 each)")
     ax.set_ylabel("requests / s")
     ax.set_title("W4: served tagger throughput vs concurrency", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / PLOTS["concurrency"], dpi=110)
-    plt.close(fig)
-    files["concurrency"] = PLOTS["concurrency"]
+    _save(plt, fig, out, "concurrency", files)
 
+
+def _batch_plot(plt, results: dict, out: Path, files: dict) -> None:
+    """p50 latency against batch size, per tagger model."""
+    tagger = {k: m for k, m in results["models"].items() if m["task"] == "tagger"}
     fig, axes = plt.subplots(1, max(1, len(tagger)), figsize=(5 * max(1, len(tagger)), 4), squeeze=False)
     for ax, (model, m) in zip(axes[0], tagger.items()):
         points = {w["batch"]: w for wid, w in m["results"].items()}
@@ -322,10 +316,25 @@ def plots(results: dict, out: Path) -> dict[str, str]:
         ax.set_ylabel("p50 latency per batch (ms)")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
+    _save(plt, fig, out, "batch", files)
+
+
+def _save(plt, fig, out: Path, kind: str, files: dict) -> None:
     fig.tight_layout()
-    fig.savefig(out / PLOTS["batch"], dpi=110)
+    fig.savefig(out / PLOTS[kind], dpi=110)
     plt.close(fig)
-    files["batch"] = PLOTS["batch"]
+    files[kind] = PLOTS[kind]
+
+
+def plots(results: dict, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files: dict[str, str] = {}
+    for plot in (_bar_plots, _concurrency_plot, _batch_plot):
+        plot(plt, results, out, files)
     return files
 
 

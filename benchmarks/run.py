@@ -338,14 +338,11 @@ def _perf_analyzer(url: str, texts: list[str], out: Path) -> dict:
 def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = False, exports: dict | None = None,
               grpc_url: str | None = None, reps: Repetitions | None = None, perf_analyzer: bool = False,
               reference: bool | None = None, seed: int = 0, force: bool = False, command: str | None = None) -> dict:
-    """Run the matrix and write ``results.json``, ``report.md``, ``README-results.md`` and the plots into
-    ``out_dir``; returns the results.
+    """Run the matrix; write ``results.json``, ``report.md``, ``README-results.md`` and plots into ``out_dir``.
 
-    ``checkpoint`` / ``price_checkpoint``: trained tagger / price checkpoints (W1-W4 / W3 on them).
-    ``exports``: their ONNX exports ({"tagger": dir, "price": dir}); exported here when missing.
-    ``grpc_url``: a running server with those exports (W4); otherwise one is started here.
-    ``reference``: also bench random weights of the flan-t5-small shape and MiniLM (default: not quick, or no
-    checkpoint of that task); quick mode uses the ``tiny`` shape for them.
+    ``checkpoint`` / ``price_checkpoint``: trained checkpoints (W1-W4 / W3); ``exports``: their ONNX exports
+    (exported here when missing); ``grpc_url``: a running server with those exports (W4; else one is started);
+    ``reference``: also bench random flan-t5-small-shape and MiniLM weights (default: not quick, or no checkpoint).
     """
     from shelfml.benchmarks.report import write_outputs
     from shelfml.checkpoint import ensure_writable
@@ -366,14 +363,7 @@ def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = Fal
         return time.perf_counter()
 
     t0 = time.perf_counter()
-    for task, ckpt in (("tagger", checkpoint), ("price", price_checkpoint)):
-        if ckpt is not None and task not in exports:
-            from shelfml.export.exporter import ExportArgs, export_checkpoint
-
-            _progress(f"exporting {ckpt} (FP32 + INT8; INT8 accepted whatever its accuracy: it is benched, "
-                      "its agreement reported)")
-            exports[task] = work / f"{task}-export"
-            export_checkpoint(Path(ckpt), exports[task], ExportArgs(parity_rows=16, int8_max_drop=100.0), force=True)
+    _export_missing(exports, {"tagger": checkpoint, "price": price_checkpoint}, work)
     t0 = tick("export", t0)
     steps = WORKLOADS["W1"].new_tokens
     tagger_ref = reference if reference is not None else (not quick or checkpoint is None)
@@ -383,40 +373,65 @@ def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = Fal
     models += _price_models(price_checkpoint, exports.get("price"), price_ref, work)
     t0 = tick("build_backends", t0)
 
-    texts = None
-    if checkpoint is not None:
-        from shelfml.benchmarks.serving import serving_texts
-
-        texts = serving_texts(Path(checkpoint), max(reps.w4_requests, 32))
-    results: dict = {"schema": SCHEMA, "command": command or _command(), "quick": quick,
-                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "environment": environment(), "repetitions": asdict(reps), "seed": seed,
-                     "workloads": {k: w.to_dict() for k, w in WORKLOADS.items()}, "batch_sweep": list(BATCH_SWEEP),
-                     "seed_figures": SEED_FIGURES, "models": {}}
+    texts = _texts(checkpoint, reps)
+    results = _header(command, quick, reps, seed)
     for m in models:
         results["models"][m.key] = bench_model(m, reps, seed, texts)
         t0 = tick(m.key, t0)
     with contextlib.ExitStack() as stack:
         tagger_trained = next((m for m in models if m.key == "tagger-trained"), None)
         results["serving"] = _serving(tagger_trained, reps, texts, grpc_url, exports, out, perf_analyzer, stack)
-    tick("serving", t0)
-    t0 = time.perf_counter()
+    t0 = tick("serving", t0)
     from shelfml.benchmarks.retrieval import retrieval_benchmark
 
     _progress("W6: retrieval (FAISS exact and HNSW over synthetic MiniLM-sized vectors)")
     results["retrieval"] = retrieval_benchmark(rows=5_000 if quick else 100_000, queries=50 if quick else 500,
                                                encoder=not quick)
     tick("retrieval", t0)
-    results["skipped"] = [{"model": k, "backend": name, "reason": b["reason"]} for k, m in results["models"].items()
-                          for name, b in m["backends"].items() if b["status"] == "skipped"]
-    if results["serving"]["status"] == "skipped":
-        results["skipped"].append({"model": "tagger-trained", "backend": "triton-grpc",
-                                   "reason": results["serving"]["reason"]})
+    results["skipped"] = _skipped(results)
     results["stage_seconds"] = stage
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_outputs(results, out)
     _progress(f"wrote {out}/results.json, report.md and plots in {results['elapsed_s']:.0f} s")
     return results
+
+
+def _export_missing(exports: dict, checkpoints: dict, work: Path) -> None:
+    """Export each given checkpoint that has no export yet into ``work``."""
+    for task, ckpt in checkpoints.items():
+        if ckpt is not None and task not in exports:
+            from shelfml.export.exporter import ExportArgs, export_checkpoint
+
+            _progress(f"exporting {ckpt} (FP32 + INT8; INT8 accepted whatever its accuracy: it is benched, "
+                      "its agreement reported)")
+            exports[task] = work / f"{task}-export"
+            export_checkpoint(Path(ckpt), exports[task], ExportArgs(parity_rows=16, int8_max_drop=100.0), force=True)
+
+
+def _texts(checkpoint, reps: Repetitions) -> list[str] | None:
+    """Real product texts of the trained tagger's data for the constrained and served workloads."""
+    if checkpoint is None:
+        return None
+    from shelfml.benchmarks.serving import serving_texts
+
+    return serving_texts(Path(checkpoint), max(reps.w4_requests, 32))
+
+
+def _header(command: str | None, quick: bool, reps: Repetitions, seed: int) -> dict:
+    """What results.json says about the run before any model is timed."""
+    return {"schema": SCHEMA, "command": command or _command(), "quick": quick,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "environment": environment(), "repetitions": asdict(reps), "seed": seed,
+            "workloads": {k: w.to_dict() for k, w in WORKLOADS.items()}, "batch_sweep": list(BATCH_SWEEP),
+            "seed_figures": SEED_FIGURES, "models": {}}
+
+
+def _skipped(results: dict) -> list[dict]:
+    skipped = [{"model": k, "backend": name, "reason": b["reason"]} for k, m in results["models"].items()
+               for name, b in m["backends"].items() if b["status"] == "skipped"]
+    if results["serving"]["status"] == "skipped":
+        skipped.append({"model": "tagger-trained", "backend": "triton-grpc", "reason": results["serving"]["reason"]})
+    return skipped
 
 
 def _command() -> str:

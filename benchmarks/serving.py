@@ -19,12 +19,17 @@ SERVED_MODELS = ("tagger", "tagger_encoder", "tagger_decoder")
 
 
 def serving_texts(checkpoint: Path, n: int) -> list[str]:
-    """The first ``n`` texts of the checkpoint's own test split (repeated when the split is shorter)."""
-    from shelfml.checkpoint import read_manifest
-    from shelfml.evaluate import evaluation_rows
+    """The first ``n`` texts of the checkpoint's parity sample (its test split; repeated when shorter), so
+    the bench needs no training data; an older checkpoint without one re-reads its recorded test split."""
+    from shelfml.checkpoint import CheckpointError, read_manifest
+    from shelfml.parity import read_parity_sample
 
-    rows, _ = evaluation_rows(read_manifest(checkpoint, task="tagger", weights=False), None, "test")
-    texts = rows.inputs()
+    try:
+        texts = read_parity_sample(checkpoint).inputs
+    except CheckpointError:
+        from shelfml.evaluate import evaluation_rows
+
+        texts = evaluation_rows(read_manifest(checkpoint, task="tagger", weights=False), None, "test")[0].inputs()
     assert texts, f"{checkpoint}: the test split is empty"
     return [texts[i % len(texts)] for i in range(n)]
 

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Sequence
 
 from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL,
                                    AsyncShelfmlClient, ClientError, InvalidRequestError, ShelfmlClient)
-from shelfml.labels import LEVEL_SEP
+from shelfml.labels import format_path
 
 ROW_ID = "row"  # the id column when the input has none: the row's 0-based position in the input
 RESULT_COLUMNS = {"tag": ["path", "brand", "confidence", "error"], "price": ["price", "has_image", "error"]}
@@ -151,7 +151,7 @@ async def run_batch(rows: Sequence[Row], out: Path, header: Sequence[str], predi
 
 
 def tag_fields(result) -> list[object]:
-    return [LEVEL_SEP.join(result.path), result.brand, f"{result.confidence:.6f}", ""]
+    return [format_path(result.path), result.brand, f"{result.confidence:.6f}", ""]
 
 
 def price_fields(result) -> list[object]:
@@ -221,7 +221,7 @@ def cmd_tag(a: argparse.Namespace) -> int:
     texts = _texts(a.texts)
     with ShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size) as client:
         for text, r in zip(texts, client.tag(texts)):
-            print(json.dumps({"text": text, "label": LEVEL_SEP.join(r.path), "path": list(r.path),
+            print(json.dumps({"text": text, "label": format_path(r.path), "path": list(r.path),
                               "brand": r.brand, "confidence": round(r.confidence, 6)}, ensure_ascii=False))
     return 0
 

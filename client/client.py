@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from shelfml.contract import GraphSpec
 from shelfml.price.contract import PRICE_SERVICE
 from shelfml.tagger.contract import TAGGER_SERVICE
-from shelfml.labels import LEVEL_SEP
+from shelfml.labels import parse_path
 
 Image = Union[str, os.PathLike, bytes, None]  # a picture file path, its encoded bytes, or none
 
@@ -146,7 +146,7 @@ def _text(value) -> str:
 def parse_tags(result, rows: int) -> list[TagResult]:
     out = {n: _column(result, TAGGER_SERVICE, n, rows) for n in TAGGER_SERVICE.output_names}
     paths = [_text(p) for p in out["path"]]
-    return [TagResult(tuple(p.split(LEVEL_SEP)) if p else (), _text(b), float(c))
+    return [TagResult(parse_path(p), _text(b), float(c))
             for p, b, c in zip(paths, out["brand"], out["confidence"])]
 
 

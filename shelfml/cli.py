@@ -78,7 +78,7 @@ def train_config(a: argparse.Namespace, prefix: str = ""):
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from shelfml.tagger.model import MODEL_SHAPES
+    from shelfml.tagger.config import MODEL_SHAPES
 
     g = p.add_argument_group("tagger model and training")
     g.add_argument("--shape", default="tiny", choices=sorted(MODEL_SHAPES), help="T5 shape trained from scratch")
@@ -352,10 +352,20 @@ def _flat_parity(parity: dict) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shelfml", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_checkpoint_use_arguments(p: argparse.ArgumentParser) -> None:
+    """How a trained checkpoint is run (evaluate, predict)."""
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
+    p.add_argument("--retrieval-index",
+                   help="checkpoint trained with retrieval: another copy of its index (default: the one inside it)")
 
+
+def add_runtime_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="what the stock (GPU) config.pbtxt of each leaf model runs")
+
+
+def _train_commands(sub) -> None:
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="task", required=True)
     p = train.add_parser("tagger", help="train the T5 category/brand tagger")
     add_data_arguments(p)
@@ -369,26 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.set_defaults(func=cmd_train_price)
 
+
+def _checkpoint_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on a split")
     p.add_argument("checkpoint")
     add_data_arguments(p, default=None)
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
     p.add_argument("--out", help="folder for metrics.json and predictions.csv (default: CKPT/eval-SPLIT)")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--eval-limit", type=int, help="score only the first N rows of the split")
-    p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
-    p.add_argument("--retrieval-index", help="checkpoint trained with retrieval: its index (default: the recorded path)")
+    add_checkpoint_use_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="tag or price texts (arguments, --file, or stdin) as JSON lines")
     p.add_argument("checkpoint")
     p.add_argument("texts", nargs="*")
     p.add_argument("--file", help="one text per line ('-' for stdin)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--brand-mode", choices=["known", "known+copy"])
-    p.add_argument("--retrieval-index", help="checkpoint trained with retrieval: its index (default: the recorded path)")
+    add_checkpoint_use_arguments(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _packaging_commands(sub) -> None:
+    """export, repository, engines: checkpoint -> graphs -> repository -> engines."""
     p = sub.add_parser("export", help="checkpoint -> ONNX (FP32 + INT8) with parity against eager PyTorch")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="export directory to write (atomically)")
@@ -401,8 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--force", action="store_true", help="replace an existing export directory")
     p.add_argument("--repository", help="also write a Triton model repository serving this export")
-    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
-                   help="what the stock (GPU) config.pbtxt of each leaf model runs")
+    add_runtime_argument(p)
     add_data_arguments(p, default=None)
     p.set_defaults(func=cmd_export)
 
@@ -410,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tagger", help="tagger export directory")
     p.add_argument("--price", help="price export directory")
     p.add_argument("--out", required=True)
-    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
-                   help="what the stock (GPU) config.pbtxt of each leaf model runs")
+    add_runtime_argument(p)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_repository)
 
@@ -424,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", help="with --check: graph.json (default: beside the ONNX file)")
     p.set_defaults(func=cmd_engines)
 
+
+def _serve_command(sub) -> None:
     p = sub.add_parser("serve", help="run tritonserver (from nvidia-pytriton) on a model repository")
     p.add_argument("repository")
     p.add_argument("--http-port", type=int, default=8000)
@@ -435,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     p.set_defaults(func=cmd_serve)
 
+
+def _data_commands(sub) -> None:
+    """baseline and index build: the catalog-side tools."""
     p = sub.add_parser("baseline", help="TF-IDF + linear classifier (tagger) or ridge on log1p price (price) "
                        "on the same grouped split")
     p.add_argument("--task", default="tagger", choices=["tagger", "price"])
@@ -465,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing index directory")
     p.set_defaults(func=cmd_index_build)
 
+
+def _bench_command(sub) -> None:
     p = sub.add_parser("bench", help="benchmark backends x workloads (W1-W4): JSON, Markdown report, plots")
     p.add_argument("--out", default="runs/bench", help="output directory (results.json, report.md, *.png)")
     p.add_argument("--checkpoint", help="trained tagger checkpoint (W1, W2, W4 and the constrained tagger)")
@@ -480,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.set_defaults(func=cmd_bench)
 
+
+def _pipeline_command(sub) -> None:
     p = sub.add_parser("pipeline", help="train, evaluate and compare every stage; writes DIR/report.json")
     add_data_arguments(p)
     add_train_arguments(p)
@@ -493,6 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after evaluation (no export, repository, server or gRPC client)")
     p.add_argument("--out", default="runs/default")
     p.set_defaults(func=cmd_pipeline)
+
+
+COMMANDS = (_train_commands, _checkpoint_commands, _packaging_commands, _serve_command, _data_commands,
+            _bench_command, _pipeline_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shelfml", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
 from shelfml.data import DataSpec, load_catalog, split_catalog
-from shelfml.labels import Label
+from shelfml.labels import Label, format_path
 from shelfml.metrics import price_metrics, smape, tagger_metrics
 
 
@@ -31,8 +31,8 @@ def baseline_tagger(spec: DataSpec, split_seed: int = 0) -> dict:
     features = tfidf_features()
     x_train = features.fit_transform(train.inputs())
     train_labels = train.labels()
-    path_clf = LinearSVC(C=0.5).fit(x_train, [" > ".join(lab.path) for lab in train_labels])
-    paths = {" > ".join(lab.path): lab.path for lab in train_labels}
+    path_clf = LinearSVC(C=0.5).fit(x_train, [format_path(lab.path) for lab in train_labels])
+    paths = {format_path(lab.path): lab.path for lab in train_labels}
     brands = [lab.brand for lab in train_labels]
     brand_clf = LinearSVC(C=0.5).fit(x_train, brands) if len(set(brands)) > 1 else None
     train_seconds = time.perf_counter() - start

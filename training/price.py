@@ -107,35 +107,21 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False) -> dict:
-    """Train, keep the best validation checkpoint (lowest SMAPE) in ``out``, and return its manifest."""
-    ensure_writable(out, force)
-    torch.manual_seed(args.train.seed)
-    catalog = load_catalog(spec, task="price")
-    if catalog.skipped:
-        print(f"shelfml: {catalog.source}: skipped {sum(catalog.skipped.values()):,} rows: {catalog.skipped}",
-              file=sys.stderr)
-    parts, split = split_catalog(catalog, seed=args.split_seed)
-    train, val = parts["train"], parts["validation"]
-    if args.val_limit:
-        val = val.subset(np.arange(min(len(val), args.val_limit)))
-    retriever, neighbour_features = None, None
-    if args.neighbours:
-        from shelfml.retrieval import (PRICE_FEATURES, neighbour_price_features, training_neighbours,
-                                       training_retriever)
+def _neighbour_feature(args: PriceArgs, parts: dict) -> tuple[object, np.ndarray | None]:
+    """(retriever, leakage-free neighbour features of the training rows), or (None, None) without the feature."""
+    if not args.neighbours:
+        return None, None
+    from shelfml.retrieval import neighbour_price_features, training_neighbours, training_retriever
 
-        retriever = training_retriever(args.retrieval_index, f"--neighbours {args.neighbours}", parts)
-        print(f"shelfml: neighbour price feature of {len(train):,} training rows (k={args.neighbours}, "
-              "same normalised title excluded)", file=sys.stderr)
-        neighbour_features = neighbour_price_features(
-            retriever, training_neighbours(retriever, train, args.neighbours, args.train.progress))
-    encoder = args.encoder or default_encoder()
-    cfg = PriceConfig(pooling=resolve_pooling(encoder, args.pooling), loss=args.loss, hidden=args.hidden,
-                      dropout=args.dropout, max_length=args.max_length, images=args.images, mixup_alpha=args.mixup,
-                      neighbours=args.neighbours, target_mean=float(to_log(train.frame["price"]).mean()))
-    regressor = build_regressor(cfg, encoder, args.vision_model, args.freeze_layers, retriever)
-    model = regressor.model
+    retriever = training_retriever(args.retrieval_index, f"--neighbours {args.neighbours}", parts)
+    print(f"shelfml: neighbour price feature of {len(parts['train']):,} training rows (k={args.neighbours}, "
+          "same normalised title excluded)", file=sys.stderr)
+    neighbours = training_neighbours(retriever, parts["train"], args.neighbours, args.train.progress)
+    return retriever, neighbour_price_features(retriever, neighbours)
 
+
+def _train_loader(regressor, train, args: PriceArgs, neighbour_features: np.ndarray | None) -> DataLoader:
+    """Batches of the regressor's feeds (augmented pictures) + log1p labels, bucketed by token length."""
     texts, images = train.inputs(), train.frame["image"].tolist()
     log_prices = to_log(train.frame["price"])
     rng = np.random.default_rng(args.train.seed)
@@ -146,19 +132,16 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
                                 None if neighbour_features is None else neighbour_features[idx], augment, rng)
         return {**to_torch(feeds), "labels": torch.as_tensor(log_prices[idx], dtype=torch.float32)}
 
-    lengths = [int(mask.sum()) for mask in regressor.tokenizer.batch(texts, cfg.max_length)[1]]
-    loader = DataLoader(list(range(len(texts))), batch_size=args.train.batch_size, collate_fn=collate,
-                        sampler=LengthBucketSampler(lengths, args.train.batch_size, args.train.seed))
-    image_counts = {}
-    if args.images:
-        image_counts = {name: regressor.store.count(p.frame["image"]) for name, p in (("train", train),
-                                                                                     ("validation", val))}
-        for name, counts in image_counts.items():
-            print(f"shelfml: {name} images: {describe_counts(counts)}", file=sys.stderr)
-    val_texts, val_images, val_prices = val.inputs(), val.frame["image"].tolist(), val.frame["price"].to_numpy()
-    val_neighbours = regressor.neighbour_features(val_texts) if retriever is not None else None
+    lengths = [int(mask.sum()) for mask in regressor.tokenizer.batch(texts, regressor.cfg.max_length)[1]]
+    return DataLoader(list(range(len(texts))), batch_size=args.train.batch_size, collate_fn=collate,
+                      sampler=LengthBucketSampler(lengths, args.train.batch_size, args.train.seed))
 
-    manifest = {
+
+def _manifest(spec: DataSpec, catalog, split, args: PriceArgs, regressor, encoder: str, image_counts: dict) -> dict:
+    from shelfml.retrieval import PRICE_FEATURES
+
+    cfg, model, retriever = regressor.cfg, regressor.model, regressor.retriever
+    return {
         "task": "price",
         "target": {"transform": "log1p", "inverse": "expm1, clipped at 0", "loss": cfg.loss},
         "data": {"spec": asdict(spec), "source": catalog.source, "rows": len(catalog),
@@ -180,6 +163,36 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
                        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
         "training": {**asdict(args), "train": args.train.to_dict()},
     }
+
+
+def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False) -> dict:
+    """Train, keep the best validation checkpoint (lowest SMAPE) in ``out``, and return its manifest."""
+    ensure_writable(out, force)
+    torch.manual_seed(args.train.seed)
+    catalog = load_catalog(spec, task="price")
+    if catalog.skipped:
+        print(f"shelfml: {catalog.source}: skipped {sum(catalog.skipped.values()):,} rows: {catalog.skipped}",
+              file=sys.stderr)
+    parts, split = split_catalog(catalog, seed=args.split_seed)
+    train, val = parts["train"], parts["validation"]
+    if args.val_limit:
+        val = val.subset(np.arange(min(len(val), args.val_limit)))
+    retriever, neighbour_features = _neighbour_feature(args, parts)
+    encoder = args.encoder or default_encoder()
+    cfg = PriceConfig(pooling=resolve_pooling(encoder, args.pooling), loss=args.loss, hidden=args.hidden,
+                      dropout=args.dropout, max_length=args.max_length, images=args.images, mixup_alpha=args.mixup,
+                      neighbours=args.neighbours, target_mean=float(to_log(train.frame["price"]).mean()))
+    regressor = build_regressor(cfg, encoder, args.vision_model, args.freeze_layers, retriever)
+    loader = _train_loader(regressor, train, args, neighbour_features)
+    image_counts = {}
+    if args.images:
+        image_counts = {name: regressor.store.count(p.frame["image"]) for name, p in (("train", train),
+                                                                                     ("validation", val))}
+        for name, counts in image_counts.items():
+            print(f"shelfml: {name} images: {describe_counts(counts)}", file=sys.stderr)
+    val_texts, val_images, val_prices = val.inputs(), val.frame["image"].tolist(), val.frame["price"].to_numpy()
+    val_neighbours = regressor.neighbour_features(val_texts) if retriever is not None else None
+    manifest = _manifest(spec, catalog, split, args, regressor, encoder, image_counts)
     epochs = itertools.count(1)
     with tracking(args.mlflow, Path(out).name, manifest["training"]) as log:
 
@@ -202,6 +215,6 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
 
             write_checkpoint(out, save, manifest)
 
-        manifest["history"] = fit(model, loader, validate, on_best, args.train)
+        manifest["history"] = fit(regressor.model, loader, validate, on_best, args.train)
     update_manifest(out, history=manifest["history"])
     return manifest

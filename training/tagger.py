@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
 from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
 from shelfml.decoding import BRAND_MODES
-from shelfml.labels import BRAND_SEP, LEVEL_SEP, TargetCodec, format_target
+from shelfml.labels import BRAND_SEP, LEVEL_SEP, format_target
 from shelfml.metrics import tagger_metrics
 from shelfml.parity import write_parity_sample
 from shelfml.retrieval.policy import store_index
@@ -41,16 +41,18 @@ class TaggerArgs:
         assert self.brand_mode in BRAND_MODES, f"brand_mode must be one of {BRAND_MODES}"
 
 
-def _collate(tokenizer, codec: TargetCodec, max_input_tokens: int):
+def _collate(tagger: Tagger):
+    """Training batches: the inputs tokenised exactly as at prediction time (:meth:`Tagger.encode`) + targets."""
     def collate(rows: list[tuple[str, object]]) -> dict[str, torch.Tensor]:
         texts, labels = zip(*rows)
-        enc = tokenizer(list(texts), max_length=max_input_tokens, truncation=True, padding=True, return_tensors="pt")
-        targets = [codec.encode(lab) for lab in labels]
+        input_ids, attention_mask = tagger.encode(list(texts))
+        targets = [tagger.codec.encode(lab) for lab in labels]
         width = max(len(t) for t in targets)
         label_ids = torch.full((len(targets), width), -100, dtype=torch.long)
         for i, t in enumerate(targets):
             label_ids[i, : len(t)] = torch.tensor(t)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label_ids}
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+                "labels": label_ids}
 
     return collate
 
@@ -60,6 +62,32 @@ def tokenizer_corpus(catalog: Catalog) -> list[str]:
     return catalog.inputs() + [format_target(lab) for lab in catalog.labels()]
 
 
+def _model(args: TaggerArgs, parts: dict):
+    """(tokenizer, T5): a local Hugging Face T5 to fine-tune, or a tokenizer + T5 of a named shape from scratch."""
+    if args.model:
+        return AutoTokenizer.from_pretrained(args.model), T5ForConditionalGeneration.from_pretrained(args.model)
+    tokenizer = train_tokenizer(tokenizer_corpus(parts["train"]), args.vocab_size)
+    return tokenizer, build_t5(args.shape, tokenizer)
+
+
+def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger: Tagger) -> dict:
+    taxonomy, enricher = tagger.taxonomy, tagger.enricher
+    return {
+        "task": "tagger",
+        "label_format": {"levels": taxonomy.levels, "level_sep": LEVEL_SEP, "brand_sep": BRAND_SEP},
+        "taxonomy": taxonomy.to_dict(),
+        "data": {"spec": asdict(spec), "source": catalog.source, "rows": len(catalog),
+                 "fingerprint": catalog.fingerprint(), "skipped": catalog.skipped},
+        "split": split.to_dict(),
+        "model": {"shape": None if args.model else args.shape, "init": args.model or "random",
+                  "parameters": sum(p.numel() for p in tagger.model.parameters())},
+        "decode": {"brand_mode": args.brand_mode, "max_input_tokens": tagger.max_input_tokens,
+                   "max_new_tokens": tagger.max_new_tokens},
+        "retrieval": {**enricher.describe(), "exclude_same_title_at_training": True} if enricher else None,
+        "training": {**asdict(args), "train": args.train.to_dict()},
+    }
+
+
 def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = False) -> dict:
     """Train, keep the best validation checkpoint in ``out``, and return its manifest."""
     ensure_writable(out, force)
@@ -67,12 +95,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     catalog = load_catalog(spec, task="tagger")
     parts, split = split_catalog(catalog, seed=args.split_seed)
     taxonomy = catalog.taxonomy()
-    if args.model:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = T5ForConditionalGeneration.from_pretrained(args.model)
-    else:
-        tokenizer = train_tokenizer(tokenizer_corpus(parts["train"]), args.vocab_size)
-        model = build_t5(args.shape, tokenizer)
+    tokenizer, model = _model(args, parts)
     enricher = None
     if args.retrieval:
         from shelfml.retrieval import enrich_training_rows, training_enricher
@@ -84,11 +107,10 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         raise ValueError(f"{len(tagger.constraint.collisions)} taxonomy paths tokenise identically, e.g. "
                          f"{tagger.constraint.collisions[:3]}; the tokenizer cannot tell them apart")
 
-    collate = _collate(tokenizer, tagger.codec, max_input_tokens)
+    collate = _collate(tagger)
     train_inputs = enrich_training_rows(enricher, parts["train"]) if enricher else parts["train"].inputs()
-    train_rows = list(zip(train_inputs, parts["train"].labels()))
-    loader = DataLoader(train_rows, batch_size=args.train.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(args.train.seed))
+    loader = DataLoader(list(zip(train_inputs, parts["train"].labels())), batch_size=args.train.batch_size,
+                        shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(args.train.seed))
     val = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.val_decode_limit)))
     val_inputs, val_labels = val.inputs(), val.labels()
     val_model_inputs = enricher.enrich(val_inputs) if enricher else val_inputs
@@ -104,20 +126,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         metrics["score"] = metrics["item_accuracy"] - 1e-3 * metrics["val_loss"]  # loss breaks ties
         return metrics
 
-    manifest = {
-        "task": "tagger",
-        "label_format": {"levels": taxonomy.levels, "level_sep": LEVEL_SEP, "brand_sep": BRAND_SEP},
-        "taxonomy": taxonomy.to_dict(),
-        "data": {"spec": asdict(spec), "source": catalog.source, "rows": len(catalog),
-                 "fingerprint": catalog.fingerprint(), "skipped": catalog.skipped},
-        "split": split.to_dict(),
-        "model": {"shape": None if args.model else args.shape, "init": args.model or "random",
-                  "parameters": sum(p.numel() for p in model.parameters())},
-        "decode": {"brand_mode": args.brand_mode, "max_input_tokens": max_input_tokens,
-                   "max_new_tokens": tagger.max_new_tokens},
-        "retrieval": {**enricher.describe(), "exclude_same_title_at_training": True} if enricher else None,
-        "training": {**asdict(args), "train": args.train.to_dict()},
-    }
+    manifest = _manifest(spec, catalog, split, args, tagger)
 
     def on_best(metrics: dict) -> None:
         manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}

