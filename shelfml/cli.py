@@ -196,25 +196,26 @@ def cmd_train_price(a: argparse.Namespace) -> None:
     print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
 
 
+def _family_options(fam, a: argparse.Namespace) -> dict:
+    """The checkpoint-use options every family takes, plus the ones only this family declares."""
+    return {"retrieval_index": a.retrieval_index, **{name: getattr(a, name) for name in fam.options}}
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from shelfml.checkpoint import read_manifest
-    from shelfml.evaluate import evaluate_price, evaluate_tagger
+    from shelfml.families import family
 
     ckpt, out = Path(a.checkpoint), a.out and Path(a.out)
-    if read_manifest(ckpt)["task"] == "price":
-        metrics = evaluate_price(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit,
-                                 retrieval_index=a.retrieval_index)
-    else:
-        metrics = evaluate_tagger(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit, a.brand_mode,
-                                  retrieval_index=a.retrieval_index)
+    fam = family(read_manifest(ckpt)["task"])
+    metrics = fam.hook("evaluate")(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit,
+                                   **_family_options(fam, a))
     print_metrics(f"{a.checkpoint} on {a.split}", metrics)
     print(json.dumps(metrics, default=str))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from shelfml.checkpoint import read_manifest
-    from shelfml.labels import format_target
-    from shelfml.tagger import Tagger
+    from shelfml.families import family
 
     if a.texts:
         texts = a.texts
@@ -223,28 +224,16 @@ def cmd_predict(a: argparse.Namespace) -> None:
         texts = [line.strip() for line in stream if line.strip()]
     if not texts:
         raise DataError("no input texts: pass them as arguments, with --file, or on stdin")
-    if read_manifest(Path(a.checkpoint))["task"] == "price":
-        from shelfml.price import PriceRegressor
-
-        regressor = PriceRegressor.load(Path(a.checkpoint), retrieval_index=a.retrieval_index)
-        prices = regressor.predict(texts, batch_size=a.batch_size)
-        for text, price in zip(texts, prices):
-            print(json.dumps({"text": text, "price": round(float(price), 4)}, ensure_ascii=False))
-        return
-    tagger = Tagger.load(Path(a.checkpoint), brand_mode=a.brand_mode, retrieval_index=a.retrieval_index)
-    for text, pred in zip(texts, tagger.predict(texts, batch_size=a.batch_size)):
-        record = {"text": text, "label": format_target(pred.label),
-                  **dict(zip(tagger.taxonomy.levels, pred.label.path)), "brand": pred.label.brand,
-                  "confidence": float(f"{pred.confidence:.6g}")}
+    fam = family(read_manifest(Path(a.checkpoint))["task"])
+    for record in fam.hook("predict")(Path(a.checkpoint), texts, a.batch_size, **_family_options(fam, a)):
         print(json.dumps(record, ensure_ascii=False))
 
 
 def cmd_baseline(a: argparse.Namespace) -> None:
     from shelfml.evaluate import write_json
-    from shelfml.training.baseline import baseline_price, baseline_tagger
+    from shelfml.families import family
 
-    baseline = baseline_price if a.task == "price" else baseline_tagger
-    metrics = baseline(data_spec(a), split_seed=a.split_seed)
+    metrics = family(a.task).hook("baseline")(data_spec(a), split_seed=a.split_seed)
     print_metrics(f"TF-IDF {a.task} baseline on test", metrics)
     if a.out:
         write_json(Path(a.out), metrics)

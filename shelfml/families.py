@@ -27,19 +27,32 @@ class Family:
     model_source: str  # its Triton model.py, in model_repository/models/
     leaves: dict[str, str]  # export.json graph key -> the service's parameter naming that leaf model
     exporter: str  # "module:Class" of the export hooks (torch side)
+    evaluate: str  # "module:function" scoring a checkpoint on a split (``shelfml evaluate``)
+    predict: str  # "module:function" (ckpt, texts, batch_size, **options) -> JSON records (``shelfml predict``)
+    baseline: str  # "module:function" (spec, split_seed) -> the TF-IDF baseline's test metrics
     asset_dirs: tuple[str, ...] = field(default=())  # checkpoint sub-folders the runtime needs
+    options: tuple[str, ...] = field(default=())  # family-only CLI options its evaluate/predict take
+
+    def hook(self, name: str):
+        """One of the named hooks (``exporter`` is instantiated), imported only now."""
+        module, attr = getattr(self, name).split(":")
+        value = getattr(importlib.import_module(module), attr)
+        return value() if name == "exporter" else value
 
     def export_hooks(self):
         """The family's export hooks (imports torch)."""
-        module, name = self.exporter.split(":")
-        return getattr(importlib.import_module(module), name)()
+        return self.hook("exporter")
 
 
 FAMILIES: dict[str, Family] = {
-    "tagger": Family("tagger", TAGGER_SERVICE, "tagger.py",
-                     {"encoder": "encoder_model", "decoder": "decoder_model"}, "shelfml.tagger.export:TaggerExport"),
+    "tagger": Family("tagger", TAGGER_SERVICE, "tagger.py", {"encoder": "encoder_model", "decoder": "decoder_model"},
+                     exporter="shelfml.tagger.export:TaggerExport", evaluate="shelfml.evaluate:evaluate_tagger",
+                     predict="shelfml.tagger.predict:predict_records",
+                     baseline="shelfml.training.baseline:baseline_tagger", options=("brand_mode",)),
     "price": Family("price", PRICE_SERVICE, "price.py", {"model": "regressor_model"},
-                    "shelfml.price.export:PriceExport", asset_dirs=("encoder", "vision")),
+                    exporter="shelfml.price.export:PriceExport", evaluate="shelfml.evaluate:evaluate_price",
+                    predict="shelfml.price.regressor:predict_records",
+                    baseline="shelfml.training.baseline:baseline_price", asset_dirs=("encoder", "vision")),
 }
 
 

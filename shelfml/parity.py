@@ -18,7 +18,7 @@ from shelfml.labels import Label, format_target, parse_target
 
 PARITY_SAMPLE = "parity_sample.json"
 PARITY_IMAGES = "parity_images"
-SAMPLE_ROWS = 256
+SAMPLE_ROWS = 512  # as many as `shelfml export --parity-rows` compares by default
 
 
 @dataclass

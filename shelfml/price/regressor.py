@@ -140,3 +140,11 @@ class PriceRegressor:
         start = time.perf_counter()
         prices = self.predict(texts, images, batch_size, **kw)
         return prices, time.perf_counter() - start
+
+
+def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64,
+                    retrieval_index: Path | None = None) -> list[dict]:
+    """``shelfml predict``: one JSON-ready record per text."""
+    prices = PriceRegressor.load(Path(ckpt), retrieval_index=retrieval_index).predict(texts, batch_size=batch_size)
+    return [{"text": text, "price": round(float(price), 4)} for text, price in zip(texts, prices)]
+

@@ -93,3 +93,15 @@ class Tagger:
         start = time.perf_counter()
         preds = self.predict(texts, batch_size, **kw)
         return preds, time.perf_counter() - start
+
+
+def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64, retrieval_index: Path | None = None,
+                    brand_mode: str | None = None) -> list[dict]:
+    """``shelfml predict``: one JSON-ready record per text (label, each level, brand, confidence)."""
+    from shelfml.labels import format_target
+
+    tagger = Tagger.load(Path(ckpt), brand_mode=brand_mode, retrieval_index=retrieval_index)
+    return [{"text": text, "label": format_target(pred.label), **dict(zip(tagger.taxonomy.levels, pred.label.path)),
+             "brand": pred.label.brand, "confidence": float(f"{pred.confidence:.6g}")}
+            for text, pred in zip(texts, tagger.predict(texts, batch_size=batch_size))]
+
