@@ -7,7 +7,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from shelfml.checkpoint import MANIFEST, CheckpointError, read_manifest
-from shelfml.labels import TargetCodec
 from shelfml.tagger import Tagger
 from shelfml.tagger.model import build_t5
 from shelfml.training.tagger import _collate
@@ -18,7 +17,8 @@ def test_tiny_t5_loss_falls(tokenizer, small_catalog):
     torch.manual_seed(0)
     model = build_t5("tiny", tokenizer)
     rows = list(zip(small_catalog.inputs()[:64], small_catalog.labels()[:64]))
-    loader = DataLoader(rows, batch_size=16, collate_fn=_collate(tokenizer, TargetCodec(tokenizer), 64))
+    tagger = Tagger(model, tokenizer, small_catalog.taxonomy(), max_input_tokens=64)
+    loader = DataLoader(rows, batch_size=16, collate_fn=_collate(tagger))
     fixed = next(iter(loader))
     model.eval()
     with torch.no_grad():
