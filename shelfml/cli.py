@@ -85,6 +85,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="local Hugging Face T5 directory to fine-tune (nothing is downloaded)")
     g.add_argument("--vocab-size", type=int, default=8000)
     g.add_argument("--brand-mode", default="known+copy", choices=["known", "known+copy"])
+    g.add_argument("--no-prior", action="store_true",
+                   help="no lexical label prior in the decode loop (default: on, its weight fitted on validation)")
+    g.add_argument("--prior-k", type=int, default=20, help="lexical neighbours the label prior is built from")
     add_optimisation_arguments(g, epochs=15, lr=3e-3, patience=3)  # from scratch; ~3e-4 with --model
 
 
@@ -92,6 +95,7 @@ def tagger_args(a: argparse.Namespace):
     from shelfml.training.tagger import TaggerArgs
 
     return TaggerArgs(shape=a.shape, model=a.model, vocab_size=a.vocab_size, brand_mode=a.brand_mode,
+                      prior=not a.no_prior, prior_k=a.prior_k,
                       split_seed=a.split_seed, train=train_config(a), retrieval=getattr(a, "retrieval", 0),
                       retrieval_index=getattr(a, "retrieval_index", None),
                       retrieval_fields=getattr(a, "retrieval_fields", ["labels", "brands"]))
@@ -345,6 +349,10 @@ def add_checkpoint_use_arguments(p: argparse.ArgumentParser) -> None:
     """How a trained checkpoint is run (evaluate, predict)."""
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
+    p.add_argument("--prior-weight", type=float,
+                   help="tagger: the label prior's weight instead of the fitted one (0: the T5 alone)")
+    p.add_argument("--prior-only", action="store_true",
+                   help="tagger: decode with the label prior alone (zero logits; the ablation of the T5)")
     p.add_argument("--retrieval-index",
                    help="checkpoint trained with retrieval: another copy of its index (default: the one inside it)")
 

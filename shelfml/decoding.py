@@ -8,6 +8,11 @@ the Triton model differ only in that callable.
 Constraint: a prefix trie over the token ids of every valid category path (shared by all rows),
 followed by a brand trie: the known brands, plus (``brand_mode="known+copy"``) word spans of the
 row's own title, so an unseen brand written in the title can still be produced.
+
+Prior (optional, :mod:`shelfml.prior`): per row, probabilities of the paths and brands; each allowed token
+gets ``weight * log(mass)`` added to its logit, the mass being the prior probability of every path (brand)
+under that child of the trie. The trie's leaves are numbered depth-first, so a node's subtree is one range of
+leaves and its mass is a difference of cumulative sums.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ MAX_BRAND_TOKENS = 16  # copied spans longer than this are not offered
 class TrieNode:
     children: dict[int, "TrieNode"] = field(default_factory=dict)
     value: object = None  # set on the node that ends a complete sequence
+    span: tuple[int, int] = (0, 0)  # depth-first leaf range of the subtree (set by :func:`number_leaves`)
+    _arrays: tuple | None = field(default=None, repr=False)
 
     def insert(self, ids: Sequence[int], value: object) -> bool:
         """Insert a sequence; returns False when another value already owns it."""
@@ -40,6 +47,42 @@ class TrieNode:
             return False
         node.value = value
         return True
+
+
+    def child_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(child token ids, their leaf-range starts, ends), cached."""
+        if self._arrays is None:
+            tokens = sorted(self.children)
+            self._arrays = (np.array(tokens, dtype=np.int64),
+                            np.array([self.children[t].span[0] for t in tokens], dtype=np.int64),
+                            np.array([self.children[t].span[1] for t in tokens], dtype=np.int64))
+        return self._arrays
+
+    def find(self, ids: Sequence[int]) -> "TrieNode":
+        node = self
+        for i in ids:
+            node = node.children[int(i)]
+        return node
+
+
+def number_leaves(root: TrieNode) -> int:
+    """Number the leaves depth-first (children by token id); every node's ``span`` is its leaf range."""
+    count = 0
+    stack: list[tuple[TrieNode, bool]] = [(root, False)]
+    starts: dict[int, int] = {}
+    while stack:
+        node, done = stack.pop()
+        if done:
+            node.span = (starts[id(node)], count)
+            continue
+        starts[id(node)] = count
+        if not node.children:
+            count += 1
+            node.span = (count - 1, count)
+            continue
+        stack.append((node, True))
+        stack.extend((node.children[t], False) for t in sorted(node.children, reverse=True))
+    return count
 
 
 def _span_candidates(text: str) -> set[str]:
@@ -57,6 +100,22 @@ class LabelConstraint:
         self.path_root = TrieNode()
         self.collisions = [p for p in taxonomy.paths if not self.path_root.insert(codec.path_ids(p), p)]
         self.brand_root = self._brand_trie([""] + taxonomy.brands)
+        self.n_path_leaves, self.n_brand_leaves = number_leaves(self.path_root), number_leaves(self.brand_root)
+        # the leaf of each taxonomy path / brand ("" first), where a prior's probability of it goes
+        self.path_leaf = np.array([self.path_root.find(codec.path_ids(p)).span[0] for p in taxonomy.paths])
+        brands = [""] + taxonomy.brands
+        self.brand_leaf = np.array([self.brand_root.find(ids).span[0] for ids in codec.brand_ids_many(brands)])
+
+    def cumulative(self, prior) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, cumulative prior mass over the path leaves and the brand leaves (a leading 0)."""
+        def cum(probs: np.ndarray, leaf: np.ndarray, n: int) -> np.ndarray:
+            mass = np.zeros((len(probs), n + 1))
+            keep = leaf >= 0
+            np.add.at(mass, (slice(None), leaf[keep] + 1), probs[:, keep])
+            return np.cumsum(mass, axis=1)
+
+        return cum(prior.paths, self.path_leaf, self.n_path_leaves), cum(prior.brands, self.brand_leaf,
+                                                                         self.n_brand_leaves)
 
     def _brand_trie(self, brands: Sequence[str], max_tokens: int | None = None) -> TrieNode:
         root = TrieNode()
@@ -75,8 +134,14 @@ class LabelConstraint:
 
 
 class _RowState:
+    """One row's place in the constraint: a node of the path trie, then nodes of the known-brand trie and of
+    the row's own copy trie (either may run out), then done."""
+
     def __init__(self, constraint: LabelConstraint, nodes: list[TrieNode], copy_root: TrieNode | None) -> None:
-        self.c, self.nodes, self.copy_root = constraint, nodes, copy_root
+        self.c, self.copy_root = constraint, copy_root
+        self.path_node: TrieNode | None = nodes[0]
+        self.known: TrieNode | None = None
+        self.copy: TrieNode | None = None
         self.path: tuple[str, ...] | None = None
         self.brand: str | None = None
 
@@ -84,24 +149,55 @@ class _RowState:
     def done(self) -> bool:
         return self.brand is not None
 
+    @property
+    def nodes(self) -> list[TrieNode]:
+        if self.path is None:
+            return [self.path_node]
+        return [n for n in (self.known, self.copy) if n is not None]
+
     def allowed(self) -> np.ndarray:
+        nodes = self.nodes
+        if len(nodes) == 1:
+            return nodes[0].child_arrays()[0]
         ids = set()
-        for node in self.nodes:
+        for node in nodes:
             ids.update(node.children)
         return np.fromiter(ids, dtype=np.int64, count=len(ids))
 
-    def advance(self, token: int) -> None:
-        self.nodes = [n.children[token] for n in self.nodes if token in n.children]
-        assert self.nodes, f"token {token} is outside the constraint"
+    def allowed_with_prior(self, cum_path: np.ndarray, cum_brand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(allowed tokens, log prior mass of each): the mass of the paths (known brands) under each child; a
+        span only the title's copy trie offers gets one brand's share."""
         if self.path is None:
-            node = self.nodes[0]
+            tokens, starts, ends = self.path_node.child_arrays()
+            return tokens, np.log(np.maximum(cum_path[ends] - cum_path[starts], 1e-12))
+        mass: dict[int, float] = {}
+        if self.copy is not None:
+            share = 1.0 / max(self.c.n_brand_leaves, 1)
+            mass = dict.fromkeys(self.copy.children, share)
+        if self.known is not None:
+            tokens, starts, ends = self.known.child_arrays()
+            for t, v in zip(tokens.tolist(), (cum_brand[ends] - cum_brand[starts]).tolist()):
+                mass[t] = max(mass.get(t, 0.0), v)
+        tokens = np.fromiter(mass, dtype=np.int64, count=len(mass))
+        values = np.fromiter(mass.values(), dtype=np.float64, count=len(mass))
+        return tokens, np.log(np.maximum(values, 1e-12))
+
+    def advance(self, token: int) -> None:
+        if self.path is None:
+            node = self.path_node.children.get(token)
+            assert node is not None, f"token {token} is outside the constraint"
+            self.path_node = node
             if not node.children:  # the path and its brand separator are complete
-                self.path = node.value
-                self.nodes = [self.c.brand_root] + ([self.copy_root] if self.copy_root else [])
-        else:
-            ended = [n.value for n in self.nodes if not n.children]
-            if ended:  # end-of-sequence emitted: brand complete
-                self.brand = ended[0]
+                self.path, self.path_node = node.value, None
+                self.known, self.copy = self.c.brand_root, self.copy_root
+            return
+        known = self.known.children.get(token) if self.known is not None else None
+        copy = self.copy.children.get(token) if self.copy is not None else None
+        assert known is not None or copy is not None, f"token {token} is outside the constraint"
+        self.known, self.copy = known, copy
+        ended = [n.value for n in (known, copy) if n is not None and not n.children]
+        if ended:  # end-of-sequence emitted: brand complete
+            self.brand = ended[0]
 
 
 @dataclass
@@ -112,11 +208,13 @@ class Prediction:
 
 
 def greedy_decode(
-    step: StepFn, texts: Sequence[str], constraint: LabelConstraint, max_new_tokens: int = 64
+    step: StepFn, texts: Sequence[str], constraint: LabelConstraint, max_new_tokens: int = 64, prior=None
 ) -> list[Prediction]:
-    """Greedy decoding of one batch under the taxonomy constraint."""
+    """Greedy decoding of one batch under the taxonomy constraint (``prior``: a :class:`shelfml.prior.PriorBatch`
+    of these rows, whose log mass is added to the allowed tokens' logits with its weight)."""
     codec = constraint.codec
     rows = constraint.start(texts)
+    cum = constraint.cumulative(prior) if prior is not None and (prior.weight or prior.brand_weight) else None
     tokens = np.full((len(rows), 1), codec.pad_id, dtype=np.int64)  # T5 decoder start = pad
     logprob = np.zeros(len(rows))
     emitted: list[list[int]] = [[] for _ in rows]
@@ -128,8 +226,13 @@ def greedy_decode(
             if row.done:
                 tokens[b, 0] = codec.pad_id
                 continue
-            allowed = row.allowed()
-            scores = logits[b, allowed]
+            if cum is None:
+                allowed = row.allowed()
+                scores = logits[b, allowed]
+            else:
+                weight = prior.weight if row.path is None else prior.brand_weight
+                allowed, log_mass = row.allowed_with_prior(cum[0][b], cum[1][b])
+                scores = logits[b, allowed] + np.float32(weight) * log_mass.astype(np.float32)
             best = int(np.argmax(scores))
             token = int(allowed[best])
             logprob[b] -= np.log(np.exp(scores - scores[best]).sum())  # log-softmax over allowed tokens

@@ -48,18 +48,26 @@ def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFram
 
 def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
                     batch_size: int = 64, limit: int | None = None, brand_mode: str | None = None,
-                    retrieval_index: Path | None = None) -> dict:
-    from shelfml.tagger import Tagger
+                    retrieval_index: Path | None = None, prior_weight: float | None = None,
+                    prior_only: bool = False) -> dict:
+    """Per-level, path, brand and item accuracy (+ latency); ``prior_weight`` overrides the label prior's fitted
+    weight (0: the T5 alone) and ``prior_only`` decodes with the prior alone: the ablations (not recorded)."""
+    from shelfml.tagger.predict import Tagger, prior_only_step_factory
 
     manifest = read_manifest(ckpt, task="tagger")
     rows, same_data = evaluation_rows(manifest, spec, split)
     if limit:
         rows = rows.subset(range(min(limit, len(rows))))
     tagger = Tagger.load(ckpt, brand_mode=brand_mode, retrieval_index=retrieval_index)
-    preds, seconds = tagger.timed_predict(rows.inputs(), batch_size=batch_size, progress=True)
+    make_step = prior_only_step_factory(len(tagger.tokenizer)) if prior_only else None
+    preds, seconds = tagger.timed_predict(rows.inputs(), batch_size=batch_size, progress=True, make_step=make_step,
+                                          prior_weight=prior_weight)
     gold = rows.labels()
     metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)
+    ablation = prior_only or prior_weight is not None
+    weight = prior_weight if prior_weight is not None else (tagger.prior.cfg.weight if tagger.prior else 0.0)
     metrics.update(split=split, source=rows.source, brand_mode=tagger.constraint.brand_mode,
+                   decoding={"prior_weight": weight, "prior_only": prior_only},
                    latency={"backend": "eager-pytorch-cpu", "batch_size": batch_size, "seconds": round(seconds, 3),
                             "ms_per_item": round(1000 * seconds / len(rows), 3)})
     out = Path(out or Path(ckpt) / f"eval-{split}")
@@ -70,7 +78,8 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "confidence": [float(f"{p.confidence:.6g}") for p in preds],
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
     })
-    return _write_results(ckpt, manifest, metrics, frame, out, record=same_data and split == "test" and not limit)
+    record = same_data and split == "test" and not limit and not ablation
+    return _write_results(ckpt, manifest, metrics, frame, out, record=record)
 
 
 def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,

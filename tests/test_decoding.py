@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from shelfml.decoding import LabelConstraint, greedy_decode
 from shelfml.labels import Label, TargetCodec
+from shelfml.prior import PriorBatch
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,24 @@ def random_step(vocab: int, seed: int, spiky: bool):
     return step
 
 
+def random_prior(constraint, batch: int, seed: int, weight: float):
+    """A random label prior (Dirichlet over paths and brands) at ``weight``; None at weight 0."""
+    if not weight:
+        return None
+    rng = np.random.default_rng(seed)
+    tax = constraint.taxonomy
+    return PriorBatch(rng.dirichlet(np.full(len(tax.paths), 0.3), batch),
+                      rng.dirichlet(np.full(1 + len(tax.brands), 0.3), batch), weight, weight)
+
+
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 9), spiky=st.booleans())
-def test_random_logits_always_give_a_taxonomy_path(constraint, small_catalog, seed, batch, spiky):
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 9), spiky=st.booleans(),
+       weight=st.sampled_from([0.0, 1.0, 50.0]))
+def test_random_logits_always_give_a_taxonomy_path(constraint, small_catalog, seed, batch, spiky, weight):
     texts = [small_catalog.inputs()[(seed + i) % len(small_catalog)] for i in range(batch)]
     vocab = len(constraint.codec.tokenizer)
-    preds = greedy_decode(random_step(vocab, seed, spiky), texts, constraint, max_new_tokens=200)
+    prior = random_prior(constraint, batch, seed, weight)
+    preds = greedy_decode(random_step(vocab, seed, spiky), texts, constraint, max_new_tokens=200, prior=prior)
     assert len(preds) == batch
     for text, pred in zip(texts, preds):
         assert pred.label.path in constraint.taxonomy
@@ -88,3 +101,20 @@ def test_unfinished_rows_fail_loudly(constraint, small_catalog):
     vocab = len(constraint.codec.tokenizer)
     with pytest.raises(AssertionError, match="did not finish"):
         greedy_decode(random_step(vocab, 0, False), small_catalog.inputs()[:2], constraint, max_new_tokens=1)
+
+
+def test_a_dominant_prior_decides_path_and_brand(constraint, small_catalog):
+    """With flat logits, the decode follows the prior: its most likely path and brand come out."""
+    tax = constraint.taxonomy
+    vocab = len(constraint.codec.tokenizer)
+    paths, brands = np.full((3, len(tax.paths)), 1e-6), np.full((3, 1 + len(tax.brands)), 1e-6)
+    picks = [(7, 3), (0, 0), (len(tax.paths) - 1, len(tax.brands))]
+    for row, (p, b) in enumerate(picks):
+        paths[row, p], brands[row, b] = 1.0, 1.0
+    flat = lambda tokens: np.zeros((len(tokens), vocab), dtype=np.float32)  # noqa: E731
+    preds = greedy_decode(flat, ["a", "b", "c"], constraint, max_new_tokens=200,
+                          prior=PriorBatch(paths, brands, 1.0, 1.0))
+    assert [p.label for p in preds] == [Label(tax.paths[p], ([""] + tax.brands)[b]) for p, b in picks]
+    prior_only_path = greedy_decode(flat, ["a"], constraint, max_new_tokens=200,
+                                    prior=PriorBatch(paths[:1], brands[:1], 1.0, 0.0))[0]
+    assert prior_only_path.label.path == tax.paths[7]  # brand weight 0: the path still follows the prior

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from shelfml.decoding import BRAND_MODES
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, format_target
 from shelfml.metrics import tagger_metrics
 from shelfml.parity import write_parity_sample
+from shelfml.prior import PRIOR_DIR, LabelPrior, PriorConfig
 from shelfml.retrieval.policy import store_index
 from shelfml.tagger import MAX_INPUT_TOKENS, Tagger
 from shelfml.tagger.model import build_t5
@@ -35,6 +37,9 @@ class TaggerArgs:
     retrieval: int = 0  # neighbours appended to each input (0: off); needs retrieval_index
     retrieval_index: str | None = None  # `shelfml index build` directory (built from the training split)
     retrieval_fields: list[str] = field(default_factory=lambda: ["labels", "brands"])  # or "descriptions"
+    prior: bool = True  # the lexical label prior in the decode loop (its weight fitted on validation)
+    prior_k: int = 20  # lexical neighbours the prior is built from
+    prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the validation search's grid
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -102,7 +107,12 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
         enricher = training_enricher(args.retrieval_index, args.retrieval, args.retrieval_fields, parts)
     max_input_tokens = args.max_input_tokens + (enricher.format.token_budget() if enricher else 0)
-    tagger = Tagger(model, tokenizer, taxonomy, args.brand_mode, max_input_tokens, enricher=enricher)
+    prior = None
+    if args.prior:
+        train_rows = parts["train"]
+        prior = LabelPrior.build(train_rows.inputs(), train_rows.labels(), train_rows.frame["text"].tolist(),
+                                 taxonomy, PriorConfig(k=args.prior_k))
+    tagger = Tagger(model, tokenizer, taxonomy, args.brand_mode, max_input_tokens, enricher=enricher, prior=prior)
     if tagger.constraint.collisions:
         raise ValueError(f"{len(tagger.constraint.collisions)} taxonomy paths tokenise identically, e.g. "
                          f"{tagger.constraint.collisions[:3]}; the tokenizer cannot tell them apart")
@@ -137,9 +147,44 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
             write_parity_sample(tmp, parts["test"], "tagger")
             if enricher is not None:  # the index travels inside the checkpoint
                 manifest["retrieval"]["index"] = store_index(enricher.retriever, tmp)
+            if prior is not None:
+                manifest["prior"] = prior.save(tmp)
 
         write_checkpoint(out, save, manifest)
 
     manifest["history"] = fit(model, loader, validate, on_best, args.train)
     update_manifest(out, history=manifest["history"])
+    if prior is not None:
+        manifest["prior"] = fit_prior(out, val_inputs, val_labels, args.prior_weights)
+        update_manifest(out, prior=manifest["prior"])
     return manifest
+
+
+def fit_prior(ckpt: Path, texts: list[str], labels: list, weights: tuple[float, ...],
+              temperatures: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
+    """Fit the label prior's decoding on the validation rows with the best checkpoint: the temperature and the
+    path weight by path accuracy (brand weight equal), then the brand weight by item accuracy (ties: the smaller
+    weight, the lower temperature). Returns the prior's manifest entry with the search."""
+    tagger = Tagger.load(ckpt)
+    cfg = tagger.prior.cfg
+
+    def score(metric: str) -> float:
+        preds = tagger.predict(texts, batch_size=64)
+        return round(tagger_metrics(labels, [p.label for p in preds], tagger.taxonomy)[metric], 6)
+
+    paths = {}
+    for temperature in temperatures:
+        for weight in weights:
+            cfg.temperature, cfg.weight, cfg.brand_weight = temperature, weight, weight
+            paths[(temperature, weight)] = score("path_accuracy")
+    (cfg.temperature, cfg.weight), _ = max(paths.items(), key=lambda kv: (kv[1], -kv[0][1], -kv[0][0]))
+    items = {}
+    for weight in weights:
+        cfg.brand_weight = weight
+        items[weight] = score("item_accuracy")
+    cfg.brand_weight = max(weights, key=lambda w: (items[w], -w))
+    search = {"path_accuracy": {f"T={t} w={w}": v for (t, w), v in paths.items()},
+              "item_accuracy_by_brand_weight": {str(w): v for w, v in items.items()}}
+    print(f"shelfml: label prior T={cfg.temperature} path weight {cfg.weight} brand weight {cfg.brand_weight} "
+          f"(validation item accuracy {items[cfg.brand_weight]})", file=sys.stderr)
+    return {**tagger.prior.describe(), "path": PRIOR_DIR, "validation_search": search}

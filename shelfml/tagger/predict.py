@@ -28,12 +28,14 @@ class Tagger:
     """A trained tagger: tokenizer + taxonomy constraint + a backend's step function."""
 
     def __init__(self, model, tokenizer, taxonomy: Taxonomy, brand_mode: str = "known+copy",
-                 max_input_tokens: int = MAX_INPUT_TOKENS, enricher=None) -> None:
-        """``tokenizer``: a :class:`TextTokenizer` or a transformers fast tokenizer (copied into one)."""
+                 max_input_tokens: int = MAX_INPUT_TOKENS, enricher=None, prior=None) -> None:
+        """``tokenizer``: a :class:`TextTokenizer` or a transformers fast tokenizer (copied into one);
+        ``prior``: a :class:`shelfml.prior.LabelPrior` the decode loop adds to the logits."""
         if not isinstance(tokenizer, TextTokenizer):
             tokenizer = TextTokenizer.from_transformers(tokenizer)
         self.model, self.tokenizer, self.taxonomy = model, tokenizer, taxonomy
         self.enricher = enricher  # shelfml.retrieval.Enricher: appends neighbours to each input
+        self.prior = prior
         self.max_input_tokens = max_input_tokens
         self.codec = TargetCodec(tokenizer)
         self.constraint = LabelConstraint(self.codec, taxonomy, brand_mode)
@@ -58,16 +60,22 @@ class Tagger:
 
             model = load_t5(Path(ckpt), device)
         taxonomy = Taxonomy.from_dict(manifest["taxonomy"])
+        prior = None
+        if manifest.get("prior"):
+            from shelfml.prior import LabelPrior
+
+            prior = LabelPrior.load(Path(ckpt), manifest["prior"], taxonomy)
         decode = manifest.get("decode", {})
         return cls(model, load_tokenizer(ckpt), taxonomy, brand_mode or decode.get("brand_mode", "known+copy"),
-                   decode.get("max_input_tokens", MAX_INPUT_TOKENS), enricher=enricher)
+                   decode.get("max_input_tokens", MAX_INPUT_TOKENS), enricher=enricher, prior=prior)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.tokenizer.batch(texts, self.max_input_tokens)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64, make_step: MakeStep | None = None,
-                progress: bool = False) -> list[Prediction]:
-        """Constrained greedy predictions, in input order, for any backend (eager by default)."""
+                progress: bool = False, prior_weight: float | None = None) -> list[Prediction]:
+        """Constrained greedy predictions, in input order, for any backend (eager by default). The label
+        prior, when the model has one, is applied with its fitted weight (``prior_weight`` overrides it; 0: off)."""
         if make_step is None:
             assert self.model is not None, "this tagger has no PyTorch weights: pass a backend's make_step"
             from shelfml.tagger.model import eager_step_factory
@@ -85,9 +93,20 @@ class Tagger:
             idx = order[start : start + batch_size]
             chunk = [texts[i] for i in idx]
             step = make_step(*self.encode([inputs[i] for i in idx]))
-            for i, pred in zip(idx, greedy_decode(step, chunk, self.constraint, self.max_new_tokens)):
+            prior = self.prior_batch(chunk, prior_weight)
+            for i, pred in zip(idx, greedy_decode(step, chunk, self.constraint, self.max_new_tokens, prior)):
                 out[i] = pred
         return out  # type: ignore[return-value]
+
+    def prior_batch(self, texts: Sequence[str], weight: float | None = None):
+        """The label prior of ``texts`` (the products' own texts), or None without a prior or at weight 0;
+        ``weight`` overrides both fitted weights (path and brand)."""
+        if self.prior is None or weight == 0:
+            return None
+        batch = self.prior.batch(texts)
+        if weight is not None:
+            batch.weight = batch.brand_weight = weight
+        return batch
 
     def timed_predict(self, texts: Sequence[str], batch_size: int = 64, **kw) -> tuple[list[Prediction], float]:
         start = time.perf_counter()
@@ -96,12 +115,24 @@ class Tagger:
 
 
 def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64, retrieval_index: Path | None = None,
-                    brand_mode: str | None = None) -> list[dict]:
+                    brand_mode: str | None = None, prior_weight: float | None = None,
+                    prior_only: bool = False) -> list[dict]:
     """``shelfml predict``: one JSON-ready record per text (label, each level, brand, confidence)."""
     from shelfml.labels import format_target
 
     tagger = Tagger.load(Path(ckpt), brand_mode=brand_mode, retrieval_index=retrieval_index)
+    preds = tagger.predict(texts, batch_size=batch_size, prior_weight=prior_weight,
+                           make_step=prior_only_step_factory(len(tagger.tokenizer)) if prior_only else None)
     return [{"text": text, "label": format_target(pred.label), **dict(zip(tagger.taxonomy.levels, pred.label.path)),
              "brand": pred.label.brand, "confidence": float(f"{pred.confidence:.6g}")}
-            for text, pred in zip(texts, tagger.predict(texts, batch_size=batch_size))]
+            for text, pred in zip(texts, preds)]
+
+
+def prior_only_step_factory(vocab_size: int) -> MakeStep:
+    """A backend whose logits are all zero: decoding then follows the label prior alone (the ablation that
+    shows what the T5 adds to it)."""
+    def make_step(input_ids: np.ndarray, attention_mask: np.ndarray) -> StepFn:
+        return lambda tokens: np.zeros((len(tokens), vocab_size), dtype=np.float32)
+
+    return make_step
 

@@ -1,0 +1,183 @@
+"""Lexical neighbours: hashed TF-IDF (word 1-2-grams + char 3-5-grams within words) over a catalog's
+training rows, searched by an inverted index in numpy.
+
+The tagger's label prior (:mod:`shelfml.prior`) is built from these neighbours; product-line words that only
+one brand sells, sizes and category nouns all become features without any tokenizer or model. Everything here
+is numpy + zlib (no scikit-learn, no torch), so the same code runs at training, export and in the server.
+
+An index is a folder: ``lexical.safetensors`` (the inverted lists, idf, row label ids) + ``lexical.json``
+(feature settings, counts, fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+ARRAYS = "lexical.safetensors"
+MANIFEST = "lexical.json"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Featurizer:
+    """Text -> L2-normalised sparse TF-IDF vector over ``2**bits`` hashed features."""
+
+    bits: int = 20
+    char_min: int = 3
+    char_max: int = 5
+    max_chars: int = 1000  # longer texts are cut first: the title and the start of the description matter
+
+    def terms(self, text: str) -> list[str]:
+        words = _WORD.findall(str(text)[: self.max_chars].lower())
+        terms = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in zip(words, words[1:])]
+        for word in words:
+            padded = f" {word} "
+            for n in range(self.char_min, self.char_max + 1):
+                terms += [f"c:{padded[i:i + n]}" for i in range(max(1, len(padded) - n + 1))]
+        return terms
+
+    def counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(feature ids, sublinear term frequencies 1 + log tf), ids sorted."""
+        mask = (1 << self.bits) - 1
+        ids = np.fromiter((zlib.crc32(t.encode("utf-8")) & mask for t in self.terms(text)), dtype=np.int64)
+        if not len(ids):
+            return ids, np.zeros(0, np.float32)
+        ids, tf = np.unique(ids, return_counts=True)
+        return ids, (1.0 + np.log(tf)).astype(np.float32)
+
+    def vector(self, text: str, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, tf = self.counts(text)
+        values = tf * idf[ids]
+        norm = float(np.sqrt((values * values).sum()))
+        return ids, (values / norm if norm > 0 else values)
+
+
+class LexicalIndex:
+    """The training rows' TF-IDF vectors as inverted lists (feature -> rows, weights), plus each row's labels."""
+
+    def __init__(self, featurizer: Featurizer, idf: np.ndarray, ptr: np.ndarray, rows: np.ndarray,
+                 weights: np.ndarray, labels: dict[str, np.ndarray], keys: np.ndarray) -> None:
+        self.featurizer, self.idf = featurizer, idf
+        self.ptr, self.rows, self.weights = ptr, rows, weights
+        self.labels = labels  # name -> int32 [rows] (e.g. "path", "brand": ids into the taxonomy's lists)
+        self.keys = keys  # int64 [rows]: hash of each row's normalised title (excluded from its own search)
+        self.size = len(keys)
+
+    @classmethod
+    def build(cls, texts: Sequence[str], labels: dict[str, Sequence[int]], keys: Sequence[str],
+              featurizer: Featurizer | None = None) -> "LexicalIndex":
+        """Index ``texts`` (one per training row) with their label ids and normalised-title keys."""
+        featurizer = featurizer or Featurizer()
+        counted = [featurizer.counts(t) for t in texts]
+        df = np.zeros(1 << featurizer.bits, dtype=np.float64)
+        for ids, _ in counted:
+            df[ids] += 1
+        idf = np.log((1 + len(texts)) / (1 + df)).astype(np.float32) + 1.0
+        feats, rows, weights = [], [], []
+        for row, (ids, tf) in enumerate(counted):
+            values = tf * idf[ids]
+            norm = float(np.sqrt((values * values).sum())) or 1.0
+            feats.append(ids)
+            rows.append(np.full(len(ids), row, dtype=np.int32))
+            weights.append((values / norm).astype(np.float32))
+        feats_all = np.concatenate(feats) if feats else np.zeros(0, np.int64)
+        order = np.argsort(feats_all, kind="stable")
+        ptr = np.zeros((1 << featurizer.bits) + 1, dtype=np.int64)
+        np.add.at(ptr, feats_all + 1, 1)
+        return cls(featurizer, idf, np.cumsum(ptr), np.concatenate(rows)[order] if rows else np.zeros(0, np.int32),
+                   np.concatenate(weights)[order] if weights else np.zeros(0, np.float32),
+                   {k: np.asarray(v, dtype=np.int32) for k, v in labels.items()}, title_keys(keys))
+
+    def scores(self, text: str) -> np.ndarray:
+        """Cosine similarity of ``text`` to every indexed row ([rows] float32)."""
+        ids, values = self.featurizer.vector(text, self.idf)
+        starts, ends = self.ptr[ids], self.ptr[ids + 1]
+        lengths = ends - starts
+        if not lengths.sum():
+            return np.zeros(self.size, dtype=np.float32)
+        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends) if e > s])
+        query = np.repeat(values, lengths)
+        return np.bincount(self.rows[take], weights=self.weights[take] * query, minlength=self.size).astype(np.float32)
+
+    def search(self, texts: Sequence[str], k: int, exclude: Sequence[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows [n, k] int64, scores [n, k] float32), best first; rows whose normalised title equals
+        ``exclude[i]`` are skipped (training rows never see themselves). Missing neighbours: row -1, score 0."""
+        k = max(1, min(k, self.size))
+        out_rows = np.full((len(texts), k), -1, dtype=np.int64)
+        out_scores = np.zeros((len(texts), k), dtype=np.float32)
+        skip = title_keys(exclude) if exclude is not None else None
+        for i, text in enumerate(texts):
+            scores = self.scores(text)
+            if skip is not None:
+                scores[self.keys == skip[i]] = -1.0
+            top = np.argpartition(-scores, k - 1)[:k] if self.size > k else np.arange(self.size)
+            top = top[np.lexsort((top, -scores[top]))]  # ties by row: deterministic
+            keep = scores[top] > 0
+            out_rows[i, : keep.sum()], out_scores[i, : keep.sum()] = top[keep], scores[top][keep]
+        return out_rows, out_scores
+
+    # -- files ------------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        labels = [self.labels[k] for k in sorted(self.labels)]
+        for array in (self.idf, self.ptr, self.rows, self.weights, self.keys, *labels):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
+
+    def save(self, folder: Path) -> dict:
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"idf": self.idf, "ptr": self.ptr, "rows": self.rows, "weights": self.weights, "keys": self.keys,
+                   **{f"label.{k}": v for k, v in self.labels.items()}}, str(folder / ARRAYS))
+        manifest = {"featurizer": asdict(self.featurizer), "rows": self.size, "entries": int(len(self.rows)),
+                    "labels": sorted(self.labels), "fingerprint": self.fingerprint()}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        return manifest
+
+    @classmethod
+    def load(cls, folder: Path) -> "LexicalIndex":
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        if not (folder / MANIFEST).is_file() or not (folder / ARRAYS).is_file():
+            raise FileNotFoundError(f"{folder} is not a lexical index ({MANIFEST} and {ARRAYS} expected)")
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        arrays = load_file(str(folder / ARRAYS))
+        labels = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("label.")}
+        index = cls(Featurizer(**manifest["featurizer"]), arrays["idf"], arrays["ptr"], arrays["rows"],
+                    arrays["weights"], labels, arrays["keys"])
+        if index.fingerprint() != manifest["fingerprint"]:
+            raise ValueError(f"{folder / ARRAYS} does not match the fingerprint in {MANIFEST}: corrupt or replaced")
+        return index
+
+
+def title_keys(titles: Sequence[str]) -> np.ndarray:
+    """A 64-bit key per normalised title (lower-case word sequence)."""
+    out = np.zeros(len(titles), dtype=np.int64)
+    for i, title in enumerate(titles):
+        words = " ".join(_WORD.findall(str(title).lower()))
+        out[i] = int.from_bytes(hashlib.blake2b(words.encode("utf-8"), digest_size=8).digest(), "little",
+                                signed=True)
+    return out
+
+
+def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Neighbour weights ∝ exp(score / T) over the found neighbours (score 0 = none)."""
+    logits = np.where(scores > 0, scores / max(temperature, 1e-6), -math.inf)
+    logits = logits - np.max(np.where(np.isfinite(logits), logits, -1e30), axis=1, keepdims=True)
+    weights = np.where(np.isfinite(logits), np.exp(logits), 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
