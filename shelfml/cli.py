@@ -38,6 +38,8 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthe
     g.add_argument("--text-col", help="CSV column holding the title")
     g.add_argument("--levels", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
                    help="CSV label columns, top level first: col1,col2[,col3[,col4]]")
+    g.add_argument("--path-col", help="or: one CSV column holding the whole category path")
+    g.add_argument("--path-sep", default=">", help="the separator inside --path-col (default '>')")
     g.add_argument("--brand-col")
     g.add_argument("--price-col")
     g.add_argument("--image-col")
@@ -51,9 +53,9 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthe
 def data_spec(a: argparse.Namespace) -> DataSpec | None:
     if a.data is None:
         return None
-    return DataSpec(source=a.data, text_col=a.text_col, levels=a.levels, brand_col=a.brand_col,
-                    price_col=a.price_col, image_col=a.image_col, desc_col=a.desc_col, encoding=a.encoding,
-                    min_depth=a.min_depth, synthetic_rows=a.rows, limit=a.limit)
+    return DataSpec(source=a.data, text_col=a.text_col, levels=a.levels, path_col=a.path_col, path_sep=a.path_sep,
+                    brand_col=a.brand_col, price_col=a.price_col, image_col=a.image_col, desc_col=a.desc_col,
+                    encoding=a.encoding, min_depth=a.min_depth, synthetic_rows=a.rows, limit=a.limit)
 
 
 def add_optimisation_arguments(g: argparse._ArgumentGroup, epochs: int, lr: float, patience: int) -> None:

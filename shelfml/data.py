@@ -37,6 +37,8 @@ class DataSpec:
     source: str = "synthetic"  # "synthetic", "flipkart", or the path of a CSV file (.csv or .csv.gz)
     text_col: str | None = None  # title column (CSV)
     levels: list[str] | None = None  # 2-4 label level columns, top first (CSV)
+    path_col: str | None = None  # or: one column holding the whole path (CSV), split on path_sep
+    path_sep: str = ">"
     brand_col: str | None = None
     price_col: str | None = None
     image_col: str | None = None
@@ -148,8 +150,11 @@ def _load_csv(spec: DataSpec, task: str) -> Catalog:
         raise DataError(f"data source {spec.source!r} is not 'synthetic', 'flipkart' or an existing CSV file")
     if not spec.text_col:
         raise DataError(f"{path}: --text-col is required for a CSV source")
-    if task == "tagger" and not spec.levels:
-        raise DataError(f"{path}: --levels col1,col2[,col3[,col4]] is required to train or evaluate the tagger")
+    if spec.levels and spec.path_col:
+        raise DataError(f"{path}: pass either --levels or --path-col, not both")
+    if task == "tagger" and not (spec.levels or spec.path_col):
+        raise DataError(f"{path}: --levels col1,col2[,col3[,col4]] (or --path-col COL --path-sep SEP) is required "
+                        "to train or evaluate the tagger")
     if task == "price" and not spec.price_col:
         raise DataError(f"{path}: --price-col is required for the price task")
     try:
@@ -165,13 +170,42 @@ def _load_csv(spec: DataSpec, task: str) -> Catalog:
         raise DataError(f"{path} is not a readable CSV: {e}") from None
     if raw.empty:
         raise DataError(f"{path} has a header but no rows")
-    mapping = dict(text=spec.text_col, desc=spec.desc_col, levels=spec.levels or [], brand=spec.brand_col,
+    levels = spec.levels or []
+    if spec.path_col:
+        raw, levels = split_path_column(raw, spec.path_col, spec.path_sep, str(path))
+    mapping = dict(text=spec.text_col, desc=spec.desc_col, levels=levels, brand=spec.brand_col,
                    price=spec.price_col, image=spec.image_col)
     base = path.parent
     if spec.image_col and spec.image_col in raw:
         raw[spec.image_col] = [p if not p or "://" in p or Path(p).is_absolute() else str(base / p)
                                for p in raw[spec.image_col]]
     return _standardise(raw, mapping, str(path), task, spec.limit)
+
+
+def split_path_column(raw: pd.DataFrame, column: str, sep: str, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """One path column (``a > b > c``) -> one column per level (``COL[1]``, ``COL[2]``, ...). Every row must have
+    the same depth; otherwise DataError naming the rows (CSV line numbers) whose depth differs."""
+    if column not in raw.columns:
+        raise DataError(f"{source}: path column {column!r} not found; available: {list(raw.columns)}")
+    if not sep.strip():
+        raise DataError(f"{source}: --path-sep must not be blank")
+    parts = [[p.strip() for p in str(v).split(sep.strip()) if p.strip()] for v in raw[column]]
+    depths = pd.Series([len(p) for p in parts], index=raw.index)
+    nonempty = depths[depths > 0]
+    if nonempty.empty:
+        raise DataError(f"{source}: path column {column!r} is empty in every row")
+    depth = int(nonempty.mode().iloc[0])
+    if not MIN_LEVELS <= depth <= MAX_LEVELS:
+        raise DataError(f"{source}: paths in {column!r} have {depth} levels (split on {sep.strip()!r}); "
+                        f"expected {MIN_LEVELS}-{MAX_LEVELS}")
+    bad = [i for i, d in enumerate(depths) if d and d != depth]
+    if bad:
+        lines = ", ".join(f"line {i + 2} ({depths.iloc[i]} levels)" for i in bad[:5])
+        raise DataError(f"{source}: {len(bad):,} rows of {column!r} do not have {depth} levels: {lines}"
+                        f"{' ...' if len(bad) > 5 else ''}; fix them, or drop them from the file")
+    names = [f"{column}[{i + 1}]" for i in range(depth)]
+    levels = pd.DataFrame([p if p else [""] * depth for p in parts], index=raw.index, columns=names)
+    return pd.concat([raw, levels], axis=1), names
 
 
 def _standardise(raw: pd.DataFrame, m: dict, source: str, task: str, limit: int | None) -> Catalog:

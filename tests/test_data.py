@@ -112,3 +112,26 @@ def test_flipkart_loads_depth4_three_levels():
     assert (cat.frame["price"].dropna() > 0).all()
     parts, info = split_catalog(cat)
     assert min(info.counts.values()) > 1000
+
+
+def test_path_column_is_split_into_levels(tmp_path):
+    csv = tmp_path / "paths.csv"
+    csv.write_text("name,crumb,brand\n"
+                   "Roadster maroon t-shirt,Apparel > Topwear > Tshirts,roadster\n"
+                   "Peter England chinos,Apparel > Bottomwear > Trousers,peter england\n"
+                   "HRX running shoes, Footwear >Sports Shoes> Running ,hrx\n", encoding="utf-8")
+    catalog = load_catalog(DataSpec(source=str(csv), text_col="name", path_col="crumb", path_sep=" > ",
+                                    brand_col="brand"))
+    assert catalog.level_names == ["crumb[1]", "crumb[2]", "crumb[3]"]
+    assert [lab.path for lab in catalog.labels()] == [("Apparel", "Topwear", "Tshirts"),
+                                                      ("Apparel", "Bottomwear", "Trousers"),
+                                                      ("Footwear", "Sports Shoes", "Running")]
+
+
+def test_path_column_rows_of_another_depth_are_named(tmp_path):
+    csv = tmp_path / "paths.csv"
+    csv.write_text("name,crumb\nshirt,A > B > C\ntrousers,A > B > D\nsocks,A > E\nbelt,A > B > F\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"1 rows of 'crumb' do not have 3 levels: line 4 \(2 levels\)"):
+        load_catalog(DataSpec(source=str(csv), text_col="name", path_col="crumb"))
+    with pytest.raises(DataError, match="either --levels or --path-col"):
+        load_catalog(DataSpec(source=str(csv), text_col="name", path_col="crumb", levels=["a", "b"]))

@@ -39,7 +39,7 @@ class TaggerArgs:
     retrieval_fields: list[str] = field(default_factory=lambda: ["labels", "brands"])  # or "descriptions"
     prior: bool = True  # the lexical label prior in the decode loop (its weight fitted on validation)
     prior_k: int = 20  # lexical neighbours the prior is built from
-    prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the validation search's grid
+    prior_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # the validation search's grid
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -161,7 +161,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
 
 def fit_prior(ckpt: Path, texts: list[str], labels: list, weights: tuple[float, ...],
-              temperatures: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
+              temperatures: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)) -> dict:
     """Fit the label prior's decoding on the validation rows with the best checkpoint: the temperature and the
     path weight by path accuracy (brand weight equal), then the brand weight by item accuracy (ties: the smaller
     weight, the lower temperature). Returns the prior's manifest entry with the search."""
