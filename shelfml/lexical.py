@@ -181,3 +181,74 @@ def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
     weights = np.where(np.isfinite(logits), np.exp(logits), 0.0)
     total = weights.sum(axis=1, keepdims=True)
     return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+
+
+class LinearScorer:
+    """A linear classifier over the same hashed TF-IDF features (one-vs-rest LinearSVC, fitted at training
+    time with scikit-learn), kept as its ``top`` strongest weights per class in inverted lists: scoring needs
+    numpy only. Classes never seen in training score ``ABSENT``."""
+
+    ABSENT = -10.0
+
+    def __init__(self, ptr: np.ndarray, classes: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> None:
+        self.ptr, self.classes, self.weights, self.bias = ptr, classes, weights, bias
+
+    @classmethod
+    def fit(cls, vectors: Sequence[tuple[np.ndarray, np.ndarray]], y: Sequence[int], n_classes: int, bits: int,
+            top: int = 500, max_features: int = 1 << 17, c: float = 0.5) -> "LinearScorer":
+        from scipy.sparse import csr_matrix
+        from sklearn.svm import LinearSVC
+
+        ids = np.concatenate([i for i, _ in vectors])
+        used, counts = np.unique(ids, return_counts=True)
+        keep = used[np.argsort(-counts, kind="stable")[:max_features]]  # the most frequent features
+        features = np.sort(keep)
+        rows, cols, vals = [], [], []
+        for r, (i, v) in enumerate(vectors):
+            mask = np.isin(i, features)
+            rows.append(np.full(int(mask.sum()), r))
+            cols.append(np.searchsorted(features, i[mask]))
+            vals.append(v[mask])
+        x = csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(len(vectors), len(features)))
+        y = np.asarray(y)
+        bias = np.full(n_classes, cls.ABSENT, dtype=np.float32)
+        if len(np.unique(y)) < 2:  # one class: it always wins
+            bias[y[0]] = 1.0
+            return cls(np.zeros((1 << bits) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), bias)
+        model = LinearSVC(C=c).fit(x, y)
+        coef = model.coef_ if len(model.classes_) > 2 else np.vstack([-model.coef_[0], model.coef_[0]])
+        intercept = model.intercept_ if len(model.classes_) > 2 else np.array([-model.intercept_[0],
+                                                                                model.intercept_[0]])
+        feats, owners, weights = [], [], []
+        for k, label in enumerate(model.classes_):
+            strongest = np.argsort(-np.abs(coef[k]))[:top]
+            strongest = strongest[coef[k][strongest] != 0]
+            feats.append(features[strongest])
+            owners.append(np.full(len(strongest), label, dtype=np.int32))
+            weights.append(coef[k][strongest].astype(np.float32))
+            bias[label] = intercept[k]
+        feats_all = np.concatenate(feats)
+        order = np.argsort(feats_all, kind="stable")
+        ptr = np.zeros((1 << bits) + 1, dtype=np.int64)
+        np.add.at(ptr, feats_all + 1, 1)
+        return cls(np.cumsum(ptr), np.concatenate(owners)[order], np.concatenate(weights)[order], bias)
+
+    def scores(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Decision values of one query vector for every class."""
+        starts, ends = self.ptr[ids], self.ptr[ids + 1]
+        lengths = ends - starts
+        out = self.bias.astype(np.float64)
+        if lengths.sum():
+            take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends) if e > s])
+            out = out + np.bincount(self.classes[take], weights=self.weights[take] * np.repeat(values, lengths),
+                                    minlength=len(self.bias))
+        return out
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.ptr": self.ptr, f"{prefix}.classes": self.classes, f"{prefix}.weights": self.weights,
+                f"{prefix}.bias": self.bias}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "LinearScorer":
+        return cls(*(arrays[f"{prefix}.{k}"] for k in ("ptr", "classes", "weights", "bias")))

@@ -1,5 +1,7 @@
-"""The tagger's label prior: the labels of a product's lexical neighbours among the training rows
-(:mod:`shelfml.lexical`) as a distribution over the taxonomy's paths and brands.
+"""The tagger's label prior over the taxonomy's paths and brands, from the product's text alone
+(:mod:`shelfml.lexical`: hashed TF-IDF features): paths from a linear classifier (one-vs-rest LinearSVC, its
+strongest weights kept), brands from the labels of the product's lexical neighbours among the training rows
+(brands are often told by product-line words only one brand sells).
 
 The one decode loop adds ``weight * log(prior mass)`` to the logits of every allowed token, the mass of a token
 being the prior probability of all the paths (or brands) under that child of the trie; the weight is fitted on
@@ -16,9 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from shelfml.labels import Label, Taxonomy
-from shelfml.lexical import LexicalIndex, softmax_weights
+from shelfml.lexical import LexicalIndex, LinearScorer, softmax_weights
 
 PRIOR_DIR = "lexical"  # inside a checkpoint and an export's assets
+LINEAR_FILE = "linear.safetensors"  # the path classifier, beside the lexical index
 
 
 @dataclass
@@ -26,7 +29,8 @@ class PriorConfig:
     """How neighbours become a distribution (recorded in the checkpoint manifest)."""
 
     k: int = 20  # neighbours
-    temperature: float = 0.05  # softmax temperature over cosine similarities
+    temperature: float = 0.05  # softmax temperature over the neighbours' cosine similarities (brands)
+    path_temperature: float = 0.1  # softmax temperature over the linear classifier's decision values (paths)
     smoothing: float = 0.02  # mass spread uniformly (no label is impossible under the prior)
     weight: float = 1.0  # the decode loop's weight of log(prior mass) while it decodes the path; fitted
     brand_weight: float = 1.0  # ... and while it decodes the brand; fitted
@@ -52,8 +56,9 @@ class PriorBatch:
 class LabelPrior:
     """Lexical neighbours -> :class:`PriorBatch`."""
 
-    def __init__(self, index: LexicalIndex, taxonomy: Taxonomy, cfg: PriorConfig) -> None:
-        self.index, self.taxonomy, self.cfg = index, taxonomy, cfg
+    def __init__(self, index: LexicalIndex, taxonomy: Taxonomy, cfg: PriorConfig,
+                 path_scorer: LinearScorer | None = None) -> None:
+        self.index, self.taxonomy, self.cfg, self.path_scorer = index, taxonomy, cfg, path_scorer
         self.n_paths, self.n_brands = len(taxonomy.paths), 1 + len(taxonomy.brands)
 
     @classmethod
@@ -63,7 +68,17 @@ class LabelPrior:
         path_id = {p: i for i, p in enumerate(taxonomy.paths)}
         brand_id = {b: i + 1 for i, b in enumerate(taxonomy.brands)}
         ids = {"path": [path_id[lab.path] for lab in labels], "brand": [brand_id.get(lab.brand, 0) for lab in labels]}
-        return cls(LexicalIndex.build(texts, ids, titles), taxonomy, cfg or PriorConfig())
+        index = LexicalIndex.build(texts, ids, titles)
+        vectors = [index.featurizer.vector(t, index.idf) for t in texts]
+        scorer = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), index.featurizer.bits)
+        return cls(index, taxonomy, cfg or PriorConfig(), scorer)
+
+    def path_probs(self, texts: Sequence[str]) -> np.ndarray:
+        """Softmax of the path classifier's decision values at ``path_temperature``."""
+        scores = np.stack([self.path_scorer.scores(*self.index.featurizer.vector(t, self.index.idf)) for t in texts])
+        logits = scores / max(self.cfg.path_temperature, 1e-6)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def batch(self, texts: Sequence[str], exclude_titles: Sequence[str] | None = None) -> PriorBatch:
         rows, scores = self.index.search(texts, self.cfg.k, exclude_titles)
@@ -76,21 +91,51 @@ class LabelPrior:
             np.add.at(probs, (r, self.index.labels[name][rows[r, c]]), weights[r, c])
             empty = probs.sum(axis=1) == 0  # no neighbour at all: uniform
             probs[empty] = 1.0 / size
+            if name == "path" and self.path_scorer is not None:
+                probs = self.path_probs(texts)
             out.append((1 - self.cfg.smoothing) * probs + self.cfg.smoothing / size)
         return PriorBatch(out[0], out[1], self.cfg.weight, self.cfg.brand_weight)
 
     def describe(self) -> dict:
-        return {**self.cfg.to_dict(), "index_rows": self.index.size, "fingerprint": self.index.fingerprint()}
+        scorer = self.path_scorer
+        return {**self.cfg.to_dict(), "index_rows": self.index.size, "fingerprint": self.index.fingerprint(),
+                "paths_from": "linear classifier" if scorer is not None else "neighbours", "brands_from": "neighbours",
+                "linear_fingerprint": None if scorer is None else _digest(scorer.arrays("path"))}
 
     def save(self, folder: Path) -> dict:
+        from safetensors.numpy import save_file
+
         self.index.save(Path(folder) / PRIOR_DIR)
+        if self.path_scorer is not None:
+            save_file(self.path_scorer.arrays("path"), str(Path(folder) / PRIOR_DIR / LINEAR_FILE))
         return {**self.describe(), "path": PRIOR_DIR}
 
     @classmethod
     def load(cls, folder: Path, recorded: dict, taxonomy: Taxonomy) -> "LabelPrior":
         """The prior a checkpoint (or an export's assets) stores; refuses a changed index."""
-        index = LexicalIndex.load(Path(folder) / recorded.get("path", PRIOR_DIR))
+        from safetensors.numpy import load_file
+
+        where = Path(folder) / recorded.get("path", PRIOR_DIR)
+        index = LexicalIndex.load(where)
         if index.fingerprint() != recorded["fingerprint"]:
-            raise ValueError(f"{Path(folder) / PRIOR_DIR}: index {index.fingerprint()} is not the one this model "
+            raise ValueError(f"{where}: index {index.fingerprint()} is not the one this model "
                              f"was trained with ({recorded['fingerprint']})")
-        return cls(index, taxonomy, PriorConfig.from_dict(recorded))
+        scorer = None
+        if recorded.get("paths_from") == "linear classifier":
+            if not (where / LINEAR_FILE).is_file():
+                raise FileNotFoundError(f"{where / LINEAR_FILE} is missing: the prior's path classifier")
+            arrays = load_file(str(where / LINEAR_FILE))
+            if _digest(arrays) != recorded.get("linear_fingerprint"):
+                raise ValueError(f"{where / LINEAR_FILE} does not match the fingerprint recorded for this model")
+            scorer = LinearScorer.from_arrays(arrays, "path")
+        return cls(index, taxonomy, PriorConfig.from_dict(recorded), scorer)
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode() + np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()[:16]
+

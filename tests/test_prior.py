@@ -101,8 +101,9 @@ def test_checkpoint_stores_the_fitted_prior_and_travels(tiny_checkpoint, tmp_pat
     prior = manifest["prior"]
     assert prior["path"] == "lexical" and (tiny_checkpoint / "lexical" / "lexical.safetensors").is_file()
     search = prior["validation_search"]
-    assert {"path_accuracy", "item_accuracy_by_brand_weight"} <= set(search)
-    assert str(prior["brand_weight"]) in search["item_accuracy_by_brand_weight"]
+    assert f"T={prior['path_temperature']} w={prior['weight']}" in search["path_accuracy"]
+    assert f"T={prior['temperature']} w={prior['brand_weight']}" in search["item_accuracy"]
+    assert prior["paths_from"] == "linear classifier" and (tiny_checkpoint / "lexical" / "linear.safetensors").is_file()
     moved = tmp_path / "moved"
     shutil.copytree(tiny_checkpoint, moved)
     texts = small_catalog.inputs()[:12]

@@ -39,7 +39,7 @@ class TaggerArgs:
     retrieval_fields: list[str] = field(default_factory=lambda: ["labels", "brands"])  # or "descriptions"
     prior: bool = True  # the lexical label prior in the decode loop (its weight fitted on validation)
     prior_k: int = 20  # lexical neighbours the prior is built from
-    prior_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # the validation search's grid
+    prior_weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # the validation search's grid
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -161,10 +161,11 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
 
 def fit_prior(ckpt: Path, texts: list[str], labels: list, weights: tuple[float, ...],
-              temperatures: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)) -> dict:
-    """Fit the label prior's decoding on the validation rows with the best checkpoint: the temperature and the
-    path weight by path accuracy (brand weight equal), then the brand weight by item accuracy (ties: the smaller
-    weight, the lower temperature). Returns the prior's manifest entry with the search."""
+              temperatures: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
+    """Fit the label prior's decoding on the validation rows with the best checkpoint: the path classifier's
+    temperature and the path weight by path accuracy (brand weight equal), then the neighbours' temperature and
+    the brand weight by item accuracy (ties: the smaller weight, the lower temperature). Returns the prior's
+    manifest entry with the search."""
     tagger = Tagger.load(ckpt)
     cfg = tagger.prior.cfg
 
@@ -172,19 +173,19 @@ def fit_prior(ckpt: Path, texts: list[str], labels: list, weights: tuple[float, 
         preds = tagger.predict(texts, batch_size=64)
         return round(tagger_metrics(labels, [p.label for p in preds], tagger.taxonomy)[metric], 6)
 
-    paths = {}
+    paths, items = {}, {}
     for temperature in temperatures:
         for weight in weights:
-            cfg.temperature, cfg.weight, cfg.brand_weight = temperature, weight, weight
+            cfg.path_temperature, cfg.weight, cfg.brand_weight = temperature, weight, weight
             paths[(temperature, weight)] = score("path_accuracy")
-    (cfg.temperature, cfg.weight), _ = max(paths.items(), key=lambda kv: (kv[1], -kv[0][1], -kv[0][0]))
-    items = {}
-    for weight in weights:
-        cfg.brand_weight = weight
-        items[weight] = score("item_accuracy")
-    cfg.brand_weight = max(weights, key=lambda w: (items[w], -w))
+    (cfg.path_temperature, cfg.weight), _ = max(paths.items(), key=lambda kv: (kv[1], -kv[0][1], -kv[0][0]))
+    for temperature in temperatures:
+        for weight in weights:
+            cfg.temperature, cfg.brand_weight = temperature, weight
+            items[(temperature, weight)] = score("item_accuracy")
+    (cfg.temperature, cfg.brand_weight), best = max(items.items(), key=lambda kv: (kv[1], -kv[0][1], -kv[0][0]))
     search = {"path_accuracy": {f"T={t} w={w}": v for (t, w), v in paths.items()},
-              "item_accuracy_by_brand_weight": {str(w): v for w, v in items.items()}}
-    print(f"shelfml: label prior T={cfg.temperature} path weight {cfg.weight} brand weight {cfg.brand_weight} "
-          f"(validation item accuracy {items[cfg.brand_weight]})", file=sys.stderr)
+              "item_accuracy": {f"T={t} w={w}": v for (t, w), v in items.items()}}
+    print(f"shelfml: label prior: paths T={cfg.path_temperature} weight {cfg.weight}, brands T={cfg.temperature} "
+          f"weight {cfg.brand_weight} (validation item accuracy {best})", file=sys.stderr)
     return {**tagger.prior.describe(), "path": PRIOR_DIR, "validation_search": search}
