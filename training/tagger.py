@@ -75,6 +75,19 @@ def _model(args: TaggerArgs, parts: dict):
     return tokenizer, build_t5(args.shape, tokenizer)
 
 
+def _refuse_collisions(tagger: Tagger) -> None:
+    collisions = tagger.constraint.collisions
+    if collisions:
+        raise ValueError(f"{len(collisions)} taxonomy paths tokenise identically, e.g. {collisions[:3]}; the "
+                         "tokenizer cannot tell them apart")
+
+
+def _prior(args: TaggerArgs, train: Catalog, taxonomy) -> LabelPrior:
+    """The label prior of the training rows (its weights are fitted after training, :func:`fit_prior`)."""
+    return LabelPrior.build(train.inputs(), train.labels(), train.frame["text"].tolist(), taxonomy,
+                            PriorConfig(k=args.prior_k))
+
+
 def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger: Tagger) -> dict:
     taxonomy, enricher = tagger.taxonomy, tagger.enricher
     return {
@@ -107,15 +120,9 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
         enricher = training_enricher(args.retrieval_index, args.retrieval, args.retrieval_fields, parts)
     max_input_tokens = args.max_input_tokens + (enricher.format.token_budget() if enricher else 0)
-    prior = None
-    if args.prior:
-        train_rows = parts["train"]
-        prior = LabelPrior.build(train_rows.inputs(), train_rows.labels(), train_rows.frame["text"].tolist(),
-                                 taxonomy, PriorConfig(k=args.prior_k))
+    prior = _prior(args, parts["train"], taxonomy) if args.prior else None
     tagger = Tagger(model, tokenizer, taxonomy, args.brand_mode, max_input_tokens, enricher=enricher, prior=prior)
-    if tagger.constraint.collisions:
-        raise ValueError(f"{len(tagger.constraint.collisions)} taxonomy paths tokenise identically, e.g. "
-                         f"{tagger.constraint.collisions[:3]}; the tokenizer cannot tell them apart")
+    _refuse_collisions(tagger)
 
     collate = _collate(tagger)
     train_inputs = enrich_training_rows(enricher, parts["train"]) if enricher else parts["train"].inputs()
