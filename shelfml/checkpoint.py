@@ -18,7 +18,6 @@ from typing import Callable
 
 MANIFEST = "shelfml.json"
 FORMAT_VERSION = 1
-TASKS = ("tagger", "price")
 
 
 class CheckpointError(ValueError):
@@ -116,8 +115,10 @@ def read_manifest(ckpt: Path, task: str | None = None, weights: bool = True) -> 
         raise CheckpointError(f"{ckpt} is not a directory")
     path = ckpt / MANIFEST
     manifest = read_json_manifest(path, CheckpointError, "a shelfml checkpoint")
-    if not isinstance(manifest, dict) or manifest.get("task") not in TASKS:
-        raise CheckpointError(f"{path} is corrupt: 'task' must be one of {TASKS}")
+    from shelfml.families import FAMILIES
+
+    if not isinstance(manifest, dict) or manifest.get("task") not in FAMILIES:
+        raise CheckpointError(f"{path} is corrupt: 'task' must be one of {tuple(FAMILIES)}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}")
     if task and manifest["task"] != task:

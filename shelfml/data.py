@@ -20,7 +20,6 @@ import pandas as pd
 
 from shelfml.labels import MAX_LEVELS, MIN_LEVELS, Label, Taxonomy, clean_value
 
-TASKS = ("tagger", "price")
 SPLITS = ("train", "validation", "test")
 MAX_DESCRIPTION_CHARS = 300
 FLIPKART_FILE = "flipkart_ecommerce_20k/flipkart_ecommerce_20k.csv.gz"
@@ -116,8 +115,10 @@ def shared_data_dir() -> Path | None:
 
 def load_catalog(spec: DataSpec, task: str = "tagger") -> Catalog:
     """Load and validate a catalog for ``task`` ("tagger" needs levels, "price" needs prices)."""
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; expected one of {TASKS}")
+    from shelfml.families import FAMILIES
+
+    if task not in FAMILIES:
+        raise DataError(f"unknown task {task!r}; expected one of {tuple(FAMILIES)}")
     if spec.source == "synthetic":
         from shelfml.synthetic import generate_catalog
 

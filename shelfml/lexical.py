@@ -27,6 +27,35 @@ MANIFEST = "lexical.json"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+def inverted_lists(features: np.ndarray, owners: np.ndarray, weights: np.ndarray, bits: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(feature id, owner, weight) triples -> (ptr [2**bits + 1], owners, weights) sorted by feature: the owners
+    (rows, classes) and weights of feature f are ``[ptr[f], ptr[f + 1])``."""
+    order = np.argsort(features, kind="stable")
+    ptr = np.zeros((1 << bits) + 1, dtype=np.int64)
+    np.add.at(ptr, features + 1, 1)
+    return np.cumsum(ptr), owners[order], weights[order]
+
+
+def accumulate(ptr: np.ndarray, owners: np.ndarray, weights: np.ndarray, ids: np.ndarray, values: np.ndarray,
+               size: int) -> np.ndarray:
+    """Sum over a query's features of value x weight per owner: ``[size]`` float64 (dot products)."""
+    starts, ends = ptr[ids], ptr[ids + 1]
+    lengths = ends - starts
+    if not lengths.sum():
+        return np.zeros(size)
+    take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends) if b > a])
+    return np.bincount(owners[take], weights=weights[take] * np.repeat(values, lengths), minlength=size)
+
+
+def array_digest(arrays: dict[str, np.ndarray]) -> str:
+    """A short content hash of named arrays (name order independent)."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode() + np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Featurizer:
     """Text -> L2-normalised sparse TF-IDF vector over ``2**bits`` hashed features."""
@@ -89,24 +118,14 @@ class LexicalIndex:
             feats.append(ids)
             rows.append(np.full(len(ids), row, dtype=np.int32))
             weights.append((values / norm).astype(np.float32))
-        feats_all = np.concatenate(feats) if feats else np.zeros(0, np.int64)
-        order = np.argsort(feats_all, kind="stable")
-        ptr = np.zeros((1 << featurizer.bits) + 1, dtype=np.int64)
-        np.add.at(ptr, feats_all + 1, 1)
-        return cls(featurizer, idf, np.cumsum(ptr), np.concatenate(rows)[order] if rows else np.zeros(0, np.int32),
-                   np.concatenate(weights)[order] if weights else np.zeros(0, np.float32),
-                   {k: np.asarray(v, dtype=np.int32) for k, v in labels.items()}, title_keys(keys))
+        lists = inverted_lists(np.concatenate(feats), np.concatenate(rows), np.concatenate(weights), featurizer.bits)
+        return cls(featurizer, idf, *lists, {k: np.asarray(v, dtype=np.int32) for k, v in labels.items()},
+                   title_keys(keys))
 
     def scores(self, text: str) -> np.ndarray:
         """Cosine similarity of ``text`` to every indexed row ([rows] float32)."""
         ids, values = self.featurizer.vector(text, self.idf)
-        starts, ends = self.ptr[ids], self.ptr[ids + 1]
-        lengths = ends - starts
-        if not lengths.sum():
-            return np.zeros(self.size, dtype=np.float32)
-        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends) if e > s])
-        query = np.repeat(values, lengths)
-        return np.bincount(self.rows[take], weights=self.weights[take] * query, minlength=self.size).astype(np.float32)
+        return accumulate(self.ptr, self.rows, self.weights, ids, values, self.size).astype(np.float32)
 
     def search(self, texts: Sequence[str], k: int, exclude: Sequence[str] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -128,20 +147,19 @@ class LexicalIndex:
 
     # -- files ------------------------------------------------------------------------------
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"idf": self.idf, "ptr": self.ptr, "rows": self.rows, "weights": self.weights, "keys": self.keys,
+                **{f"label.{k}": v for k, v in self.labels.items()}}
+
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        labels = [self.labels[k] for k in sorted(self.labels)]
-        for array in (self.idf, self.ptr, self.rows, self.weights, self.keys, *labels):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()[:16]
+        return array_digest(self.arrays())
 
     def save(self, folder: Path) -> dict:
         from safetensors.numpy import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"idf": self.idf, "ptr": self.ptr, "rows": self.rows, "weights": self.weights, "keys": self.keys,
-                   **{f"label.{k}": v for k, v in self.labels.items()}}, str(folder / ARRAYS))
+        save_file(self.arrays(), str(folder / ARRAYS))
         manifest = {"featurizer": asdict(self.featurizer), "rows": self.size, "entries": int(len(self.rows)),
                     "labels": sorted(self.labels), "fingerprint": self.fingerprint()}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -165,13 +183,11 @@ class LexicalIndex:
 
 
 def title_keys(titles: Sequence[str]) -> np.ndarray:
-    """A 64-bit key per normalised title (lower-case word sequence)."""
-    out = np.zeros(len(titles), dtype=np.int64)
-    for i, title in enumerate(titles):
-        words = " ".join(_WORD.findall(str(title).lower()))
-        out[i] = int.from_bytes(hashlib.blake2b(words.encode("utf-8"), digest_size=8).digest(), "little",
-                                signed=True)
-    return out
+    """A 64-bit key per normalised title (:func:`shelfml.data.normalise_title`, the split's grouping key)."""
+    from shelfml.data import normalise_title
+
+    return np.array([int.from_bytes(hashlib.blake2b(normalise_title(t).encode("utf-8"), digest_size=8).digest(),
+                                    "little", signed=True) for t in titles], dtype=np.int64).reshape(len(titles))
 
 
 def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -228,22 +244,11 @@ class LinearScorer:
             owners.append(np.full(len(strongest), label, dtype=np.int32))
             weights.append(coef[k][strongest].astype(np.float32))
             bias[label] = intercept[k]
-        feats_all = np.concatenate(feats)
-        order = np.argsort(feats_all, kind="stable")
-        ptr = np.zeros((1 << bits) + 1, dtype=np.int64)
-        np.add.at(ptr, feats_all + 1, 1)
-        return cls(np.cumsum(ptr), np.concatenate(owners)[order], np.concatenate(weights)[order], bias)
+        return cls(*inverted_lists(np.concatenate(feats), np.concatenate(owners), np.concatenate(weights), bits), bias)
 
     def scores(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Decision values of one query vector for every class."""
-        starts, ends = self.ptr[ids], self.ptr[ids + 1]
-        lengths = ends - starts
-        out = self.bias.astype(np.float64)
-        if lengths.sum():
-            take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends) if e > s])
-            out = out + np.bincount(self.classes[take], weights=self.weights[take] * np.repeat(values, lengths),
-                                    minlength=len(self.bias))
-        return out
+        return self.bias + accumulate(self.ptr, self.classes, self.weights, ids, values, len(self.bias))
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.ptr": self.ptr, f"{prefix}.classes": self.classes, f"{prefix}.weights": self.weights,

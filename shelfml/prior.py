@@ -18,10 +18,11 @@ from typing import Sequence
 import numpy as np
 
 from shelfml.labels import Label, Taxonomy
-from shelfml.lexical import LexicalIndex, LinearScorer, softmax_weights
+from shelfml.lexical import LexicalIndex, LinearScorer, array_digest, softmax_weights
 
 PRIOR_DIR = "lexical"  # inside a checkpoint and an export's assets
 LINEAR_FILE = "linear.safetensors"  # the path classifier, beside the lexical index
+CACHE_ROWS = 20_000  # texts whose evidence is kept; the cache starts afresh beyond this
 
 
 @dataclass
@@ -60,6 +61,8 @@ class LabelPrior:
                  path_scorer: LinearScorer | None = None) -> None:
         self.index, self.taxonomy, self.cfg, self.path_scorer = index, taxonomy, cfg, path_scorer
         self.n_paths, self.n_brands = len(taxonomy.paths), 1 + len(taxonomy.brands)
+        self._cache: dict[str, tuple] = {}
+        self._cache_k = cfg.k
 
     @classmethod
     def build(cls, texts: Sequence[str], labels: Sequence[Label], titles: Sequence[str], taxonomy: Taxonomy,
@@ -73,34 +76,54 @@ class LabelPrior:
         scorer = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), index.featurizer.bits)
         return cls(index, taxonomy, cfg or PriorConfig(), scorer)
 
-    def path_probs(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax of the path classifier's decision values at ``path_temperature``."""
-        scores = np.stack([self.path_scorer.scores(*self.index.featurizer.vector(t, self.index.idf)) for t in texts])
-        logits = scores / max(self.cfg.path_temperature, 1e-6)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return probs / probs.sum(axis=1, keepdims=True)
+    def evidence(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(neighbour rows [n, k], their similarities [n, k], the path classifier's decision values [n, paths]
+        or None) of each text: what the distributions are made of, independent of the temperatures. Cached per
+        text (catalogs repeat titles; the validation search decodes the same rows at every grid point)."""
+        if self._cache_k != self.cfg.k or len(self._cache) + len(texts) > CACHE_ROWS:
+            self._cache, self._cache_k = {}, self.cfg.k
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo:
+            rows, scores = self.index.search(todo, self.cfg.k)
+            for i, text in enumerate(todo):
+                linear = None
+                if self.path_scorer is not None:
+                    linear = self.path_scorer.scores(*self.index.featurizer.vector(text, self.index.idf))
+                self._cache[text] = (rows[i], scores[i], linear)
+        found = [self._cache[t] for t in texts]
+        linear = np.stack([f[2] for f in found]) if self.path_scorer is not None else None
+        return np.stack([f[0] for f in found]), np.stack([f[1] for f in found]), linear
 
     def batch(self, texts: Sequence[str], exclude_titles: Sequence[str] | None = None) -> PriorBatch:
-        rows, scores = self.index.search(texts, self.cfg.k, exclude_titles)
+        """The prior of ``texts``; ``exclude_titles``: a training row's own normalised title is never its neighbour
+        (uncached)."""
+        if exclude_titles is None:
+            rows, scores, linear = self.evidence(texts)
+        else:
+            rows, scores = self.index.search(texts, self.cfg.k, exclude_titles)
+            linear = None if self.path_scorer is None else np.stack(
+                [self.path_scorer.scores(*self.index.featurizer.vector(t, self.index.idf)) for t in texts])
+        paths = self._neighbour_probs(rows, scores, "path", self.n_paths) if linear is None else _softmax(
+            linear / max(self.cfg.path_temperature, 1e-6))
+        brands = self._neighbour_probs(rows, scores, "brand", self.n_brands)
+        smooth = self.cfg.smoothing
+        return PriorBatch((1 - smooth) * paths + smooth / self.n_paths, (1 - smooth) * brands + smooth / self.n_brands,
+                          self.cfg.weight, self.cfg.brand_weight)
+
+    def _neighbour_probs(self, rows: np.ndarray, scores: np.ndarray, name: str, size: int) -> np.ndarray:
+        """Similarity-softmax weights of the neighbours summed per label (uniform when a text has none)."""
         weights = softmax_weights(scores, self.cfg.temperature)
-        found = rows >= 0
-        out = []
-        for name, size in (("path", self.n_paths), ("brand", self.n_brands)):
-            probs = np.zeros((len(texts), size), dtype=np.float64)
-            r, c = np.nonzero(found)
-            np.add.at(probs, (r, self.index.labels[name][rows[r, c]]), weights[r, c])
-            empty = probs.sum(axis=1) == 0  # no neighbour at all: uniform
-            probs[empty] = 1.0 / size
-            if name == "path" and self.path_scorer is not None:
-                probs = self.path_probs(texts)
-            out.append((1 - self.cfg.smoothing) * probs + self.cfg.smoothing / size)
-        return PriorBatch(out[0], out[1], self.cfg.weight, self.cfg.brand_weight)
+        probs = np.zeros((len(rows), size), dtype=np.float64)
+        r, c = np.nonzero(rows >= 0)
+        np.add.at(probs, (r, self.index.labels[name][rows[r, c]]), weights[r, c])
+        probs[probs.sum(axis=1) == 0] = 1.0 / size
+        return probs
 
     def describe(self) -> dict:
         scorer = self.path_scorer
         return {**self.cfg.to_dict(), "index_rows": self.index.size, "fingerprint": self.index.fingerprint(),
                 "paths_from": "linear classifier" if scorer is not None else "neighbours", "brands_from": "neighbours",
-                "linear_fingerprint": None if scorer is None else _digest(scorer.arrays("path"))}
+                "linear_fingerprint": None if scorer is None else array_digest(scorer.arrays("path"))}
 
     def save(self, folder: Path) -> dict:
         from safetensors.numpy import save_file
@@ -125,17 +148,12 @@ class LabelPrior:
             if not (where / LINEAR_FILE).is_file():
                 raise FileNotFoundError(f"{where / LINEAR_FILE} is missing: the prior's path classifier")
             arrays = load_file(str(where / LINEAR_FILE))
-            if _digest(arrays) != recorded.get("linear_fingerprint"):
+            if array_digest(arrays) != recorded.get("linear_fingerprint"):
                 raise ValueError(f"{where / LINEAR_FILE} does not match the fingerprint recorded for this model")
             scorer = LinearScorer.from_arrays(arrays, "path")
         return cls(index, taxonomy, PriorConfig.from_dict(recorded), scorer)
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(key.encode() + np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()[:16]
-
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
