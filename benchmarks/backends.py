@@ -192,18 +192,15 @@ def cuda_skip_reason() -> str | None:
     return f"no CUDA device: torch {torch.__version__} reports torch.cuda.is_available() == False"
 
 
-def cuda_backends(model, task: str, steps: int, start_id: int, eos_id: int) -> list[Backend]:
-    """The CUDA column: eager FP16 runs when a GPU exists; the rest is listed with why it is not timed."""
+def cuda_backends(fp16: Callable[[], Backend] | None) -> list[Backend]:
+    """The CUDA column: ``fp16()`` (the family's eager FP16 backend, None: not implemented for it) runs when a
+    GPU exists; the rest is listed with why it is not timed."""
     reason = cuda_skip_reason()
     out = []
-    if reason is None and task == "tagger":
-        import copy
-
-        half = copy.deepcopy(model).half().cuda().eval()
-        out.append(loop_backend("eager-fp16-cuda", eager_step_factory(half), "fp16", steps, start_id, eos_id,
-                                exact=False, device="cuda"))
+    if reason is None and fp16 is not None:
+        out.append(fp16())
     elif reason is None:
-        out.append(Backend("eager-fp16-cuda", "fp16", "cuda", skipped="not implemented for the price model"))
+        out.append(Backend("eager-fp16-cuda", "fp16", "cuda", skipped="not implemented for this model family"))
     else:
         out.append(Backend("eager-fp16-cuda", "fp16", "cuda", skipped=reason))
     out.append(Backend("torch-compile-cuda", "fp16", "cuda", skipped=reason or
@@ -242,7 +239,14 @@ def tagger_backends(model, ort_runners: dict, hf_dir: Path | None, work_dir: Pat
         reason = f"{CT2_FAIL_HINT}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         backends += [Backend("ctranslate2-fp32", "fp32", skipped=reason),
                      Backend("ctranslate2-int8", "int8", skipped=reason)]
-    return backends + cuda_backends(model, "tagger", steps, start_id, eos_id)
+    def fp16() -> Backend:
+        import copy
+
+        half = copy.deepcopy(model).half().cuda().eval()
+        return loop_backend("eager-fp16-cuda", eager_step_factory(half), "fp16", steps, start_id, eos_id,
+                            exact=False, device="cuda")
+
+    return backends + cuda_backends(fp16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +284,7 @@ def price_backends(regressor, ort_runners: dict) -> list[Backend]:
             continue
         backends.append(Backend(name, precision, exact=precision == "fp32", notes="OrtPrice",
                                 run=lambda ids, mask, r=runner: r(price_batch(ids, mask, cfg))))
-    return backends + cuda_backends(model, "price", 0, 0, 0)
+    return backends + cuda_backends(None)
 
 
 @dataclass

@@ -25,10 +25,11 @@ def _goal(gid, model, goal, passed, value, detail) -> dict:
 
 
 def evaluate_goals(results: dict) -> list[dict]:
-    """Each goal per model it applies to; ``passed`` None when a backend it needs was not timed."""
+    """Each goal per model whose results hold its workload; ``passed`` None when a backend it needs was not
+    timed."""
     goals = []
     for key, m in results["models"].items():
-        if m["task"] == "tagger":
+        if "W1" in m["results"]:
             w1, w2 = m["results"]["W1"], m["results"]["W2"]
             s1, s2 = w1["backends"], w2["backends"]
             name, best = _best(s1, PROJECT_TAGGER)
@@ -51,7 +52,7 @@ def evaluate_goals(results: dict) -> list[dict]:
                 goals.append(_goal(f"{wid}-ctranslate2", key, text, ratio >= 1, ratio,
                                    f"{name} {best[key_]:.2f} {unit} vs ctranslate2-int8 {peer[key_]:.2f} {unit}: "
                                    f"{ratio:.2f}x of the peer"))
-        else:
+        if "W3" in m["results"]:
             s3 = m["results"]["W3"]["backends"]
             name, best = _best(s3, PROJECT_PRICE)
             speed = s3["eager"]["p50_ms"] / best["p50_ms"]
@@ -258,9 +259,8 @@ def markdown(results: dict) -> str:
 
 def _bar_plots(plt, results: dict, out: Path, files: dict) -> None:
     """Latency and speed-up bars: one panel per (model, workload)."""
-    panels = [(k, wid, m["results"][wid]) for k, m in results["models"].items() if m["task"] == "tagger"
-              for wid in ("W1", "W2")]
-    panels += [(k, "W3", m["results"]["W3"]) for k, m in results["models"].items() if m["task"] == "price"]
+    panels = [(k, wid, m["results"][wid]) for k, m in results["models"].items() for wid in ("W1", "W2", "W3")
+              if wid in m["results"]]
     for kind, ylabel, key in (("latency", "p50 latency (ms), whiskers p90", "p50_ms"),
                               ("speedup", "speed-up over eager (p50)", "speedup_vs_eager")):
         fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 4), squeeze=False)
@@ -302,8 +302,8 @@ def _concurrency_plot(plt, results: dict, out: Path, files: dict) -> None:
 
 
 def _batch_plot(plt, results: dict, out: Path, files: dict) -> None:
-    """p50 latency against batch size, per tagger model."""
-    tagger = {k: m for k, m in results["models"].items() if m["task"] == "tagger"}
+    """p50 latency against batch size, per model timed at more than one batch size."""
+    tagger = {k: m for k, m in results["models"].items() if len({w["batch"] for w in m["results"].values()}) > 1}
     fig, axes = plt.subplots(1, max(1, len(tagger)), figsize=(5 * max(1, len(tagger)), 4), squeeze=False)
     for ax, (model, m) in zip(axes[0], tagger.items()):
         points = {w["batch"]: w for wid, w in m["results"].items()}

@@ -25,9 +25,8 @@ import torch
 from shelfml.benchmarks import agreement
 from shelfml.benchmarks.backends import (Backend, ModelUnderTest, export_graphs, parameters, price_backends,
                                          reference_price, reference_t5, tagger_backends, threads)
-from shelfml.benchmarks.flops import price_gflops, t5_gflops
 from shelfml.benchmarks.timing import interleaved, summarize
-from shelfml.benchmarks.workloads import BATCH_SWEEP, WORKLOADS, token_batch
+from shelfml.benchmarks.workloads import BATCH_SWEEP, WORKLOADS
 
 SCHEMA = "shelfml.bench/1"
 SEED_FIGURES = [
@@ -174,21 +173,10 @@ def _price_models(checkpoint, export, reference: bool, work: Path) -> list[Model
 # Workloads
 
 
-def _inputs(m: ModelUnderTest, batch: int, length: int, seed: int):
-    if m.task == "tagger":
-        return token_batch(m.vocab_size, batch, length, m.special["first_id"], m.special["eos"], seed)
-    length = min(length, m.special["max_positions"])
-    return token_batch(m.vocab_size, batch, length, m.special["first_id"], m.special["sep"], seed,
-                       prefix_id=m.special["cls"])
-
-
-def _eager_reference(m: ModelUnderTest) -> str:
-    return "eager-loop" if m.task == "tagger" else "eager"
-
-
-def _time_workload(m: ModelUnderTest, timed: list[Backend], wid: str, batch: int, length: int, reps: int,
-                   warmup: int, seed: int, gflops: float | None) -> dict:
-    ids, mask = _inputs(m, batch, length, seed)
+def _time_workload(m: ModelUnderTest, timed: list[Backend], wid: str, inputs: tuple[np.ndarray, np.ndarray],
+                   reps: int, warmup: int, gflops: float | None) -> dict:
+    ids, mask = inputs
+    batch = len(ids)
     samples = interleaved({b.name: (lambda b=b: b.run(ids, mask)) for b in timed}, reps=reps, warmup=warmup)
     stats = {name: summarize(s, batch) for name, s in samples.items()}
     eager = [n for n in stats if n.startswith("eager")]
@@ -202,83 +190,31 @@ def _time_workload(m: ModelUnderTest, timed: list[Backend], wid: str, batch: int
             "reps": reps, "backends": stats}
 
 
-def _profile(m: ModelUnderTest, timed: list[Backend], reps: int, seed: int) -> dict:
-    """W1 split: the encoder (make_step) and each decoder step, for the backends built on a step function."""
-    w = WORKLOADS["W1"]
-    ids, mask = _inputs(m, w.batch, w.input_tokens, seed)
-    out = {}
-    for b in timed:
-        if b.make_step is None:
-            continue
-        enc, steps = [], []
-        for _ in range(reps):
-            with torch.inference_mode():
-                t0 = time.perf_counter()
-                step = b.make_step(ids, mask)
-                enc.append(time.perf_counter() - t0)
-                tokens = np.full((len(ids), 1), m.special["start"], dtype=np.int64)
-                for _ in range(w.new_tokens):
-                    t0 = time.perf_counter()
-                    logits = step(tokens)
-                    steps.append(time.perf_counter() - t0)
-                    tokens = np.asarray(logits).argmax(-1)[:, None].astype(np.int64)
-        out[b.name] = {"encoder_ms": float(np.median(enc) * 1e3), "decoder_step_ms": float(np.median(steps) * 1e3),
-                       "decoder_total_ms": float(np.median(steps) * 1e3 * w.new_tokens), "steps": w.new_tokens}
-    return out
-
-
-def _constrained(m: ModelUnderTest, reps: Repetitions, texts: list[str]) -> dict:
-    """The end-to-end constrained tagger (real texts, taxonomy trie) for eager and ONNX Runtime FP32/INT8."""
-    tagger = m.info["tagger"]
-    steps = {b.name: b.make_step for b in m.backends if b.make_step is not None and b.device == "cpu"}
-    labels = {n: [p.label for p in tagger.predict(texts[:32], 32, make_step=s)] for n, s in steps.items()}
-    ref = labels["eager-loop"]
-    agree = {n: {"label_agreement": float(np.mean([a == b for a, b in zip(ref, lab)])),
-                 "required": n in ("eager-loop", "onnx-fp32")} for n, lab in labels.items()}
-    if agree.get("onnx-fp32", {}).get("label_agreement", 1.0) < 1.0:
-        raise agreement.AgreementError(f"constrained tagger: onnx-fp32 labels differ from eager on "
-                                       f"{agree['onnx-fp32']['label_agreement']:.0%} agreement")
-    out = {"texts": texts[:32][:2], "agreement": agree, "by_batch": {}}
-    for batch, n in ((1, reps.constrained), (32, max(2, reps.constrained // 3))):
-        chunk = texts[:batch]
-        samples = interleaved({name: (lambda s=s: tagger.predict(chunk, batch, make_step=s)) for name, s in steps.items()},
-                              reps=n, warmup=reps.warmup)
-        stats = {name: summarize(s, batch) for name, s in samples.items()}
-        for s in stats.values():
-            s["speedup_vs_eager"] = stats["eager-loop"]["p50_ms"] / s["p50_ms"]
-        out["by_batch"][str(batch)] = stats
-    return out
-
-
 def bench_model(m: ModelUnderTest, reps: Repetitions, seed: int, texts: list[str] | None) -> dict:
+    """Agreement, GFLOPs and timing of every workload of the model's family profile, then its own sections."""
+    from shelfml.families import family
+
+    profile = family(m.task).hook("bench")
     timed = [b for b in m.backends if b.run is not None]
     result = {"task": m.task, "description": m.description, "parameters": parameters(m.torch_model),
               "backends": {b.name: b.describe() for b in m.backends}, "agreement": {}, "gflops": {}, "results": {}}
-    if m.task == "tagger":
-        result["config"] = {k: getattr(m.torch_model.config, k) for k in
-                            ("d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv", "vocab_size")}
-        plan = [("W1", WORKLOADS["W1"].batch, reps.w1), ("W2", WORKLOADS["W2"].batch, reps.w2)]
-        if reps.sweep:
-            plan += [(f"sweep-b{b}", b, reps.sweep) for b in BATCH_SWEEP if b not in (1, 32)]
-        length, steps = WORKLOADS["W1"].input_tokens, WORKLOADS["W1"].new_tokens
-    else:
-        plan, length, steps = [("W3", WORKLOADS["W3"].batch, reps.w3)], WORKLOADS["W3"].input_tokens, 0
-    for wid, batch, n in plan:
-        ids, mask = _inputs(m, batch, length, seed)
-        if wid in ("W1", "W2", "W3"):
+    result |= profile.describe(m)
+    for wid, batch, n in profile.plan(reps):
+        ids, mask = profile.inputs(m, batch, profile.input_tokens, seed)
+        if wid in WORKLOADS:
             _progress(f"{m.key} {wid}: agreement of {len(timed)} backends")
             outputs = agreement.run_outputs(timed, ids, mask)
-            result["agreement"][wid] = agreement.check(m.task, timed, outputs, _eager_reference(m), wid)
-            result["agreement"][wid]["sample"] = np.asarray(outputs[_eager_reference(m)])[:1].tolist()
-        g = t5_gflops(m.torch_model, ids, mask, steps) if m.task == "tagger" else price_gflops(m.torch_model, ids, mask)
+            result["agreement"][wid] = agreement.check(profile.compare, timed, outputs, profile.reference, wid)
+            result["agreement"][wid]["sample"] = np.asarray(outputs[profile.reference])[:1].tolist()
+        g = profile.gflops(m.torch_model, ids, mask, profile.new_tokens)
         result["gflops"][wid] = {k: v for k, v in g.items() if k != "decoder_per_step"}
         _progress(f"{m.key} {wid}: timing batch {batch}, {n} interleaved repetitions")
-        result["results"][wid] = _time_workload(m, timed, wid, batch, length, n, reps.warmup, seed, g["total"])
-    if m.task == "tagger":
-        result["profile"] = {"W1": _profile(m, timed, reps.profile, seed)}
-        if "tagger" in m.info and texts:
-            _progress(f"{m.key}: constrained end-to-end tagger")
-            result["constrained"] = _constrained(m, reps, texts)
+        result["results"][wid] = _time_workload(m, timed, wid, (ids, mask), n, reps.warmup, g["total"])
+    for name, section in profile.sections.items():
+        _progress(f"{m.key}: {name}")
+        value = section(m, timed, reps, seed, texts)
+        if value is not None:
+            result[name] = value
     return result
 
 

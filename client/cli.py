@@ -29,7 +29,7 @@ from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_
 from shelfml.labels import format_path
 
 ROW_ID = "row"  # the id column when the input has none: the row's 0-based position in the input
-RESULT_COLUMNS = {"tag": ["path", "brand", "confidence", "error"], "price": ["price", "has_image", "error"]}
+
 
 
 @dataclass(frozen=True)
@@ -158,19 +158,35 @@ def price_fields(result) -> list[object]:
     return [f"{result.price:.4f}", int(result.has_image), ""]
 
 
+async def _tag(client: AsyncShelfmlClient, chunk: list["Row"]) -> list[list[object]]:
+    return [tag_fields(r) for r in await client.tag([r.text for r in chunk])]
+
+
+async def _price(client: AsyncShelfmlClient, chunk: list["Row"]) -> list[list[object]]:
+    return [price_fields(r) for r in await client.price([r.text for r in chunk], [r.image for r in chunk])]
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One served model as ``shelfml-client batch --task`` sees it: its output columns and its call."""
+
+    columns: tuple[str, ...]
+    call: Callable[[AsyncShelfmlClient, list[Row]], Awaitable[list[list[object]]]]
+    images: bool = False  # takes --image-col
+
+
+BATCH_TASKS = {"tag": BatchTask(("path", "brand", "confidence", "error"), _tag),
+               "price": BatchTask(("price", "has_image", "error"), _price, images=True)}
+
+
 def make_predict(client: AsyncShelfmlClient, task: str) -> Predict:
     """The server call for one chunk; a rejected chunk is retried row by row so only the bad rows carry an error."""
-    width = len(RESULT_COLUMNS[task])
-
-    async def call(chunk: list[Row]) -> list[list[object]]:
-        texts = [r.text for r in chunk]
-        if task == "tag":
-            return [tag_fields(r) for r in await client.tag(texts)]
-        return [price_fields(r) for r in await client.price(texts, [r.image for r in chunk])]
+    spec = BATCH_TASKS[task]
+    width = len(spec.columns)
 
     async def predict(chunk: list[Row]) -> list[list[object]]:
         try:
-            return await call(chunk)
+            return await spec.call(client, chunk)
         except InvalidRequestError as e:
             if len(chunk) == 1:
                 return [[""] * (width - 1) + [str(e)]]
@@ -239,10 +255,10 @@ def cmd_price(a: argparse.Namespace) -> int:
 
 
 def cmd_batch(a: argparse.Namespace) -> int:
-    if a.image_col and a.task != "price":
-        raise ValueError("--image-col is for --task price")
+    if a.image_col and not BATCH_TASKS[a.task].images:
+        raise ValueError(f"--image-col is for --task {' or '.join(n for n, t in BATCH_TASKS.items() if t.images)}")
     rows = read_rows(Path(a.input), a.text_col, a.id_col, a.image_col, a.encoding)
-    header = [a.id_col or ROW_ID, *RESULT_COLUMNS[a.task]]
+    header = [a.id_col or ROW_ID, *BATCH_TASKS[a.task].columns]
     out = Path(a.out)
 
     async def go() -> BatchSummary:
@@ -278,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="a catalog CSV to an output CSV, resumable")
     b.add_argument("input", help="input CSV (gzip works)")
     b.add_argument("--out", required=True, help="output CSV; an existing one is resumed, never overwritten")
-    b.add_argument("--task", required=True, choices=sorted(RESULT_COLUMNS))
+    b.add_argument("--task", required=True, choices=sorted(BATCH_TASKS))
     b.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     b.add_argument("--text-col", default="title")
     b.add_argument("--id-col", help=f"unique id column copied to the output (default: the row number, as {ROW_ID!r})")

@@ -84,7 +84,8 @@ def parity_sample(ckpt: Path, manifest: dict, data: DataSpec | None) -> ParitySa
     from shelfml.evaluate import evaluation_rows
 
     rows, _ = evaluation_rows(manifest, data, "test")
-    return ParitySample.from_catalog(rows, manifest["task"], source=f"{rows.source} (test split)")
+    target = family(manifest["task"]).target
+    return ParitySample.from_catalog(rows, target, source=f"{rows.source} (test split)")
 
 
 def _export(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs, fam, data: DataSpec | None) -> dict:

@@ -29,6 +29,9 @@ class DataError(ValueError):
     """A data source that cannot be used as asked; the message names the input and the problem."""
 
 
+LEVELS, PRICE = "levels", "price"  # what a family learns from a catalog (``Family.target``)
+
+
 @dataclass
 class DataSpec:
     """Where the catalog comes from and how its columns map (recorded in every manifest)."""
@@ -114,24 +117,27 @@ def shared_data_dir() -> Path | None:
 
 
 def load_catalog(spec: DataSpec, task: str = "tagger") -> Catalog:
-    """Load and validate a catalog for ``task`` ("tagger" needs levels, "price" needs prices)."""
-    from shelfml.families import FAMILIES
+    """Load and validate a catalog for ``task``: the rows usable for what its family learns
+    (:data:`LEVELS` or :data:`PRICE`, ``Family.target``)."""
+    from shelfml.families import UnknownTaskError, family
 
-    if task not in FAMILIES:
-        raise DataError(f"unknown task {task!r}; expected one of {tuple(FAMILIES)}")
+    try:
+        target = family(task).target
+    except UnknownTaskError as e:
+        raise DataError(str(e)) from None
     if spec.source == "synthetic":
         from shelfml.synthetic import generate_catalog
 
         raw = generate_catalog(spec.synthetic_rows, spec.synthetic_seed)
         mapping = dict(text="title", desc="description", levels=["supergroup", "group", "module"],
                        brand="brand", price="price", image="image")
-        return _standardise(raw, mapping, "synthetic", task, spec.limit)
+        return _standardise(raw, mapping, "synthetic", target, spec.limit)
     if spec.source == "flipkart":
-        return _load_flipkart(spec, task)
-    return _load_csv(spec, task)
+        return _load_flipkart(spec, target)
+    return _load_csv(spec, target)
 
 
-def _load_flipkart(spec: DataSpec, task: str) -> Catalog:
+def _load_flipkart(spec: DataSpec, target: str) -> Catalog:
     root = shared_data_dir()
     if root is None or not (root / FLIPKART_FILE).is_file():
         raise DataError(f"Flipkart data not found: set SHELFML_DATA_DIR to the folder holding {FLIPKART_FILE}")
@@ -142,10 +148,10 @@ def _load_flipkart(spec: DataSpec, task: str) -> Catalog:
     mapping = dict(text=spec.text_col or "product_name", desc=spec.desc_col or "description",
                    levels=spec.levels or ["cat_l1", "cat_l2", "cat_l3"], brand=spec.brand_col or "brand",
                    price=spec.price_col or "discounted_price", image=spec.image_col or "local_image")
-    return _standardise(raw, mapping, f"flipkart(depth>={spec.min_depth})", task, spec.limit)
+    return _standardise(raw, mapping, f"flipkart(depth>={spec.min_depth})", target, spec.limit)
 
 
-def _load_csv(spec: DataSpec, task: str) -> Catalog:
+def _load_csv(spec: DataSpec, target: str) -> Catalog:
     path = Path(spec.source)
     if not path.is_file():
         raise DataError(f"data source {spec.source!r} is not 'synthetic', 'flipkart' or an existing CSV file")
@@ -153,10 +159,10 @@ def _load_csv(spec: DataSpec, task: str) -> Catalog:
         raise DataError(f"{path}: --text-col is required for a CSV source")
     if spec.levels and spec.path_col:
         raise DataError(f"{path}: pass either --levels or --path-col, not both")
-    if task == "tagger" and not (spec.levels or spec.path_col):
+    if target == LEVELS and not (spec.levels or spec.path_col):
         raise DataError(f"{path}: --levels col1,col2[,col3[,col4]] (or --path-col COL --path-sep SEP) is required "
                         "to train or evaluate the tagger")
-    if task == "price" and not spec.price_col:
+    if target == PRICE and not spec.price_col:
         raise DataError(f"{path}: --price-col is required for the price task")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=spec.encoding)
@@ -180,7 +186,7 @@ def _load_csv(spec: DataSpec, task: str) -> Catalog:
     if spec.image_col and spec.image_col in raw:
         raw[spec.image_col] = [p if not p or "://" in p or Path(p).is_absolute() else str(base / p)
                                for p in raw[spec.image_col]]
-    return _standardise(raw, mapping, str(path), task, spec.limit)
+    return _standardise(raw, mapping, str(path), target, spec.limit)
 
 
 def split_path_column(raw: pd.DataFrame, column: str, sep: str, source: str) -> tuple[pd.DataFrame, list[str]]:
@@ -209,9 +215,9 @@ def split_path_column(raw: pd.DataFrame, column: str, sep: str, source: str) -> 
     return pd.concat([raw, levels], axis=1), names
 
 
-def _standardise(raw: pd.DataFrame, m: dict, source: str, task: str, limit: int | None) -> Catalog:
+def _standardise(raw: pd.DataFrame, m: dict, source: str, target: str, limit: int | None) -> Catalog:
     levels = list(m["levels"])
-    if task == "tagger" and not MIN_LEVELS <= len(levels) <= MAX_LEVELS:
+    if target == LEVELS and not MIN_LEVELS <= len(levels) <= MAX_LEVELS:
         raise DataError(f"{source}: expected {MIN_LEVELS}-{MAX_LEVELS} label levels, got {len(levels)}: {levels}")
     wanted = [m["text"], *levels, m["brand"], m["price"], m["image"], m["desc"]]
     missing = [c for c in wanted if c and c not in raw.columns]
@@ -239,7 +245,7 @@ def _standardise(raw: pd.DataFrame, m: dict, source: str, task: str, limit: int 
         keep.loc[mask] = False
 
     drop(frame["text"] == "", f"empty text ({m['text']})")
-    if task == "tagger":
+    if target == LEVELS:
         for i, name in enumerate(levels):
             drop(frame[f"level_{i + 1}"] == "", f"empty label level ({name})")
     else:

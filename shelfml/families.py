@@ -23,6 +23,7 @@ class UnknownTaskError(ValueError):
 @dataclass(frozen=True)
 class Family:
     task: str
+    target: str  # what it learns from a catalog: shelfml.data.LEVELS or PRICE
     service: GraphSpec  # the served python model's contract
     model_source: str  # its Triton model.py, in model_repository/models/
     leaves: dict[str, str]  # export.json graph key -> the service's parameter naming that leaf model
@@ -30,6 +31,7 @@ class Family:
     evaluate: str  # "module:function" scoring a checkpoint on a split (``shelfml evaluate``)
     predict: str  # "module:function" (ckpt, texts, batch_size, **options) -> JSON records (``shelfml predict``)
     baseline: str  # "module:function" (spec, split_seed) -> the TF-IDF baseline's test metrics
+    bench: str  # "module:NAME" of its BenchProfile (``shelfml bench``)
     asset_dirs: tuple[str, ...] = field(default=())  # checkpoint sub-folders the runtime needs
     options: tuple[str, ...] = field(default=())  # family-only CLI options its evaluate/predict take
 
@@ -45,15 +47,17 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "tagger": Family("tagger", TAGGER_SERVICE, "tagger.py", {"encoder": "encoder_model", "decoder": "decoder_model"},
+    "tagger": Family("tagger", "levels", TAGGER_SERVICE, "tagger.py", {"encoder": "encoder_model", "decoder": "decoder_model"},
                      exporter="shelfml.tagger.export:TaggerExport", evaluate="shelfml.evaluate:evaluate_tagger",
                      predict="shelfml.tagger.predict:predict_records",
-                     baseline="shelfml.training.baseline:baseline_tagger", asset_dirs=("lexical",),
+                     baseline="shelfml.training.baseline:baseline_tagger",
+                     bench="shelfml.benchmarks.profiles:TAGGER_BENCH", asset_dirs=("lexical",),
                      options=("brand_mode", "prior_weight", "prior_only")),
-    "price": Family("price", PRICE_SERVICE, "price.py", {"model": "regressor_model"},
+    "price": Family("price", "price", PRICE_SERVICE, "price.py", {"model": "regressor_model"},
                     exporter="shelfml.price.export:PriceExport", evaluate="shelfml.evaluate:evaluate_price",
                     predict="shelfml.price.regressor:predict_records",
-                    baseline="shelfml.training.baseline:baseline_price", asset_dirs=("encoder", "vision")),
+                    baseline="shelfml.training.baseline:baseline_price",
+                    bench="shelfml.benchmarks.profiles:PRICE_BENCH", asset_dirs=("encoder", "vision")),
 }
 
 

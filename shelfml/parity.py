@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfml.checkpoint import CheckpointError
-from shelfml.data import Catalog
+from shelfml.data import LEVELS, Catalog
 from shelfml.labels import Label, format_target, parse_target
 
 PARITY_SAMPLE = "parity_sample.json"
@@ -33,8 +33,9 @@ class ParitySample:
         return len(self.inputs)
 
     @classmethod
-    def from_catalog(cls, rows: Catalog, task: str, source: str) -> "ParitySample":
-        if task == "tagger":
+    def from_catalog(cls, rows: Catalog, target: str, source: str) -> "ParitySample":
+        """The rows' inputs with what a family of ``target`` (``Family.target``) is scored against."""
+        if target == LEVELS:
             return cls(rows.inputs(), labels=rows.labels(), source=source)
         return cls(rows.inputs(), prices=rows.frame["price"].to_numpy(dtype=np.float64),
                    images=[str(p) for p in rows.frame["image"]], source=source)
@@ -49,7 +50,9 @@ class ParitySample:
 
 def write_parity_sample(folder: Path, test: Catalog, task: str, rows: int = SAMPLE_ROWS) -> None:
     """Store the first ``rows`` test rows in a checkpoint being written; usable pictures are copied in."""
-    sample = ParitySample.from_catalog(test.subset(range(min(rows, len(test)))), task, "checkpoint")
+    from shelfml.families import family
+
+    sample = ParitySample.from_catalog(test.subset(range(min(rows, len(test)))), family(task).target, "checkpoint")
     data: dict = {"split": "test", "rows": len(sample), "inputs": sample.inputs}
     if sample.labels is not None:
         data["labels"] = [format_target(lab) for lab in sample.labels]

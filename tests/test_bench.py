@@ -87,9 +87,9 @@ def test_agreement_fails_when_a_backend_disagrees(tiny_tagger, exact, raises):
     assert outputs["eager-loop"].shape == (4, 16)
     if raises:
         with pytest.raises(agreement.AgreementError, match=r"W1: .*wrong-step"):
-            agreement.check("tagger", backends, outputs, "eager-loop", "W1")
+            agreement.check(agreement.compare_tokens, backends, outputs, "eager-loop", "W1")
     else:
-        report = agreement.check("tagger", backends, outputs, "eager-loop", "W1")["backends"]
+        report = agreement.check(agreement.compare_tokens, backends, outputs, "eager-loop", "W1")["backends"]
         assert report["same-loop"]["identical"] and report["same-loop"]["required"]
         assert not report["wrong-step"]["agrees"] and not report["wrong-step"]["required"]
         assert report["wrong-step"]["token_agreement"] < 1
@@ -102,9 +102,9 @@ def test_price_agreement_tolerance(delta, raises):
     outputs = {"eager": ref, "onnx-fp32": ref * (1 + delta)}
     if raises:
         with pytest.raises(agreement.AgreementError, match="onnx-fp32"):
-            agreement.check("price", backends, outputs, "eager", "W3")
+            agreement.check(agreement.compare_prices, backends, outputs, "eager", "W3")
     else:
-        assert agreement.check("price", backends, outputs, "eager", "W3")["backends"]["onnx-fp32"]["agrees"]
+        assert agreement.check(agreement.compare_prices, backends, outputs, "eager", "W3")["backends"]["onnx-fp32"]["agrees"]
 
 
 def test_backend_needs_run_or_reason():

@@ -129,6 +129,23 @@ def test_export_without_a_parity_sample_asks_for_data(tiny_checkpoint, tmp_path)
     assert not (tmp_path / "export").exists()
 
 
+def test_no_stage_switches_on_the_task_name():
+    """What is particular to a family is reached through the registry (families.py) and the family's package."""
+    import re
+
+    root = Path(__file__).parents[1]
+    switch = re.compile(r"""\btask\b["']?\]?\s*(==|!=)\s*["']|["'](tagger|price)["']\s*(==|!=)\s*\w*task""")
+    folders = ("shelfml", "training", "export", "model_repository", "client", "benchmarks")
+    hits = [f"{path.relative_to(root)}:{i}: {line.strip()}" for folder in folders for path in (root / folder).rglob("*.py")
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if switch.search(line)]
+    assert not hits, "task switches outside the registry:\n" + "\n".join(hits)
+    for fam in FAMILIES.values():  # and every hook the registry names resolves
+        from shelfml.benchmarks.profiles import BenchProfile
+
+        assert all(callable(fam.hook(hook)) for hook in ("evaluate", "predict", "baseline"))
+        assert isinstance(fam.hook("bench"), BenchProfile)
+
+
 def test_every_package_is_in_the_distribution():
     """A non-editable install (the server image, a client-only install) ships only the packages listed."""
     import tomllib
