@@ -239,6 +239,7 @@ def _serving(tagger_model: ModelUnderTest | None, reps: Repetitions, texts, grpc
         build_repository(out / "work" / "repository", tagger=exports["tagger"], price=exports.get("price"),
                          force=True)  # the bench's own work folder
         server = stack.enter_context(TritonServer(out / "work" / "repository", log_file=out / "triton.log"))
+        os.environ["SHELFML_ADMIN_KEY"] = server.admin_key  # its statistics are read for the server profile
         url = server.grpc_url
     runner = OrtT5.load(exports["tagger"])
     tagger = tagger_model.info["tagger"]

@@ -10,6 +10,7 @@ vs inferences) are recorded as the profile of where the time goes.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -35,14 +36,18 @@ def serving_texts(checkpoint: Path, n: int) -> list[str]:
 
 
 def server_stats(url: str, models=SERVED_MODELS) -> dict:
-    """Cumulative counts and nanoseconds per model from the server's statistics endpoint."""
+    """Cumulative counts and nanoseconds per model from the server's statistics endpoint (a restricted API:
+    the admin key is ``$SHELFML_ADMIN_KEY``, which the bench sets for a server it starts)."""
     import tritonclient.grpc as grpcclient
 
+    from shelfml.model_repository.server import grpc_admin_headers
+
+    headers = grpc_admin_headers(os.environ.get("SHELFML_ADMIN_KEY", ""))
     client = grpcclient.InferenceServerClient(url)
     try:
         out = {}
         for model in models:
-            stats = client.get_inference_statistics(model, as_json=True).get("model_stats", [])
+            stats = client.get_inference_statistics(model, as_json=True, headers=headers).get("model_stats", [])
             if not stats:
                 continue
             s = stats[0]

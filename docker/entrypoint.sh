@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # shelfml GPU server entrypoint: make the TensorRT engines fit this GPU, then exec tritonserver.
 #
+# 0. `python -m shelfml verify $REPO` checks every file against the sha256 in repository.json (a corrupt or
+#    replaced graph is refused before any backend loads it).
 # 1. `python -m shelfml engines $REPO --cache $CACHE` builds, reuses or rebuilds the FP16
 #    engine of every leaf model (a folder with graph.json); a stale or corrupt engine is removed, never loaded.
 # 2. Only when that succeeded: exec tritonserver on the repository's stock configs, with any arguments given.
 #
 # Environment: SHELFML_MODEL_REPOSITORY (/models), SHELFML_ENGINE_CACHE (/engine-cache),
 # SHELFML_ENGINES (build | skip), SHELFML_PYTHON (python3), SHELFML_TRITONSERVER (tritonserver).
-# Exit codes: 2 bad set-up (no repository, bad setting), 3 engine step failed or refused.
+# The restricted APIs (logging, model-repository, trace, statistics) need the header shelfml-admin-key with
+# the value of SHELFML_ADMIN_KEY (a Kubernetes Secret); without it they are closed to everyone.
+# Exit codes: 2 bad set-up (no repository, bad setting), 3 engine step failed or refused, 4 corrupt repository.
 set -euo pipefail
 
 REPO="${SHELFML_MODEL_REPOSITORY:-/models}"
@@ -22,6 +26,20 @@ if [[ ! -d "$REPO" ]]; then
     log "no model repository at $REPO: mount the exported repository there (or set SHELFML_MODEL_REPOSITORY)"
     exit 2
 fi
+
+if [[ "$ENGINES" != build && "$ENGINES" != skip ]]; then
+    log "SHELFML_ENGINES must be 'build' or 'skip', got '$ENGINES'"
+    exit 2
+fi
+
+log "checking $REPO against its repository.json"
+if ! "$PYTHON" -m shelfml verify "$REPO"; then
+    log "the repository's files do not match repository.json: refusing to start"
+    exit 4
+fi
+
+ADMIN_KEY="${SHELFML_ADMIN_KEY:-$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')}"
+RESTRICTED="logging,model-repository,trace,statistics:shelfml-admin-key=${ADMIN_KEY}"
 
 case "$ENGINES" in
     build)
@@ -42,11 +60,8 @@ case "$ENGINES" in
     skip)
         log "SHELFML_ENGINES=skip: no engine step (configs that need no TensorRT engine)"
         ;;
-    *)
-        log "SHELFML_ENGINES must be 'build' or 'skip', got '$ENGINES'"
-        exit 2
-        ;;
 esac
 
-log "starting $TRITONSERVER --model-repository=$REPO $*"
-exec "$TRITONSERVER" --model-repository="$REPO" "$@"
+log "starting $TRITONSERVER --model-repository=$REPO (restricted APIs: logging, model-repository, trace, statistics) $*"
+exec "$TRITONSERVER" --model-repository="$REPO" --http-restricted-api="$RESTRICTED" \
+    --grpc-restricted-protocol="$RESTRICTED" --exit-timeout-secs=60 "$@"

@@ -38,6 +38,7 @@ class ExportArgs:
     int8: bool = True
     int8_max_drop: float = 2.0  # refuse INT8 losing more item-accuracy points (tagger) / adding more SMAPE points (price)
     parity_rows: int | None = 512  # test-split rows compared end to end (None: all)
+    accept_parity_failure: bool = False  # export FP32 graphs outside the contract's tolerance (recorded)
     batch_size: int = 64
     opset: int = OPSET
 
@@ -108,14 +109,27 @@ def _export(ckpt: Path, manifest: dict, tmp: Path, args: ExportArgs, fam, data: 
                                              for k, s in specs.items()})
     _progress(f"parity on {len(sample)} rows of {sample.source}")
     parity, int8_loss = hooks.parity(model, runners, sample, args.batch_size)
+    check = _check_fp32(hooks.fp32_failures(parity["onnx-fp32"], specs), ckpt, args.accept_parity_failure)
     if args.int8:
         _check_int8(int8_loss, args.int8_max_drop, *hooks.int8_metric)
     ranges = hooks.ranges(model)
     if embedder:
         specs, ranges = _add_embedder(embedder, graphs, parity, specs, ranges)
     return {"graphs": graphs, "shape_ranges": ranges.to_dict(), "session": config.to_dict(), "parity": parity,
-            "parity_sample": {"source": sample.source, "rows": len(sample)},
+            "parity_check": check, "parity_sample": {"source": sample.source, "rows": len(sample)},
             "tensorrt_check": tensorrt_checks(specs, tmp, ranges), **hooks.extra(model)}
+
+
+def _check_fp32(failures: list[str], ckpt: Path, accept: bool) -> dict:
+    """ExportError (nothing written) when the FP32 graphs miss their contract's tolerance, unless ``accept``;
+    what export.json records either way."""
+    if failures and not accept:
+        raise ExportError(f"{ckpt}: the FP32 ONNX graphs miss the contract's parity tolerance: {'; '.join(failures)}. "
+                          "Nothing was written; pass --accept-parity-failure to export them anyway (recorded in "
+                          "export.json)")
+    if failures:
+        _progress(f"FP32 parity outside tolerance, exported by --accept-parity-failure: {'; '.join(failures)}")
+    return {"fp32_within_tolerance": not failures, "failures": failures, "accepted_by_override": bool(failures)}
 
 
 def _copy_assets(ckpt: Path, tmp: Path, subdirs: tuple[str, ...] = ()) -> Path:

@@ -28,6 +28,7 @@ from shelfml.checkpoint import ensure_writable, sha256_file, write_checkpoint
 from shelfml.contract import TRITON_DTYPES, GraphSpec, ShapeRanges, TensorSpec
 from shelfml.exports import ASSETS, ExportError, read_export, verify_files
 from shelfml.families import Family, family
+from shelfml.integrity import model_files
 from shelfml.retrieval.policy import recorded_index_path
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
@@ -203,6 +204,7 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
                 "exports": {task: {"path": Path(p).name, "files": manifests[task]["files"]}
                             for task, p in exports.items() if p is not None},
                 "onnx": {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.glob("*/1/model.onnx"))},
+                "files": model_files(tmp),  # checked when served (shelfml.integrity)
                 "serve": f"shelfml serve {repo}"}
 
     write_checkpoint(repo, save, describe, name="repository.json")

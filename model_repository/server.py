@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +33,10 @@ from pathlib import Path
 from typing import Sequence
 
 PACKAGE = "nvidia-pytriton"  # the PyPI wheel holding the binary
+LOOPBACK = "127.0.0.1"  # where every endpoint binds unless --host says otherwise
+ADMIN_HEADER = "shelfml-admin-key"  # the header the restricted APIs require (value: the operator's key)
+RESTRICTED_APIS = ("logging", "model-repository", "trace", "statistics")  # refused without the header
+EXIT_TIMEOUT_S = 60  # --exit-timeout-secs: longer than the worst legal request, so SIGTERM drains it
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 LOG_TAIL_LINES = 40  # lines of the server log quoted in an error
 
@@ -40,6 +45,11 @@ _PORT_TAKEN = re.compile(r"failed to start (\w+) service: .*?Socket '([^']*)' al
 _MODEL_FAILED = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.M)
 _MODEL_FAILED_SHORT = re.compile(r"failed to load '([^']+)'\"?$", re.M)
 _POLL_FAILED = re.compile(r"Poll failed for model directory '([^']+)': (.*?)\"?$", re.M)
+
+
+def grpc_admin_headers(key: str) -> dict[str, str]:
+    """gRPC metadata opening the restricted protocols for the operator's ``key``."""
+    return {f"triton-grpc-protocol-{ADMIN_HEADER}": key}
 
 
 class ServerError(RuntimeError):
@@ -207,12 +217,16 @@ class TritonServer:
 
     def __init__(self, repo: str | os.PathLike, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, config_name: str = "cpu", log_file: str | os.PathLike | None = None,
-                 extra_args: Sequence[str] = (), host: str = "localhost"):
+                 extra_args: Sequence[str] = (), host: str = LOOPBACK, admin_key: str | None = None):
+        """``host``: the address every endpoint binds to (loopback by default; "0.0.0.0" for all interfaces).
+        ``admin_key``: the value of the ``shelfml-admin-key`` header the restricted APIs (logging, repository,
+        trace, statistics) require; default ``$SHELFML_ADMIN_KEY``, else a random key only this object knows."""
         self.repo = Path(repo).resolve()
         self.http_port, self.grpc_port, self.metrics_port = _pick_ports((http_port, grpc_port, metrics_port))
         self.config_name = config_name
         self.extra_args = tuple(extra_args)
         self.host = host
+        self.admin_key = admin_key or os.environ.get("SHELFML_ADMIN_KEY") or secrets.token_urlsafe(24)
         self._own_log = log_file is None
         self.log_file = Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
@@ -225,23 +239,41 @@ class TritonServer:
         return {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
 
     @property
+    def local_host(self) -> str:
+        """Where a client on this machine reaches it (loopback when bound to every interface)."""
+        return LOOPBACK if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self.local_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{self.local_host}:{self.http_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """HTTP headers that open the restricted APIs (statistics, repository index, logging, trace)."""
+        return {ADMIN_HEADER: self.admin_key}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The same over gRPC (Triton prefixes the key it expects with ``triton-grpc-protocol-``)."""
+        return grpc_admin_headers(self.admin_key)
 
     @property
     def endpoints(self) -> dict[str, str]:
         return {"grpc": self.grpc_url, "http": f"http://{self.http_url}",
-                "metrics": f"http://{self.host}:{self.metrics_port}/metrics"}
+                "metrics": f"http://{self.local_host}:{self.metrics_port}/metrics"}
 
     def command(self) -> list[str]:
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         cmd = [str(find_tritonserver()), f"--model-repository={self.repo}",
                f"--backend-directory={prepare_backends()}", f"--http-port={self.http_port}",
                f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
-               "--model-control-mode=none", "--strict-readiness=true"]
+               f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
+               f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
+               f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--model-control-mode=none", "--strict-readiness=true"]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
         return cmd + list(self.extra_args)
@@ -324,8 +356,9 @@ class TritonServer:
                               f"(full server log: {self.log_file})", models)
 
     def _get(self, path: str, data: bytes | None = None) -> int | None:
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=data, headers=self.admin_headers)
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", data=data, timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 self._last_body = r.read()
                 return r.status
         except urllib.error.HTTPError as e:
@@ -342,7 +375,7 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
+    def stop(self, timeout_s: float = EXIT_TIMEOUT_S + 10.0) -> int | None:
         """SIGTERM (Triton drains in-flight requests and unloads models), SIGKILL after ``timeout_s``.
 
         Returns the exit code (None when never started). The stubs die with the server's process group.
@@ -380,12 +413,16 @@ class TritonServer:
 
 
 def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-          config_name: str = "cpu", log_file: str | os.PathLike | None = None, timeout_s: float = 300.0) -> int:
-    """Start the server, print its endpoints and models, block until Ctrl-C/SIGTERM, stop cleanly.
+          config_name: str = "cpu", log_file: str | os.PathLike | None = None, timeout_s: float = 300.0,
+          host: str = LOOPBACK, admin_key: str | None = None) -> int:
+    """Check the repository's files against repository.json, start the server, print its endpoints and
+    models, block until Ctrl-C/SIGTERM, stop cleanly.
 
     Returns the exit code: 0 after a requested stop, 2 when it cannot start for a named reason (port taken,
-    model failed to load, binary or repository missing), 1 when the server died on its own.
+    model failed to load, a corrupt file, binary or repository missing), 1 when the server died on its own.
     """
+    from shelfml.integrity import REPOSITORY_MANIFEST, IntegrityError, verify
+
     from rich.console import Console
     from rich.table import Table
 
@@ -396,15 +433,25 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = TritonServer(repo, http_port, grpc_port, metrics_port, config_name=config_name, log_file=log_file)
+    server = TritonServer(repo, http_port, grpc_port, metrics_port, config_name=config_name, log_file=log_file,
+                          host=host, admin_key=admin_key)
     try:
+        if (server.repo / REPOSITORY_MANIFEST).is_file():  # every leaf, also those a stock backend loads
+            err.print(f"checked {verify(server.repo)} files against {REPOSITORY_MANIFEST}")
+        else:
+            err.print(f"warning: {server.repo} has no {REPOSITORY_MANIFEST} (not built by shelfml): its files are "
+                      "not checked", markup=False, highlight=False)
         with err.status(f"starting tritonserver on {server.repo} ..."):
             server.start(timeout_s)
+        everywhere = server.host in ("0.0.0.0", "", "::")
         table = Table(title=f"tritonserver {server.repo}", show_header=True)
         table.add_column("endpoint")
         table.add_column("address")
+        table.add_column("listening on")
+        bound = "every interface" if everywhere else f"{server.host} only"
         for name, address in server.endpoints.items():
-            table.add_row(name, address)
+            table.add_row(name, address, bound)
+        table.add_row("restricted", ", ".join(RESTRICTED_APIS), f"header {ADMIN_HEADER}")
         for m in server.repository_index():
             table.add_row(f"model {m['name']}", f"v{m.get('version', '?')} {m.get('state', '?')}")
         out.print(table)
@@ -418,7 +465,7 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
         code = server.stop()
         err.print(f"stopped (exit code {code})")
         return 0
-    except (ServerError, FileNotFoundError) as e:
+    except (ServerError, FileNotFoundError, IntegrityError) as e:
         err.print(f"error: {e}", markup=False, highlight=False)
         return 1 if isinstance(e, ServerExitedError) else 2
     finally:

@@ -27,6 +27,10 @@ def user_errors() -> tuple[type[Exception], ...]:
         from shelfml.model_repository.engines import EngineError
 
         errors += (EngineError,)
+    if "shelfml.integrity" in sys.modules:
+        from shelfml.integrity import IntegrityError
+
+        errors += (IntegrityError,)
     return errors
 
 
@@ -270,7 +274,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     from shelfml.export.exporter import ExportArgs, export_checkpoint
 
     args = ExportArgs(int8=not a.no_int8, int8_max_drop=a.int8_max_drop,
-                      parity_rows=None if a.parity_rows == 0 else a.parity_rows, batch_size=a.batch_size)
+                      parity_rows=None if a.parity_rows == 0 else a.parity_rows, batch_size=a.batch_size,
+                      accept_parity_failure=a.accept_parity_failure)
     manifest = export_checkpoint(Path(a.checkpoint), Path(a.out), args, force=a.force, data=data_spec(a))
     print_metrics(f"{a.out}: parity with eager PyTorch", _flat_parity(manifest["parity"]))
     if a.repository:
@@ -318,7 +323,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from shelfml.model_repository.server import serve
 
     return serve(a.repository, a.http_port, a.grpc_port, a.metrics_port, config_name=a.config_name,
-                 log_file=a.log_file, timeout_s=a.timeout)
+                 log_file=a.log_file, timeout_s=a.timeout, host=a.host, admin_key=a.admin_key)
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    """Check every recorded file of a repository against repository.json (the container entrypoint's step 1)."""
+    from shelfml.integrity import verify
+
+    print(f"{a.repository}: {verify(Path(a.repository))} files match repository.json")
+    return 0
 
 
 def cmd_engines(a: argparse.Namespace) -> int:
@@ -409,6 +422,9 @@ def _packaging_commands(sub) -> None:
                    help="rows compared end to end (0: all): of the checkpoint's parity sample, or of the test "
                         "split of --data when given")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--accept-parity-failure", action="store_true",
+                   help="export FP32 graphs that miss the contract's parity tolerance (refused otherwise; "
+                        "recorded in export.json)")
     p.add_argument("--force", action="store_true", help="replace an existing export directory")
     p.add_argument("--repository", help="also write a Triton model repository serving this export")
     add_runtime_argument(p)
@@ -443,7 +459,16 @@ def _serve_command(sub) -> None:
                    help="--model-config-name: 'cpu' (python backend + ONNX Runtime, works here) or '' (stock configs)")
     p.add_argument("--log-file")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address HTTP, gRPC and metrics bind to (default: loopback only; 0.0.0.0: every interface)")
+    p.add_argument("--admin-key", default=None,
+                   help="value of the shelfml-admin-key header that opens the logging, model-repository, trace "
+                        "and statistics APIs (default: $SHELFML_ADMIN_KEY, else a random key: closed)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("verify", help="check a repository's files against the sha256 in its repository.json")
+    p.add_argument("repository")
+    p.set_defaults(func=cmd_verify)
 
 
 def _data_commands(sub) -> None:

@@ -162,6 +162,14 @@ def entrypoint(repo: Path, cache: Path, server: Path, *args: str, **env: str) ->
     return run(["bash", str(ENTRYPOINT), *args], env=environ, cwd=ROOT)
 
 
+def record(repo: Path) -> Path:
+    """repository.json with every file's sha256, as the repository builder writes it."""
+    from shelfml.integrity import REPOSITORY_MANIFEST, model_files
+
+    (repo / REPOSITORY_MANIFEST).write_text(json.dumps({"files": model_files(repo)}))
+    return repo
+
+
 def leaf_repo(root: Path) -> Path:
     """A repository with one leaf model folder (graph.json beside model.onnx) and one python model."""
     from shelfml.price.contract import price_ranges, price_spec
@@ -172,7 +180,8 @@ def leaf_repo(root: Path) -> Path:
     (version / "graph.json").write_text(json.dumps({"spec": price_spec(False).to_dict(),
                                                     "shape_ranges": price_ranges(16).to_dict()}))
     (root / "repo" / "price" / "1").mkdir(parents=True)
-    return root / "repo"
+    (root / "repo" / "price" / "1" / "model.py").write_text("# the python model\n")
+    return record(root / "repo")
 
 
 def test_entrypoint_refuses_without_tensorrt(tmp_path, fake_tritonserver):
@@ -190,10 +199,25 @@ def test_entrypoint_refuses_without_tensorrt(tmp_path, fake_tritonserver):
 def test_entrypoint_starts_server_when_no_engine_is_needed(tmp_path, fake_tritonserver):
     server, marker = fake_tritonserver
     (tmp_path / "repo" / "tagger" / "1").mkdir(parents=True)  # python models only: nothing to build
-    result = entrypoint(tmp_path / "repo", tmp_path / "cache", server, "--grpc-port=8001")
+    (tmp_path / "repo" / "tagger" / "1" / "model.py").write_text("# the python model\n")
+    result = entrypoint(record(tmp_path / "repo"), tmp_path / "cache", server, "--grpc-port=8001")
     assert result.returncode == 0, result.stderr
     assert "nothing to build" in result.stdout
-    assert json.loads(marker.read_text()) == [f"--model-repository={tmp_path / 'repo'}", "--grpc-port=8001"]
+    args = json.loads(marker.read_text())
+    assert args[0] == f"--model-repository={tmp_path / 'repo'}" and args[-1] == "--grpc-port=8001"
+    restricted = [a for a in args if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
+    assert len(restricted) == 2 and all(re.search(r"=logging,model-repository,trace,statistics:shelfml-admin-key=\S{20,}$", a)
+                                        for a in restricted)
+
+
+def test_entrypoint_refuses_a_corrupt_repository(tmp_path, fake_tritonserver):
+    server, marker = fake_tritonserver
+    repo = leaf_repo(tmp_path)
+    (repo / "price_regressor" / "1" / "model.onnx").write_bytes(b"flipped bytes")
+    result = entrypoint(repo, tmp_path / "cache", server, SHELFML_ENGINES="skip")
+    assert result.returncode == 4, result.stderr
+    assert re.search(r"price_regressor/1/model.onnx does not match its sha256 in repository.json", result.stderr)
+    assert not marker.exists()
 
 
 def test_entrypoint_skip_runs_no_engine_step(tmp_path, fake_tritonserver):

@@ -3,12 +3,14 @@ repositories written here: readiness, a string round trip over gRPC, and every s
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +90,60 @@ def test_ready_and_string_round_trip(server):
     finally:
         client.close()
     assert [v.decode("utf-8") for v in out[:, 0]] == texts
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            raw = bytes.fromhex(address)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is little-endian
+            ip = ipaddress.ip_address(raw)
+            found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # gRPC binds ::ffff:127.0.0.1
+    return found
+
+
+def test_every_endpoint_listens_on_loopback_only(server):
+    for kind, port in server.ports.items():
+        assert _listening(port) == {"127.0.0.1"}, kind
+
+
+def _http(server, method: str, path: str, headers: dict | None = None, body: bytes | None = None) -> int:
+    request = urllib.request.Request(f"{server.endpoints['http']}{path}", data=body, method=method,
+                                     headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v2/logging", b'{"log_verbose_level": 1}'), ("GET", "/v2/logging", None),
+    ("POST", "/v2/repository/index", b"{}"), ("GET", "/v2/models/echo/stats", None),
+    ("GET", "/v2/trace/setting", None)], ids=["set-log-level", "log-settings", "repository", "statistics", "trace"])
+def test_restricted_apis_need_the_admin_header(server, method, path, body):
+    assert _http(server, method, path, body=body) == 403
+    assert _http(server, method, path, server.admin_headers, body=body) == 200
+    assert _http(server, method, path, {srv.ADMIN_HEADER: "a guess"}, body=body) == 403
+
+
+def test_restricted_grpc_protocols_need_the_admin_header(server):
+    from tritonclient.utils import InferenceServerException
+
+    client = tritonclient_grpc.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+            client.get_inference_statistics("echo")
+        assert client.get_inference_statistics("echo", headers=server.grpc_admin_headers)
+        assert client.is_model_ready("echo") and client.get_model_config("echo")  # open: inference, health, config
+    finally:
+        client.close()
 
 
 def test_a_taken_port_is_refused_before_start(echo_repo, server):
@@ -187,11 +243,13 @@ def test_serve_prints_endpoints_and_stops_on_sigterm(echo_repo):
             if "Ctrl-C stops" in line:
                 break
         printed = "".join(lines)
-        assert f"localhost:{ports[1]}" in printed and f"http://localhost:{ports[0]}" in printed
+        assert f"127.0.0.1:{ports[1]}" in printed and f"http://127.0.0.1:{ports[0]}" in printed
+        assert "127.0.0.1 only" in printed and "shelfml-admin-key" in printed
         assert "model echo" in printed and "READY" in printed
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert "stopped (exit code 0)" in proc.stderr.read()
+        errors = proc.stderr.read()
+        assert "stopped (exit code 0)" in errors and "has no repository.json (not built by shelfml)" in errors
     finally:
         if proc.poll() is None:
             proc.kill()

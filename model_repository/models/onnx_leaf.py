@@ -15,9 +15,11 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.onnxrt import SessionConfig, load_session
+        from shelfml.integrity import verify
         from shelfml.serving import check_numpy
 
         check_numpy()
+        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")

@@ -17,16 +17,19 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.price.service import PriceService
+        from shelfml.integrity import verify
         from shelfml.serving import bls_runner, check_numpy, inprocess_runner
 
         check_numpy()
+        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = Path(args["model_repository"])
         leaf, embedder = params["regressor_model"], params.get("embedder_model")
 
         def runner(model, output):  # a leaf graph: in-process ONNX Runtime or a BLS request
-            if params["runner"] == "inprocess":
+            if params["runner"] == "inprocess":  # it loads the leaf's file itself: check it too
+                verify(here.parent, model)
                 return inprocess_runner(here.parent, model, output)
             return bls_runner(pb_utils, model, output)
 

@@ -15,17 +15,21 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
+        from shelfml.integrity import verify
         from shelfml.serving import bls_runner, check_numpy, inprocess_runner
         from shelfml.tagger.runners import bls_step_factory, inprocess_step_factory
         from shelfml.tagger.service import TaggerService
 
         check_numpy()
+        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = Path(args["model_repository"])
         encoder, decoder = params["encoder_model"], params["decoder_model"]
         embedder = params.get("embedder_model")
-        if params["runner"] == "inprocess":
+        if params["runner"] == "inprocess":  # it loads the leaves' files itself: check them too
+            for leaf in filter(None, (encoder, decoder, embedder)):
+                verify(here.parent, leaf)
             make_step = inprocess_step_factory(here.parent, encoder, decoder)
             embed = embedder and inprocess_runner(here.parent, embedder, "embedding")
         else:

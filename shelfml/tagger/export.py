@@ -55,6 +55,19 @@ class TaggerExport:
         loss = -parity["onnx-int8"]["item_accuracy_delta_points"] if "onnx-int8" in parity else 0.0
         return parity, loss
 
+    @staticmethod
+    def fp32_failures(parity: dict, specs: dict[str, GraphSpec]) -> list[str]:
+        """FP32 against eager: logits within the decoder contract's ``atol``, the same greedy tokens and the
+        same constrained labels."""
+        failures, atol = [], specs["decoder"].atol
+        if parity["max_abs_logit_diff"] > atol:
+            failures.append(f"max logit difference {parity['max_abs_logit_diff']:.3g} > atol {atol:g}")
+        if not parity["greedy_tokens_identical"]:
+            failures.append("greedy tokens differ from eager")
+        if parity["constrained_agreement"] < 1.0:
+            failures.append(f"constrained labels agree with eager on {parity['constrained_agreement']:.2%} of rows")
+        return failures
+
     def ranges(self, tagger: Tagger) -> ShapeRanges:
         return tagger_ranges(tagger.max_input_tokens, tagger.max_new_tokens)
 
