@@ -57,4 +57,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
 
 ENTRYPOINT ["/opt/shelfml/docker/entrypoint.sh"]
-CMD ["--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--strict-readiness=true"]
+CMD ["--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--strict-readiness=true", "--http-address=0.0.0.0", "--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0"]
