@@ -3,14 +3,18 @@
 Model names, input and output names and dtypes come from ``TAGGER_SERVICE`` / ``PRICE_SERVICE`` in
 :mod:`export.contract`; the label format (``a > b > c``) from :mod:`shelfml.labels`. Both clients split a call
 into requests of at most ``batch_size`` rows (never more than the model's own ``max_batch_size``), give each
-request a deadline (``timeout_s``), retry with exponential backoff on UNAVAILABLE only (a server starting or
-restarting), and turn the server's INVALID_ARGUMENT into :class:`InvalidRequestError` naming the model and reason.
+request a deadline (``timeout_s``, sent to the server too, so a request still queued when its client has given up
+is dropped there, never computed), retry with exponential backoff and jitter, within that deadline, on the
+transient errors only (UNAVAILABLE: starting, restarting, or shedding load from a full queue; NOT_FOUND "no
+available versions": a model unloading during shutdown), and turn the server's INVALID_ARGUMENT into
+:class:`InvalidRequestError` naming the model and reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +68,22 @@ class ServerUnavailableError(ClientError):
     """The server stayed UNAVAILABLE through every retry (not running, restarting, or unreachable)."""
 
 
+class OverloadedError(ServerUnavailableError):
+    """The server kept shedding the request (its model's queue was full or the request waited past its
+    deadline there) through every retry: send less at once, or add replicas."""
+
+
 class DeadlineExceededError(ClientError):
     """A request took longer than the client's ``timeout_s``."""
+
+
+SHED = ("Exceeds maximum queue size", "Request timeout expired")  # Triton's messages for a shed request
+
+
+def transient(e: InferenceServerException) -> bool:
+    """Worth retrying: the server is starting, restarting or shedding load, or a model is unloading."""
+    status = status_name(e)
+    return status == "UNAVAILABLE" or (status == "NOT_FOUND" and "no available versions" in (e.message() or ""))
 
 
 def status_name(e: InferenceServerException) -> str:
@@ -77,7 +95,10 @@ def _error(e: InferenceServerException, model: str, attempts: int) -> ClientErro
     status, msg = status_name(e), e.message()
     if status == "INVALID_ARGUMENT":
         return InvalidRequestError(f"{model}: the server rejected the request: {msg}", status, model)
-    if status == "UNAVAILABLE":
+    if status == "UNAVAILABLE" and any(m in (msg or "") for m in SHED):
+        return OverloadedError(f"{model}: the server shed the request {attempts} time(s) (overloaded): {msg}",
+                               status, model)
+    if transient(e):
         return ServerUnavailableError(f"{model}: server unavailable after {attempts} attempt(s): {msg}",
                                       status, model)
     if status == "DEADLINE_EXCEEDED":
@@ -194,7 +215,23 @@ class _Settings:
         self._max_batch: dict[str, int] = {}
 
     def delay(self, attempt: int) -> float:
-        return self.backoff_s * 2 ** attempt
+        """Exponential backoff with jitter (0.5x-1.5x), so shed clients do not come back in step."""
+        return self.backoff_s * 2 ** attempt * random.uniform(0.5, 1.5)
+
+    def retry_after(self, e: InferenceServerException, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before retrying a failed attempt, or None: not transient, out of retries, or the
+        wait would pass the deadline."""
+        if not transient(e) or attempt >= self.retries:
+            return None
+        wait = self.delay(attempt)
+        return wait if time.monotonic() + wait < deadline else None
+
+    @staticmethod
+    def remaining(deadline: float, model: str) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError(f"{model}: no answer within the client timeout", "DEADLINE_EXCEEDED", model)
+        return left
 
     def rows_per_request(self, model: str) -> int:
         limit = self._max_batch.get(model, 0)
@@ -233,19 +270,22 @@ class ShelfmlClient(_Settings):
                 raise ServerUnavailableError(f"{self.url} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
             time.sleep(0.25)
 
-    def _call(self, model: str, fn: Callable):
+    def _call(self, model: str, fn: Callable[[float], object]):
+        """``fn(seconds left)``, retried on transient errors within one deadline of ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             try:
-                return fn()
+                return fn(self.remaining(deadline, model))
             except InferenceServerException as e:
-                if status_name(e) != "UNAVAILABLE" or attempt == self.retries:
+                wait = self.retry_after(e, attempt, deadline)
+                if wait is None:
                     raise _error(e, model, attempt + 1) from None
-                time.sleep(self.delay(attempt))
+                time.sleep(wait)
 
     def _limit(self, model: str) -> int:
         if model not in self._max_batch:
-            config = self._call(model, lambda: self._client.get_model_config(
-                model, as_json=True, client_timeout=self.timeout_s))
+            config = self._call(model, lambda left: self._client.get_model_config(
+                model, as_json=True, client_timeout=left))
             self._max_batch[model] = int(config["config"].get("max_batch_size", 0))
         return self.rows_per_request(model)
 
@@ -255,8 +295,8 @@ class ShelfmlClient(_Settings):
         results, outputs = [], requested_outputs(spec)
         for chunk in chunks(columns, self._limit(spec.name)):
             inputs = build_inputs(spec, chunk)
-            result = self._call(spec.name, lambda: self._client.infer(
-                spec.name, inputs, outputs=outputs, client_timeout=self.timeout_s))
+            result = self._call(spec.name, lambda left: self._client.infer(
+                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=int(left * 1e6)))
             results += parse(result, _rows(chunk))
         return results
 
@@ -305,27 +345,29 @@ class AsyncShelfmlClient(_Settings):
                 raise ServerUnavailableError(f"{self.url} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
             await asyncio.sleep(0.25)
 
-    async def _call(self, model: str, fn: Callable):
+    async def _call(self, model: str, fn: Callable[[float], object]):
+        deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             try:
-                return await fn()
+                return await fn(self.remaining(deadline, model))
             except InferenceServerException as e:
-                if status_name(e) != "UNAVAILABLE" or attempt == self.retries:
+                wait = self.retry_after(e, attempt, deadline)
+                if wait is None:
                     raise _error(e, model, attempt + 1) from None
-                await asyncio.sleep(self.delay(attempt))
+                await asyncio.sleep(wait)
 
     async def _limit(self, model: str) -> int:
         if model not in self._max_batch:
-            config = await self._call(model, lambda: self._client.get_model_config(
-                model, as_json=True, client_timeout=self.timeout_s))
+            config = await self._call(model, lambda left: self._client.get_model_config(
+                model, as_json=True, client_timeout=left))
             self._max_batch[model] = int(config["config"].get("max_batch_size", 0))
         return self.rows_per_request(model)
 
     async def _one(self, spec: GraphSpec, chunk: dict[str, list], parse) -> list:
         inputs, outputs = build_inputs(spec, chunk), requested_outputs(spec)
         async with self._slots:
-            result = await self._call(spec.name, lambda: self._client.infer(
-                spec.name, inputs, outputs=outputs, client_timeout=self.timeout_s))
+            result = await self._call(spec.name, lambda left: self._client.infer(
+                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=int(left * 1e6)))
         return parse(result, _rows(chunk))
 
     async def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:

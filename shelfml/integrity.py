@@ -3,8 +3,10 @@ when the repository is built, checked when it is served.
 
 Each python model checks its own folder in ``initialize`` (a mismatch fails the load, naming the file);
 ``shelfml serve`` and the container entrypoint check the whole repository before the server starts, which
-covers the leaves a stock backend (ONNX Runtime, TensorRT) loads without any code of ours. Files that are
-not recorded (an engine built later, ``__pycache__``) are not checked.
+covers the leaves a stock backend (ONNX Runtime, TensorRT) loads without any code of ours. Recorded: the
+graphs, assets, model code and warm-up inputs. Not recorded: the ``config.pbtxt`` files (operators tune them:
+instances, queue sizes; Triton parses them against its schema and refuses a broken one), and what appears
+later (an engine built on the GPU, ``__pycache__``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def model_files(repo: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file in the repository's model folders (what ``verify`` checks)."""
     repo = Path(repo)
     return {str(p.relative_to(repo)): sha256_file(p) for p in sorted(repo.glob("*/**/*"))
-            if p.is_file() and "__pycache__" not in p.parts}
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pbtxt"}
 
 
 def verify(repo: Path, model: str | None = None) -> int:

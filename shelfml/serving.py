@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-MAX_TEXT_BYTES = 1 << 20  # a request string above 1 MiB is refused; shorter long texts are truncated by tokens
+MAX_TEXT_BYTES = 1 << 20  # a request string above 1 MiB is refused; shorter long texts are clipped (text.clip)
+MAX_REQUEST_BYTES = 4 << 20  # all strings of one request together
 NUMPY_MAJOR = 1  # the python backend corrupts tensors with numpy 2 (measured with Triton 2.51)
 
 
@@ -34,14 +35,21 @@ def check_numpy() -> None:
 
 
 def decode_texts(array: np.ndarray, name: str = "text") -> list[str]:
-    """A [batch, 1] BYTES tensor -> strings; RequestError for empty, oversized or non-UTF-8 rows."""
+    """A [batch, 1] BYTES tensor -> strings; RequestError for a request over :data:`MAX_REQUEST_BYTES` and
+    for empty (blank, or only control/zero-width characters), oversized or non-UTF-8 rows."""
+    from shelfml.text import INVISIBLE
+
     if array.ndim != 2 or array.shape[1] != 1:
         raise RequestError(f"input {name!r} must have shape [batch, 1], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise RequestError(f"input {name!r} holds no rows (a batch of 0)")
+    raws = [value if isinstance(value, bytes) else str(value).encode() for value in array[:, 0]]
+    total = sum(map(len, raws))
+    if total > MAX_REQUEST_BYTES:
+        raise RequestError(f"input {name!r} holds {total:,} bytes in {len(raws)} rows; the limit per request is "
+                           f"{MAX_REQUEST_BYTES:,} (split it into smaller requests)")
     texts = []
-    for row, value in enumerate(array[:, 0]):
-        raw = value if isinstance(value, bytes) else str(value).encode()
+    for row, raw in enumerate(raws):
         if len(raw) > MAX_TEXT_BYTES:
             raise RequestError(f"{name}[{row}] is {len(raw):,} bytes; the limit is {MAX_TEXT_BYTES:,}")
         try:
@@ -50,6 +58,8 @@ def decode_texts(array: np.ndarray, name: str = "text") -> list[str]:
             raise RequestError(f"{name}[{row}] is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
         if not text.strip():
             raise RequestError(f"{name}[{row}] is empty")
+        if not INVISIBLE.sub("", text).strip():
+            raise RequestError(f"{name}[{row}] holds only control or zero-width characters: no text to read")
         texts.append(text)
     return texts
 
@@ -81,3 +91,94 @@ def bls_runner(pb_utils, model: str, output: str) -> Leaf:
     """The same leaf reached through a Triton BLS request."""
     return lambda feeds: bls_call(pb_utils, model, feeds, [output])[output]
 
+
+
+# ---------------------------------------------------------------------------------------------
+# One Triton execute(): parse, skip the cancelled, run as one batch, isolate failures, count
+
+Columns = tuple[list, ...]  # a request's rows, one list per input (texts,) or (texts, pictures)
+Run = Callable[..., dict[str, np.ndarray]]  # columns -> {output name: [rows, ...] array}
+OUTCOMES = ("ok", "invalid", "error", "cancelled")
+STAGES = ("parse", "infer", "respond")
+LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+
+def run_isolated(parsed: dict[int, Columns], run: Run) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
+    """Every request's rows as one batch through ``run``; if that raises, each request alone, so an unexpected
+    failure (a bug, a leaf that fails) fails the requests that cause it and the others are answered.
+    Returns (outputs per request, error message per failed request)."""
+    if not parsed:
+        return {}, {}
+    order = list(parsed)
+    columns = tuple([v for i in order for v in parsed[i][c]] for c in range(len(parsed[order[0]])))
+    try:
+        merged = run(*columns)
+    except Exception:
+        outputs, errors = {}, {}
+        for i in order:
+            try:
+                outputs[i] = run(*parsed[i])
+            except Exception as e:  # this request's own failure, reported to its client only
+                errors[i] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        return outputs, errors
+    outputs, start = {}, 0
+    for i in order:
+        rows = len(parsed[i][0])
+        outputs[i] = {name: value[start:start + rows] for name, value in merged.items()}
+        start += rows
+    return outputs, {}
+
+
+class ServedMetrics:
+    """The python backend's custom metrics of one served model: requests by outcome (ok, invalid, error,
+    cancelled; requests the server sheds from a full queue never reach the model: Triton counts them in
+    ``nv_inference_request_failure{reason="REJECTED"}``), rows answered, and per-stage latency."""
+
+    def __init__(self, pb_utils, model: str) -> None:
+        family = pb_utils.MetricFamily
+        requests = family(name="shelfml_requests_total", description="requests answered by a shelfml python model, "
+                          "by outcome", kind=family.COUNTER)
+        rows = family(name="shelfml_rows_total", description="rows (products) answered", kind=family.COUNTER)
+        latency = family(name="shelfml_stage_seconds", description="seconds per execute() stage",
+                         kind=family.HISTOGRAM)
+        self.requests = {o: requests.Metric(labels={"model": model, "outcome": o}) for o in OUTCOMES}
+        self.rows = rows.Metric(labels={"model": model})
+        self.latency = {s: latency.Metric(labels={"model": model, "stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
+        self._families = (requests, rows, latency)  # kept alive with their metrics
+
+
+def execute(pb_utils, requests, parse: Callable[[object], Columns], run: Run, dtypes: dict[str, np.dtype],
+            metrics: ServedMetrics | None = None) -> list:
+    """The responses of one ``execute()``: a cancelled request is answered CANCELLED without work, one that
+    ``parse`` refuses (RequestError) INVALID_ARG, the rest run together (:func:`run_isolated`; a failure is
+    INTERNAL for its own request only)."""
+    import time
+
+    error = pb_utils.TritonError
+    responses: list = [None] * len(requests)
+    outcome = dict.fromkeys(range(len(requests)), "ok")
+    t0 = time.perf_counter()
+    parsed: dict[int, Columns] = {}
+    for i, request in enumerate(requests):
+        if request.is_cancelled():  # its client left (deadline, disconnect): compute nothing for it
+            responses[i], outcome[i] = pb_utils.InferenceResponse(error=error("cancelled", error.CANCELLED)), "cancelled"
+            continue
+        try:
+            parsed[i] = parse(request)
+        except RequestError as e:
+            responses[i], outcome[i] = pb_utils.InferenceResponse(error=error(str(e), error.INVALID_ARG)), "invalid"
+    t1 = time.perf_counter()
+    outputs, failures = run_isolated(parsed, run)
+    t2 = time.perf_counter()
+    for i, message in failures.items():
+        responses[i], outcome[i] = pb_utils.InferenceResponse(error=error(message, error.INTERNAL)), "error"
+    for i, out in outputs.items():
+        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[name]).astype(dtype)) for name, dtype in dtypes.items()]
+        responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+    if metrics is not None:
+        for o in outcome.values():
+            metrics.requests[o].increment(1)
+        metrics.rows.increment(sum(len(parsed[i][0]) for i in outputs))
+        for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            metrics.latency[stage].observe(seconds)
+    return responses

@@ -9,6 +9,7 @@ builds them with transformers (:mod:`shelfml.tokenizer`).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,11 @@ from tokenizers import Tokenizer
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL = ("pad", "eos", "unk", "cls", "sep")
+MAX_WORD_CHARS = 1000  # a longer "word" (no product has one) is cut: its tokens would depend on all of it
+MAX_SCANNED_WORDS = 4096  # words looked at for the first max_tokens visible ones
+_WORD = re.compile(r"\S+")
+# Control characters (NUL included) and zero-width/format characters: no text a model should read.
+INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 
 
 class TokenizerError(ValueError):
@@ -64,12 +70,30 @@ class TextTokenizer:
         backend.no_padding()
         return backend.encode(text, add_special_tokens=add_special_tokens).ids
 
+    @staticmethod
+    def clip(text: str, max_tokens: int) -> str:
+        """The text as the models read it, with bounded work: whitespace runs as one space (as the training
+        data is written), control and zero-width characters dropped, words cut at :data:`MAX_WORD_CHARS`, and
+        only as many words as can give ``max_tokens`` tokens (at most :data:`MAX_SCANNED_WORDS` looked at).
+        Every word left gives at least one token (the pre-tokenizers split at whitespace), so truncation to
+        ``max_tokens`` keeps the ids it keeps on the whole text, and a 1 MiB input costs what a normal one does."""
+        words = []
+        for scanned, match in enumerate(_WORD.finditer(text)):
+            word = INVISIBLE.sub("", match.group()[:MAX_WORD_CHARS])
+            if word:
+                words.append(word)
+            if len(words) > max_tokens or scanned >= MAX_SCANNED_WORDS:
+                break
+        return " ".join(words)
+
     def batch(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask), int64 [rows, longest], truncated to ``max_length`` tokens."""
+        """(input_ids, attention_mask), int64 [rows, longest], truncated to ``max_length`` tokens (each text
+        clipped first: :meth:`clip`)."""
+        texts = [self.clip(t, max_length) for t in texts]
         backend = self.backend_tokenizer
         backend.enable_truncation(max_length)
         backend.enable_padding(pad_id=self.pad_token_id or 0, pad_token=self.pad_token or "[PAD]")
-        encodings = backend.encode_batch(list(texts))
+        encodings = backend.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1)
         return ids, mask

@@ -16,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 from shelfml.client import cli
 from shelfml.client.cli import Row, complete_records, format_records, make_predict, resume_output, run_batch
 from shelfml.client.client import (AsyncShelfmlClient, ClientError, DeadlineExceededError, InvalidRequestError,
-                                   PriceResult, ServerUnavailableError, ShelfmlClient, TagResult, _error)
+                                   OverloadedError, PriceResult, ServerUnavailableError, ShelfmlClient, TagResult,
+                                   _error, transient)
 from shelfml.labels import LEVEL_SEP
 from shelfml.model_repository.server import free_port
 
@@ -168,12 +169,37 @@ def test_server_errors_become_named_exceptions(status, cls):
     assert type(e) is cls and e.model == "tagger" and "tagger" in str(e) and "text is empty" in str(e)
 
 
+@pytest.mark.parametrize("status, message, retried, cls", [
+    ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", True, OverloadedError),
+    ("StatusCode.UNAVAILABLE", "Request timeout expired", True, OverloadedError),
+    ("StatusCode.UNAVAILABLE", "failed to connect", True, ServerUnavailableError),
+    ("StatusCode.NOT_FOUND", "Request for unknown model: 'tagger' has no available versions", True,
+     ServerUnavailableError),
+    ("StatusCode.NOT_FOUND", "Request for unknown model: 'taggr' is not found", False, ClientError),
+    ("StatusCode.INVALID_ARGUMENT", "text[0] is empty", False, InvalidRequestError),
+], ids=["queue-full", "queue-timeout", "down", "unloading", "unknown-model", "invalid"])
+def test_transient_errors_are_retried_and_named(status, message, retried, cls):
+    e = InferenceServerException(message, status=status)
+    assert transient(e) is retried
+    assert type(_error(e, "tagger", 3)) is cls
+
+
+def test_retries_stop_at_the_deadline():
+    """A wait that would pass the client's deadline is not taken: the error comes at once."""
+    client = ShelfmlClient(f"localhost:{free_port()}", retries=5, backoff_s=4.0, timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailableError, match="after 1 attempt"):
+        client.tag(["steel bottle"])
+    assert time.monotonic() - start < 1.0
+    client.close()
+
+
 def test_unavailable_is_retried_with_backoff_then_raised():
     client = ShelfmlClient(f"localhost:{free_port()}", retries=2, backoff_s=0.2, timeout_s=5)
     start = time.monotonic()
     with pytest.raises(ServerUnavailableError, match="after 3 attempt"):
         client.tag(["steel bottle"])
-    assert time.monotonic() - start >= 0.2 + 0.4  # two backoffs: 0.2 s, then 0.4 s
+    assert time.monotonic() - start >= 0.1 + 0.2  # two backoffs: 0.2 s, then 0.4 s, each with 0.5x-1.5x jitter
     assert client.ready() is False
     with pytest.raises(TypeError, match="not one string"):
         client.tag("steel bottle")

@@ -4,6 +4,8 @@ repositories written here: readiness, a string round trip over gRPC, and every s
 from __future__ import annotations
 
 import ipaddress
+import re
+import time
 import os
 import signal
 import socket
@@ -264,3 +266,127 @@ def test_serve_on_a_taken_port_exits_2_with_the_reason(echo_repo):
         proc = subprocess.run([sys.executable, "-c", SERVE, str(echo_repo), str(free_port()), str(port),
                                str(free_port())], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"grpc port {port} is already in use" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Overload and faults, on the real server, through the served models' own execute() (shelfml.serving)
+
+SLOW_MODEL = """
+    import json, time
+    from pathlib import Path
+
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    from shelfml.serving import RequestError, ServedMetrics, decode_texts, execute
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.log = Path(args["model_repository"]) / "executed.jsonl"
+            self.metrics = ServedMetrics(pb_utils, args["model_name"])
+
+        def parse(self, request):
+            return (decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy()),)
+
+        def run(self, texts):
+            with open(self.log, "a") as f:
+                f.write(json.dumps(texts) + "\\n")
+            if "boom" in texts:  # the injected fault
+                raise RuntimeError("injected fault")
+            time.sleep(max([float(t.split(":")[1]) for t in texts if t.startswith("sleep:")], default=0))
+            return {"out": np.array([[t.upper().encode()] for t in texts], dtype=object)}
+
+        def execute(self, requests):
+            return execute(pb_utils, requests, self.parse, self.run, {"out": np.object_}, self.metrics)
+"""
+SLOW_CONFIG = """
+    name: "slow"
+    backend: "python"
+    max_batch_size: 8
+    input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]
+    output [ { name: "out" data_type: TYPE_STRING dims: [ 1 ] } ]
+    instance_group [ { kind: KIND_CPU count: 1 } ]
+    dynamic_batching {
+      max_queue_delay_microseconds: 300000
+      default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 30000000
+                             allow_timeout_override: true max_queue_size: 4 }
+    }
+"""
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("slow")
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "config.pbtxt").write_text(textwrap.dedent(SLOW_CONFIG))
+    (repo / "slow" / "1" / "model.py").write_text(textwrap.dedent(SLOW_MODEL))
+    with TritonServer(repo, config_name="") as s:
+        yield s, repo / "slow" / "executed.jsonl"
+
+
+def _infer(url: str, text: str, **kw):
+    """(status, output) of one request; status None when it was answered."""
+    from tritonclient.utils import InferenceServerException
+
+    client = tritonclient_grpc.InferenceServerClient(url)
+    array = np.array([[text.encode()]], dtype=object)
+    inp = tritonclient_grpc.InferInput("text", [1, 1], "BYTES")
+    inp.set_data_from_numpy(array)
+    try:
+        return None, client.infer("slow", [inp], **kw).as_numpy("out")[0, 0].decode()
+    except InferenceServerException as e:
+        return str(e.status()).rsplit(".", 1)[-1], e.message()
+    finally:
+        client.close()
+
+
+def _together(url: str, calls: list[tuple[str, dict]], stagger_s: float = 0.0) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = []
+        for text, kw in calls:
+            futures.append(pool.submit(_infer, url, text, **kw))
+            time.sleep(stagger_s)
+        return [f.result() for f in futures]
+
+
+def test_a_fault_in_one_request_fails_it_alone(slow_server):
+    server, _ = slow_server
+    results = _together(server.grpc_url, [("boom", {}), ("steel bottle", {}), ("shampoo", {})])
+    assert results[0][0] == "INTERNAL" and "injected fault" in results[0][1]
+    assert results[1:] == [(None, "STEEL BOTTLE"), (None, "SHAMPOO")]
+
+
+def test_a_full_queue_sheds_at_once_and_the_admitted_are_answered(slow_server):
+    server, _ = slow_server
+    results = _together(server.grpc_url, [("sleep:1.5", {})] + [(f"row {i}", {}) for i in range(15)], 0.05)
+    shed = [r for r in results if r[0] == "UNAVAILABLE"]
+    assert shed and all("Exceeds maximum queue size" in m for _, m in shed)
+    assert all(r[0] is None for r in results if r not in shed)
+
+
+def test_a_request_past_its_deadline_in_the_queue_is_never_computed(slow_server):
+    server, executed = slow_server
+    results = _together(server.grpc_url, [("sleep:1.5", {}), ("late one", {"timeout": 200_000})], 0.6)
+    assert results[0] == (None, "SLEEP:1.5")
+    assert results[1][0] == "UNAVAILABLE" and "Request timeout expired" in results[1][1]
+    time.sleep(0.5)
+    assert not any("late one" in line for line in executed.read_text().splitlines())
+
+
+def test_custom_metrics_count_outcomes_rows_and_stages(slow_server):
+    """Errors are counted as errors (Triton's own nv_inference_request_success counts them as successes), and a
+    request refused for its deadline in the queue shows in Triton's failure count (queue-full refusals, measured
+    with 2.51, are in no server metric: the client sees them as UNAVAILABLE)."""
+    server, _ = slow_server
+    _together(server.grpc_url, [("boom", {}), ("metrics probe", {})])
+    _together(server.grpc_url, [("sleep:1", {}), ("late", {"timeout": 100_000})], 0.6)
+    time.sleep(2.5)  # Triton refreshes its own counters every 2 s
+    text = urllib.request.urlopen(server.endpoints["metrics"], timeout=5).read().decode()
+    assert re.search(r'shelfml_requests_total\{model="slow",outcome="error"\} [1-9]', text)
+    assert re.search(r'shelfml_requests_total\{model="slow",outcome="ok"\} [1-9]', text)
+    assert re.search(r'shelfml_rows_total\{model="slow"\} [1-9]', text)
+    assert re.search(r'shelfml_stage_seconds_count\{model="slow",stage="infer"\} [1-9]', text)
+    assert re.search(r'nv_inference_request_failure\{model="slow",reason="REJECTED",version="1"\} [1-9]', text)

@@ -16,7 +16,7 @@ from shelfml.price.contract import PRICE_SERVICE
 from shelfml.tagger.contract import TAGGER_SERVICE
 from shelfml.labels import LEVEL_SEP
 from shelfml.model_repository.build import RUNTIMES, build_repository, read_config, write_config
-from shelfml.serving import RequestError, check_numpy, decode_texts
+from shelfml.serving import RequestError, check_numpy, decode_texts, run_isolated
 from shelfml.price import PriceRegressor
 from shelfml.tagger import Tagger
 
@@ -58,6 +58,9 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
         for config in (stock, cpu):
             assert config.name == model and config.max_batch_size == 64
             assert config.dynamic_batching.max_queue_delay_microseconds > 0
+            policy = config.dynamic_batching.default_queue_policy  # load shedding on every model
+            assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0
+            assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
             assert config.instance_group
         assert len(cpu.model_warmup) == 1 and len(stock.model_warmup) == (1 if model in LEAVES else 0)
         assert cpu.backend == "python" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
@@ -195,15 +198,64 @@ def test_bls_decoding_equals_in_process_decoding(served_repository, tmp_path, cl
 
 
 # ---------------------------------------------------------------------------------------------
+# Integrity: a corrupt file is refused at load, naming it
+
+
+def _flip(path, count: int, seed: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(len(data), count, replace=False):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file, count", [("tagger_encoder/1/model.onnx", 200), ("price_regressor/1/model.onnx", 1000),
+                                         ("tagger/1/assets/tokenizer.json", 1)], ids=["tagger-graph", "price-graph",
+                                                                                     "tagger-asset"])
+def test_a_corrupt_repository_file_is_refused_naming_it(served_repository, tmp_path, file, count):
+    from shelfml.integrity import IntegrityError, verify
+    from shelfml.model_repository.server import ModelLoadError, TritonServer
+
+    repo = tmp_path / "repo"
+    build_repository(repo, **served_repository.exports)
+    _flip(repo / file, count)
+    with pytest.raises(IntegrityError, match=f"{file} does not match its sha256 in repository.json"):
+        verify(repo)  # what shelfml serve and the container entrypoint run before the server starts
+    with pytest.raises(ModelLoadError, match=f"IntegrityError: .*{file} does not match its sha256"):
+        TritonServer(repo, log_file=tmp_path / "triton.log").start(timeout_s=120)  # the model's own check
+
+
+# ---------------------------------------------------------------------------------------------
 # Pure pieces
 
 
 @pytest.mark.parametrize("rows, message", [
     ([b""], "is empty"), ([b"\xc3\x28"], "not valid UTF-8"), ([b"x" * (1 << 20 + 1)], "the limit is"),
-], ids=["empty", "bad-utf8", "too-big"])
+    ([b"ok", b"\x00\x00"], r"text\[1\] holds only control or zero-width"),
+    (["\u200b\u200c \ufeff".encode()], "only control or zero-width"),
+    ([b"y" * (1 << 20)] * 5, r"holds 5,242,880 bytes in 5 rows; the limit per request is 4,194,304"),
+], ids=["empty", "bad-utf8", "too-big", "nul-only", "zero-width-only", "request-too-big"])
 def test_decode_texts_names_the_row_and_the_problem(rows, message):
     with pytest.raises(RequestError, match=message):
         decode_texts(np.array(rows, dtype=object).reshape(-1, 1))
+
+
+def test_run_isolated_fails_only_the_request_that_raises():
+    calls = []
+
+    def run(texts, pictures):
+        calls.append(len(texts))
+        if "boom" in texts:
+            raise ValueError("bad row\nsecond line")
+        return {"out": np.array([[t.upper() + p] for t, p in zip(texts, pictures)], dtype=object)}
+
+    outputs, errors = run_isolated({0: (["a", "b"], ["1", "2"]), 2: (["boom"], [""]), 5: (["c"], ["3"])}, run)
+    assert errors == {2: "ValueError: bad row"}
+    assert outputs[0]["out"][:, 0].tolist() == ["A1", "B2"] and outputs[5]["out"][:, 0].tolist() == ["C3"]
+    assert calls == [4, 2, 1, 1]  # the batch, then each request alone
+    calls.clear()
+    outputs, errors = run_isolated({3: (["x"], [""]), 1: (["y", "z"], ["", "!"])}, run)
+    assert not errors and calls == [3] and outputs[1]["out"][:, 0].tolist() == ["Y", "Z!"]
 
 
 def test_numpy_2_is_refused_at_model_load(monkeypatch):

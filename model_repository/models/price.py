@@ -18,7 +18,7 @@ class TritonPythonModel:
     def initialize(self, args):
         from shelfml.price.service import PriceService
         from shelfml.integrity import verify
-        from shelfml.serving import bls_runner, check_numpy, inprocess_runner
+        from shelfml.serving import ServedMetrics, bls_runner, check_numpy, inprocess_runner
 
         check_numpy()
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
@@ -37,31 +37,19 @@ class TritonPythonModel:
                                     max_batch=int(params["leaf_max_batch"]),
                                     embed=runner(embedder, "embedding") if embedder else None)
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self.metrics = ServedMetrics(pb_utils, args["model_name"])
 
-    def execute(self, requests):
+    def parse(self, request):
         from shelfml.serving import RequestError, decode_texts
 
-        texts, images, spans, errors = [], [], [], {}
-        for i, request in enumerate(requests):
-            try:
-                rows = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
-                image = pb_utils.get_input_tensor_by_name(request, "image")
-                pictures = [b""] * len(rows) if image is None else [bytes(b) for b in image.as_numpy().reshape(-1)]
-                if len(pictures) != len(rows):
-                    raise RequestError(f"{len(rows)} texts but {len(pictures)} images")
-            except RequestError as e:
-                errors[i] = str(e)
-                continue
-            spans.append((i, len(texts), len(texts) + len(rows)))
-            texts.extend(rows)
-            images.extend(pictures)
-        outputs = self.service.price(texts, images) if texts else {}
-        responses = [None] * len(requests)
-        for i, start, end in spans:
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:end]).astype(dtype))
-                       for name, dtype in self.dtypes.items()]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-        for i, message in errors.items():
-            responses[i] = pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
-        return responses
+        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
+        image = pb_utils.get_input_tensor_by_name(request, "image")
+        pictures = [b""] * len(texts) if image is None else [bytes(b) for b in image.as_numpy().reshape(-1)]
+        if len(pictures) != len(texts):
+            raise RequestError(f"{len(texts)} texts but {len(pictures)} images")
+        return texts, pictures
+
+    def execute(self, requests):
+        from shelfml.serving import execute
+
+        return execute(pb_utils, requests, self.parse, self.service.price, self.dtypes, self.metrics)

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.integrity import verify
-        from shelfml.serving import bls_runner, check_numpy, inprocess_runner
+        from shelfml.serving import ServedMetrics, bls_runner, check_numpy, inprocess_runner
         from shelfml.tagger.runners import bls_step_factory, inprocess_step_factory
         from shelfml.tagger.service import TaggerService
 
@@ -40,25 +40,17 @@ class TritonPythonModel:
         self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None)
         self.input = config["input"][0]["name"]
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self.metrics = ServedMetrics(pb_utils, args["model_name"])
+
+    def parse(self, request):
+        from shelfml.serving import decode_texts
+
+        return (decode_texts(pb_utils.get_input_tensor_by_name(request, self.input).as_numpy(), self.input),)
+
+    def run(self, texts):
+        return self.service.outputs(self.service.tag(texts))
 
     def execute(self, requests):
-        from shelfml.serving import RequestError, decode_texts
+        from shelfml.serving import execute
 
-        texts, spans, errors = [], [], {}
-        for i, request in enumerate(requests):
-            try:
-                rows = decode_texts(pb_utils.get_input_tensor_by_name(request, self.input).as_numpy(), self.input)
-            except RequestError as e:
-                errors[i] = str(e)
-                continue
-            spans.append((i, len(texts), len(texts) + len(rows)))
-            texts.extend(rows)
-        outputs = self.service.outputs(self.service.tag(texts)) if texts else {}
-        responses = [None] * len(requests)
-        for i, start, end in spans:
-            tensors = [pb_utils.Tensor(name, outputs[name][start:end].astype(dtype)) for name, dtype in self.dtypes.items()]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-        for i, message in errors.items():
-            responses[i] = pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
-        return responses
+        return execute(pb_utils, requests, self.parse, self.run, self.dtypes, self.metrics)

@@ -81,6 +81,7 @@ class Tagger:
             from shelfml.tagger.model import eager_step_factory
 
             make_step = eager_step_factory(self.model)
+        texts = [self.tokenizer.clip(t, self.max_input_tokens) for t in texts]  # bounded work from here on
         inputs = self.enricher.enrich(texts) if self.enricher else texts  # copy spans stay the product's own
         order = np.argsort([len(t) for t in inputs], kind="stable")  # similar lengths share a batch
         out: list[Prediction | None] = [None] * len(texts)
