@@ -196,14 +196,11 @@ def make_predict(client: AsyncShelfmlClient, task: str) -> Predict:
 
 
 def read_rows(path: Path, text_col: str, id_col: str | None, image_col: str | None, encoding: str) -> list[Row]:
-    import pandas as pd
+    from shelfml.data import read_table
 
     if not path.is_file():
         raise FileNotFoundError(f"input {path} does not exist")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ValueError(f"cannot read {path} as CSV ({encoding}): {e}") from None
+    frame = read_table(path, encoding)  # DataError (a ValueError) naming the line
     for flag, col in (("--text-col", text_col), ("--id-col", id_col), ("--image-col", image_col)):
         if col and col not in frame.columns:
             raise ValueError(f"{path} has no column {col!r} ({flag}); its columns: {list(frame.columns)}")

@@ -20,9 +20,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     if "shelfml.exports" in sys.modules or "shelfml.onnxrt" in sys.modules:
         from shelfml.exports import ExportError
         from shelfml.onnxrt import GraphError
+
+        errors += (ExportError, GraphError)
+    if "shelfml.text" in sys.modules:
         from shelfml.text import TokenizerError
 
-        errors += (ExportError, GraphError, TokenizerError)
+        errors += (TokenizerError,)
     if "shelfml.model_repository.engines" in sys.modules:
         from shelfml.model_repository.engines import EngineError
 
@@ -223,15 +226,30 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(json.dumps(metrics, default=str))
 
 
+def read_lines(file: str | None, encoding: str = "utf-8") -> list[str]:
+    """One text per non-blank line of ``file`` (stdin for None or "-"); a UTF-8 byte-order mark is dropped and
+    an undecodable byte is a DataError naming the file, line and byte."""
+    named, encoding = encoding, "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    if file and file != "-":
+        if not Path(file).is_file():
+            raise DataError(f"--file {file} does not exist")
+        raw, name = Path(file).read_bytes(), file
+    else:
+        raw, name = sys.stdin.buffer.read(), "stdin"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{name} is not valid {named}: byte 0x{raw[e.start]:02x} on line {line} (offset "
+                        f"{e.start}); re-encode it or pass --encoding (e.g. latin-1)") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
     from shelfml.checkpoint import read_manifest
     from shelfml.families import family
 
-    if a.texts:
-        texts = a.texts
-    else:
-        stream = open(a.file, encoding="utf-8") if a.file and a.file != "-" else sys.stdin
-        texts = [line.strip() for line in stream if line.strip()]
+    texts = a.texts or read_lines(a.file, a.encoding)
     if not texts:
         raise DataError("no input texts: pass them as arguments, with --file, or on stdin")
     fam = family(read_manifest(Path(a.checkpoint))["task"])
@@ -406,6 +424,7 @@ def _checkpoint_commands(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("texts", nargs="*")
     p.add_argument("--file", help="one text per line ('-' for stdin)")
+    p.add_argument("--encoding", default="utf-8", help="of --file or stdin (a UTF-8 byte-order mark is dropped)")
     add_checkpoint_use_arguments(p)
     p.set_defaults(func=cmd_predict)
 

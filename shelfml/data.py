@@ -8,6 +8,8 @@ never silently mislabelled. Splits are grouped by normalised title, because titl
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import os
 import re
@@ -102,6 +104,35 @@ def normalise_title(title: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", str(title).lower()).split())
 
 
+def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV file (``.csv`` or ``.csv.gz``) as strings, exactly as written: every row must have the header's
+    number of fields (pandas would otherwise shift a row with one field too many into an index column, silently),
+    a UTF-8 byte-order mark is dropped, and an undecodable byte is named. DataError naming the line otherwise."""
+    path, named = Path(path), encoding
+    encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding=encoding, newline="") as f:
+            reader = csv.reader(f, strict=True)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path} is empty: expected a header row and at least one product")
+            bad = [(reader.line_num, len(row)) for row in reader if row and len(row) != len(header)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid {named}: byte 0x{e.object[e.start]:02x} at offset {e.start}; "
+                        "re-encode the file or pass --encoding (e.g. latin-1)") from None
+    except csv.Error as e:
+        raise DataError(f"{path} is not a readable CSV: line {reader.line_num}: {e}") from None
+    if bad:
+        lines = ", ".join(f"line {n} has {k}" for n, k in bad[:5])
+        raise DataError(f"{path}: {len(bad):,} row(s) do not have the header's {len(header)} fields: {lines}"
+                        f"{' ...' if len(bad) > 5 else ''}; quote fields that hold the delimiter")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, index_col=False)
+    if frame.empty:
+        raise DataError(f"{path} has a header but no rows")
+    return frame
+
+
 def shared_data_dir() -> Path | None:
     """``$SHELFML_DATA_DIR``, else ``../shared/data`` beside the project or the working directory."""
     candidates = [os.environ.get("SHELFML_DATA_DIR"), Path(__file__).resolve().parents[2] / "shared/data"]
@@ -141,7 +172,7 @@ def _load_flipkart(spec: DataSpec, target: str) -> Catalog:
     root = shared_data_dir()
     if root is None or not (root / FLIPKART_FILE).is_file():
         raise DataError(f"Flipkart data not found: set SHELFML_DATA_DIR to the folder holding {FLIPKART_FILE}")
-    raw = pd.read_csv(root / FLIPKART_FILE, dtype=str, keep_default_na=False)
+    raw = read_table(root / FLIPKART_FILE)
     raw = raw[pd.to_numeric(raw["cat_depth"]) >= spec.min_depth]
     folder = (root / FLIPKART_FILE).parent
     raw = raw.assign(local_image=[str(folder / p) if p else "" for p in raw["local_image"]])
@@ -164,19 +195,7 @@ def _load_csv(spec: DataSpec, target: str) -> Catalog:
                         "to train or evaluate the tagger")
     if target == PRICE and not spec.price_col:
         raise DataError(f"{path}: --price-col is required for the price task")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=spec.encoding)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not valid {spec.encoding}: byte 0x{e.object[e.start]:02x} at offset {e.start}; "
-            "re-encode the file or pass --encoding (e.g. latin-1)"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty: expected a header row and at least one product") from None
-    except pd.errors.ParserError as e:
-        raise DataError(f"{path} is not a readable CSV: {e}") from None
-    if raw.empty:
-        raise DataError(f"{path} has a header but no rows")
+    raw = read_table(path, spec.encoding)
     levels = spec.levels or []
     if spec.path_col:
         raw, levels = split_path_column(raw, spec.path_col, spec.path_sep, str(path))

@@ -89,7 +89,7 @@ def run_serving(out: Path, with_price: bool = True) -> dict:
     repo = out / "repository"
     build_repository(repo, **exports, force=True)
     section["repository"] = str(repo)
-    tagged = pd.read_csv(out / "tagger-eval" / "predictions.csv", keep_default_na=False)
+    tagged = pd.read_csv(out / "tagger-eval" / "predictions.csv", keep_default_na=False, index_col=False)
     start = time.perf_counter()
     with TritonServer(repo, log_file=out / "triton.log") as server, ShelfmlClient(server.grpc_url) as client:
         section["server"] = {"endpoints": server.endpoints, "start_seconds": round(time.perf_counter() - start, 1)}
@@ -105,7 +105,7 @@ def run_serving(out: Path, with_price: bool = True) -> dict:
             "metrics": tagger_metrics(gold, served, taxonomy),
             "seconds": round(seconds, 2), "ms_per_item": round(1000 * seconds / len(served), 2)}
         if with_price:
-            priced = pd.read_csv(out / "price-eval" / "predictions.csv", keep_default_na=False)
+            priced = pd.read_csv(out / "price-eval" / "predictions.csv", keep_default_na=False, index_col=False)
             images = [p if p and Path(p).is_file() else None for p in priced["image"]]
             start = time.perf_counter()
             prices = np.array([r.price for r in client.price(priced["input"].tolist(), images)])

@@ -102,14 +102,15 @@ class TextTokenizer:
 def load_tokenizer(folder: str | Path) -> TextTokenizer:
     """The tokenizer saved in ``folder`` (``tokenizer.json`` + ``tokenizer_config.json``)."""
     folder = Path(folder)
+    for name in (TOKENIZER_FILE, CONFIG_FILE):  # the vocabulary, and which tokens are pad/eos/unk
+        if not (folder / name).is_file():
+            raise TokenizerError(f"{folder} has no {name}: the tokenizer is incomplete (a deleted or uncopied "
+                                 "file; it is written by a fast tokenizer's save_pretrained)")
     path = folder / TOKENIZER_FILE
-    if not path.is_file():
-        raise TokenizerError(f"{folder} has no {TOKENIZER_FILE} (save the tokenizer with a fast tokenizer's "
-                             "save_pretrained)")
     try:
         backend = Tokenizer.from_file(str(path))
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")) if (folder / CONFIG_FILE).is_file() else {}
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception on a corrupt file
-        raise TokenizerError(f"{path} is corrupt: {str(e).splitlines()[0][:300]}") from None
+        raise TokenizerError(f"{path.parent} holds a corrupt tokenizer: {str(e).splitlines()[0][:300]}") from None
     special = {k: _token(config.get(f"{k}_token")) for k in SPECIAL}
     return TextTokenizer(backend, special)

@@ -36,6 +36,30 @@ def test_predict_without_texts_fails_clearly(tiny_checkpoint):
     assert proc.returncode == 2 and "no input texts" in proc.stderr
 
 
+def test_predict_file_encodings(tiny_checkpoint, tmp_path):
+    """A latin-1 file is a clear error (exit 2, the byte and line named), readable with --encoding; a UTF-8
+    byte-order mark does not stay in the first text."""
+    (tmp_path / "latin1.txt").write_bytes("steel bottle\ncaf\u00e9 mug\n".encode("latin-1"))
+    proc = shelfml("predict", tiny_checkpoint, "--file", tmp_path / "latin1.txt", check=False)
+    assert proc.returncode == 2 and "not valid utf-8: byte 0xe9 on line 2" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = shelfml("predict", tiny_checkpoint, "--file", tmp_path / "latin1.txt", "--encoding", "latin-1").stdout
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["steel bottle", "caf\u00e9 mug"]
+    (tmp_path / "bom.txt").write_bytes("\ufeffsteel bottle\n".encode("utf-8"))
+    out = shelfml("predict", tiny_checkpoint, "--file", tmp_path / "bom.txt").stdout
+    assert json.loads(out)["text"] == "steel bottle"
+
+
+def test_a_checkpoint_with_a_deleted_tokenizer_file_names_it(tiny_checkpoint, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    (copy / "tokenizer_config.json").unlink()
+    proc = shelfml("predict", copy, "steel bottle", check=False)
+    assert proc.returncode == 2 and "has no tokenizer_config.json: the tokenizer is incomplete" in proc.stderr, proc.stderr
+
+
 def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, tmp_path):
     proc = shelfml("evaluate", tiny_checkpoint, "--out", tmp_path / "eval", "--eval-limit", 20)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

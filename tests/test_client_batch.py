@@ -149,9 +149,16 @@ def test_a_rejected_chunk_is_retried_row_by_row():
     (["--task", "tag", "--text-col", "name"], "has no column 'name' \\(--text-col\\)"),
     (["--task", "tag", "--id-col", "sku"], "has no column 'sku' \\(--id-col\\)"),
     (["--task", "tag", "--image-col", "image"], "--image-col is for --task price"),
-], ids=["text-col", "id-col", "image-col-for-tag"])
+    (["--task", "tag", "--id-col", "id", "--text-col", "title", "--input", "extra.csv"],
+     r"1 row\(s\) do not have the header's 3 fields: line 2 has 4"),
+], ids=["text-col", "id-col", "image-col-for-tag", "extra-field"])
 def test_batch_input_errors_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "in.csv").write_text("id,title,image\n1,steel bottle,\n")
+    (tmp_path / "extra.csv").write_text("id,title,image\nsku-1,steel bottle,,\n")
+    if "--input" in argv:
+        i = argv.index("--input")
+        argv, name = argv[:i] + argv[i + 2:], argv[i + 1]
+        (tmp_path / "in.csv").write_text((tmp_path / name).read_text())
     code = cli.main(["--url", f"localhost:{free_port()}", "batch", str(tmp_path / "in.csv"),
                      "--out", str(tmp_path / "out.csv"), *argv])
     assert code == 2

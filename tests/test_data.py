@@ -58,14 +58,30 @@ def test_empty_label_levels_are_reported_and_skipped(tmp_path):
         (HEADER + "a,b,c,d,e,1,\n", dict(levels=["l1"]), "expected 2-4 label levels"),
         (HEADER + "a,b,c,d,e,1,\n", dict(text_col=None), "--text-col is required"),
         (HEADER + "a,b,c,d,e,1,\n", dict(levels=None), "--levels"),
+        (HEADER + "a,b,c,d,e,1,\nf,g,h,i,j,2,,extra\n", {}, r"1 row\(s\) do not have the header's 7 fields: line 3 has 8"),
+        (HEADER + 'a,b,c,d,e,1,\n"unterminated,g\n', {}, r"not a readable CSV: line 3: unexpected end of data"),
     ],
     ids=["missing-column", "empty-file", "header-only", "non-utf8", "all-labels-empty", "one-level",
-         "no-text-col", "no-levels"],
+         "no-text-col", "no-levels", "extra-field", "unterminated-quote"],
 )
 def test_bad_csv_gives_clear_errors(tmp_path, body, spec_kw, message):
     path = write(tmp_path, body)
     with pytest.raises(DataError, match=message):
         load_catalog(csv_spec(path, **spec_kw))
+
+
+def test_an_extra_field_on_every_row_is_refused_not_shifted(tmp_path):
+    """pandas alone takes the first column as the index when every row has one field too many: ids read as
+    titles, scored 0.0 with exit 0. The reader refuses it, naming the lines."""
+    path = write(tmp_path, HEADER + "".join(f"t{i},a,b,c,X,1,,\n" for i in range(8)))
+    with pytest.raises(DataError, match=r"8 row\(s\) do not have the header's 7 fields: line 2 has 8, line 3 has 8"):
+        load_catalog(csv_spec(path))
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    path = write(tmp_path, ("\ufeff" + HEADER + "steel bottle,a,b,c,X,1,\n").encode("utf-8"))
+    cat = load_catalog(csv_spec(path))
+    assert cat.frame["text"][0] == "steel bottle"
 
 
 def test_non_utf8_loads_with_the_right_encoding(tmp_path):

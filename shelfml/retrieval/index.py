@@ -252,7 +252,7 @@ class Retriever:
             raise RetrievalError(f"index {directory / INDEX_FILE} holds {index.d}-dimensional vectors, but its "
                                  f"manifest says {manifest['dimension']} and the query encoder {ours['name']} gives "
                                  f"{ours['dimension']}")
-        metadata = pd.read_csv(directory / METADATA_FILE, dtype=str, keep_default_na=False)
+        metadata = pd.read_csv(directory / METADATA_FILE, dtype=str, keep_default_na=False, index_col=False)
         if not (index.ntotal == len(metadata) == manifest["rows"]):
             raise RetrievalError(f"index {directory}: {index.ntotal} vectors, {len(metadata)} metadata rows and "
                                  f"{manifest['rows']} rows in the manifest must be equal")
