@@ -80,6 +80,12 @@ class DeadlineExceededError(ClientError):
 SHED = ("Exceeds maximum queue size", "Request timeout expired")  # Triton's messages for a shed request
 
 
+def server_timeout_us(seconds_left: float) -> int:
+    """The request's server-side timeout: 90% of what is left of the client's deadline, so a request that
+    waited that long in the queue is refused there, unrun, while its client still listens."""
+    return max(1, int(seconds_left * 0.9 * 1e6))
+
+
 def transient(e: InferenceServerException) -> bool:
     """Worth retrying: the server is starting, restarting or shedding load, or a model is unloading."""
     status = status_name(e)
@@ -296,7 +302,7 @@ class ShelfmlClient(_Settings):
         for chunk in chunks(columns, self._limit(spec.name)):
             inputs = build_inputs(spec, chunk)
             result = self._call(spec.name, lambda left: self._client.infer(
-                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=int(left * 1e6)))
+                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=server_timeout_us(left)))
             results += parse(result, _rows(chunk))
         return results
 
@@ -367,7 +373,7 @@ class AsyncShelfmlClient(_Settings):
         inputs, outputs = build_inputs(spec, chunk), requested_outputs(spec)
         async with self._slots:
             result = await self._call(spec.name, lambda left: self._client.infer(
-                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=int(left * 1e6)))
+                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=server_timeout_us(left)))
         return parse(result, _rows(chunk))
 
     async def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:

@@ -313,9 +313,11 @@ def cmd_index_build(a: argparse.Namespace) -> None:
     print(json.dumps({k: manifest[k] for k in ("kind", "rows", "dimension", "fingerprint", "recall_at_k", "seconds")}))
 
 
-def cmd_bench(a: argparse.Namespace) -> None:
+def cmd_bench(a: argparse.Namespace) -> int | None:
     import shlex
 
+    if a.reliability:
+        return cmd_reliability(a)
     from shelfml.benchmarks import run_bench
 
     exports = {k: Path(v) for k, v in (("tagger", a.tagger_export), ("price", a.price_export)) if v}
@@ -327,6 +329,21 @@ def cmd_bench(a: argparse.Namespace) -> None:
     verdict = {True: "pass", False: "fail", None: "n/a"}
     print_metrics(f"{a.out}: goals", {f"{g['id']} {g['model']}": verdict[g["passed"]] for g in results["goals"]})
     print(json.dumps({"out": a.out, "goals": results["goals"], "elapsed_s": results["elapsed_s"]}))
+
+
+def cmd_reliability(a: argparse.Namespace) -> int:
+    """``shelfml bench --reliability --repository REPO``: the serving runtime under hostile input, load,
+    overload, faults and corrupt artifacts; exit 1 when a check failed."""
+    from shelfml.benchmarks.reliability import Plan, run_reliability
+
+    if not a.repository or not Path(a.repository).is_dir():
+        raise FileNotFoundError(f"--reliability needs --repository REPO (a built model repository), got "
+                                f"{a.repository!r}")
+    out = Path(a.out if a.out != "runs/bench" else "runs/reliability")
+    results = run_reliability(Path(a.repository), out, Plan.quick() if a.quick else Plan())
+    print((out / "reliability.md").read_text(encoding="utf-8"))
+    print(json.dumps({"out": str(out), "ok": results["ok"], "elapsed_s": results["elapsed_s"]}))
+    return 0 if results["ok"] else 1
 
 
 def cmd_repository(a: argparse.Namespace) -> None:
@@ -537,6 +554,11 @@ def _bench_command(sub) -> None:
     p.add_argument("--no-reference", action="store_true",
                    help="skip the random flan-t5-small-shape and MiniLM models (speed references)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--reliability", action="store_true",
+                   help="instead: the reliability suite against the real server on --repository (bad input over "
+                        "gRPC and HTTP, bounded work, load, overload, SIGKILL/SIGTERM, corrupt artifacts); "
+                        "writes reliability.json and reliability.md into --out (default runs/reliability)")
+    p.add_argument("--repository", help="the model repository the reliability suite serves")
     p.set_defaults(func=cmd_bench)
 
 

@@ -1,0 +1,20 @@
+"""The reliability suite's short form (CI) against the real server on the tiny models' repository: every
+check must hold (the full run, with the default pipeline's repository, is the README table)."""
+
+from __future__ import annotations
+
+import json
+
+from shelfml.benchmarks.reliability import Plan, run_reliability
+
+
+def test_reliability_suite_short_form(served_repository, tmp_path):
+    results = run_reliability(served_repository.repo, tmp_path / "rel", Plan.quick())
+    failed = {k: v for k, v in results.items() if isinstance(v, dict) and v.get("ok") is False}
+    assert results["ok"], json.dumps(failed, indent=1)[:4000]
+    bad = results["bad_input"]["cases"]
+    assert all(c["clear"] and c["next_good_identical"] for c in bad.values()) and len(bad) >= 20
+    assert results["overload"]["outcomes"].get("shed", 0) > 0
+    assert results["faults"]["sigkill_mid_batch"]["every_id_once_in_order"]
+    assert "does not match its sha256" in results["corrupt"]["verify"]
+    assert (tmp_path / "rel" / "reliability.md").read_text().count("| held |") == 7
