@@ -48,7 +48,10 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthe
     g.add_argument("--path-col", help="or: one CSV column holding the whole category path")
     g.add_argument("--path-sep", default=">", help="the separator inside --path-col (default '>')")
     g.add_argument("--brand-col")
-    g.add_argument("--price-col")
+    g.add_argument("--price-col", help="prices as catalogs write them: '$3.99', '₹1,299', 'EUR 12,50', '79¢', "
+                   "'$3.99/lb' (the unit is recorded); unreadable ones are reported and skipped")
+    g.add_argument("--price-range", choices=["lower", "refuse"], default="lower",
+                   help="a price written as a range ('$5-$9'): take its lower bound, or refuse (skip) the row")
     g.add_argument("--image-col")
     g.add_argument("--desc-col")
     g.add_argument("--encoding", default="utf-8", help="CSV text encoding")
@@ -62,7 +65,8 @@ def data_spec(a: argparse.Namespace) -> DataSpec | None:
         return None
     return DataSpec(source=a.data, text_col=a.text_col, levels=a.levels, path_col=a.path_col, path_sep=a.path_sep,
                     brand_col=a.brand_col, price_col=a.price_col, image_col=a.image_col, desc_col=a.desc_col,
-                    encoding=a.encoding, min_depth=a.min_depth, synthetic_rows=a.rows, limit=a.limit)
+                    encoding=a.encoding, price_range=a.price_range, min_depth=a.min_depth, synthetic_rows=a.rows,
+                    limit=a.limit)
 
 
 def add_optimisation_arguments(g: argparse._ArgumentGroup, epochs: int, lr: float, patience: int) -> None:

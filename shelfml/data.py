@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from shelfml.labels import MAX_LEVELS, MIN_LEVELS, Label, Taxonomy, clean_value
+from shelfml.prices import parse_prices
 
 SPLITS = ("train", "validation", "test")
 MAX_DESCRIPTION_CHARS = 300
@@ -48,6 +49,7 @@ class DataSpec:
     image_col: str | None = None
     desc_col: str | None = None
     encoding: str = "utf-8"
+    price_range: str = "lower"  # a price written as a range ("$5-$9"): its lower bound, or "refuse" the row
     min_depth: int = 4  # Flipkart: keep rows whose category tree has at least this depth
     synthetic_rows: int = 4000
     synthetic_seed: int = 0
@@ -162,7 +164,7 @@ def load_catalog(spec: DataSpec, task: str = "tagger") -> Catalog:
         raw = generate_catalog(spec.synthetic_rows, spec.synthetic_seed)
         mapping = dict(text="title", desc="description", levels=["supergroup", "group", "module"],
                        brand="brand", price="price", image="image")
-        return _standardise(raw, mapping, "synthetic", target, spec.limit)
+        return _standardise(raw, mapping, "synthetic", target, spec.limit, spec.price_range)
     if spec.source == "flipkart":
         return _load_flipkart(spec, target)
     return _load_csv(spec, target)
@@ -179,7 +181,7 @@ def _load_flipkart(spec: DataSpec, target: str) -> Catalog:
     mapping = dict(text=spec.text_col or "product_name", desc=spec.desc_col or "description",
                    levels=spec.levels or ["cat_l1", "cat_l2", "cat_l3"], brand=spec.brand_col or "brand",
                    price=spec.price_col or "discounted_price", image=spec.image_col or "local_image")
-    return _standardise(raw, mapping, f"flipkart(depth>={spec.min_depth})", target, spec.limit)
+    return _standardise(raw, mapping, f"flipkart(depth>={spec.min_depth})", target, spec.limit, spec.price_range)
 
 
 def _load_csv(spec: DataSpec, target: str) -> Catalog:
@@ -205,7 +207,7 @@ def _load_csv(spec: DataSpec, target: str) -> Catalog:
     if spec.image_col and spec.image_col in raw:
         raw[spec.image_col] = [p if not p or "://" in p or Path(p).is_absolute() else str(base / p)
                                for p in raw[spec.image_col]]
-    return _standardise(raw, mapping, str(path), target, spec.limit)
+    return _standardise(raw, mapping, str(path), target, spec.limit, spec.price_range)
 
 
 def split_path_column(raw: pd.DataFrame, column: str, sep: str, source: str) -> tuple[pd.DataFrame, list[str]]:
@@ -234,7 +236,8 @@ def split_path_column(raw: pd.DataFrame, column: str, sep: str, source: str) -> 
     return pd.concat([raw, levels], axis=1), names
 
 
-def _standardise(raw: pd.DataFrame, m: dict, source: str, target: str, limit: int | None) -> Catalog:
+def _standardise(raw: pd.DataFrame, m: dict, source: str, target: str, limit: int | None,
+                 price_range: str = "lower") -> Catalog:
     levels = list(m["levels"])
     if target == LEVELS and not MIN_LEVELS <= len(levels) <= MAX_LEVELS:
         raise DataError(f"{source}: expected {MIN_LEVELS}-{MAX_LEVELS} label levels, got {len(levels)}: {levels}")
@@ -251,7 +254,7 @@ def _standardise(raw: pd.DataFrame, m: dict, source: str, target: str, limit: in
     for i, name in enumerate(levels):
         frame[f"level_{i + 1}"] = column(name).map(clean_value)
     frame["brand"] = column(m["brand"]).map(clean_value)
-    frame["price"] = pd.to_numeric(column(m["price"]).str.replace(r"[$,₹\s]", "", regex=True), errors="coerce")
+    frame["price"], frame["price_unit"], unreadable = parse_prices(column(m["price"]), price_range)
     frame["image"] = column(m["image"]).str.strip()
 
     skipped: dict[str, int] = {}
@@ -268,7 +271,10 @@ def _standardise(raw: pd.DataFrame, m: dict, source: str, target: str, limit: in
         for i, name in enumerate(levels):
             drop(frame[f"level_{i + 1}"] == "", f"empty label level ({name})")
     else:
-        drop(~np.isfinite(frame["price"]), f"missing or non-numeric price ({m['price']})")
+        for reason, texts in unreadable.items():  # named with examples, never guessed
+            examples = ", ".join(repr(t) for t in list(dict.fromkeys(texts))[:3])
+            drop(frame["price"].isna() & column(m["price"]).isin(texts), f"price {reason} ({m['price']}), e.g. {examples}")
+        drop(~np.isfinite(frame["price"]), f"missing price ({m['price']})")
         drop(frame["price"] <= 0, f"zero or negative price ({m['price']})")
     frame = frame[keep].reset_index(drop=True)
     if limit:
