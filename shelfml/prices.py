@@ -25,7 +25,7 @@ CURRENCIES = {"$": "USD", "us$": "USD", "usd": "USD", "€": "EUR", "eur": "EUR"
               "rmb": "CNY", "krw": "KRW", "₩": "KRW", "try": "TRY", "₺": "TRY", "rub": "RUB", "₽": "RUB"}
 _CURRENCY = "|".join(sorted((re.escape(c) for c in CURRENCIES), key=len, reverse=True))
 _NUMBER = r"\d[\d\s.,'’]*"
-_AMOUNT = re.compile(rf"^\s*(?P<pre>{_CURRENCY})?\s*(?P<num>{_NUMBER})\s*(?P<cents>¢)?\s*(?P<post>{_CURRENCY})?\s*$",
+_AMOUNT = re.compile(rf"^\s*(?P<sign>-)?\s*(?P<pre>{_CURRENCY})?\s*(?P<num>{_NUMBER})\s*(?P<cents>¢)?\s*(?P<post>{_CURRENCY})?\s*$",
                      re.IGNORECASE)
 _UNIT = re.compile(r"^(?P<price>.*?)\s*(?:/|\bper\b|\ba\b)\s*(?P<unit>(?:\d+\s*)?[a-z][a-z .]{0,14}?)\.?\s*$|"
                    r"^(?P<price2>.*?)\s+(?P<unit2>each|ea)\.?\s*$", re.IGNORECASE)
@@ -75,6 +75,8 @@ def _amount(text: str) -> tuple[float, str]:
     value = _number(m.group("num").strip(" .,"))
     if m.group("cents"):
         value /= 100
+    if m.group("sign"):
+        value = -value  # read, and refused later as a negative price
     return value, CURRENCIES.get(pre or post, "")
 
 

@@ -98,7 +98,8 @@ def test_price_task_skips_bad_prices(tmp_path):
     path = write(tmp_path, HEADER + "a,x,y,z,B,10,\nb,x,y,z,B,0,\nc,x,y,z,B,-3,\nd,x,y,z,B,abc,\ne,x,y,z,B,,\n")
     cat = load_catalog(csv_spec(path), task="price")
     assert cat.frame["price"].tolist() == [10.0]
-    assert cat.skipped == {"missing or non-numeric price (price)": 2, "zero or negative price (price)": 2}
+    assert cat.skipped == {"price not a price (price), e.g. 'abc'": 1, "missing price (price)": 1,
+                           "zero or negative price (price)": 2}
 
 
 def test_grouped_split_keeps_titles_together_and_is_seeded(small_catalog):
