@@ -376,6 +376,20 @@ def test_a_request_past_its_deadline_in_the_queue_is_never_computed(slow_server)
     assert not any("late one" in line for line in executed.read_text().splitlines())
 
 
+def test_a_request_whose_client_left_is_never_computed(slow_server):
+    """No server-side timeout, only the client's own: gRPC cancels the call; the server drops it from the queue
+    (or, had it reached the model, execute() answers it CANCELLED unrun)."""
+    server, executed = slow_server
+    results = _together(server.grpc_url, [("sleep:1.5", {}), ("gone client", {"client_timeout": 0.3})], 0.6)
+    assert results[0] == (None, "SLEEP:1.5") and results[1][0] == "DEADLINE_EXCEEDED"
+    time.sleep(1.5)
+    assert not any("gone client" in line for line in executed.read_text().splitlines())
+    time.sleep(2.5)  # Triton refreshes its own counters every 2 s
+    text = urllib.request.urlopen(server.endpoints["metrics"], timeout=5).read().decode()
+    dropped = re.search(r'nv_inference_request_failure\{model="slow",reason="CANCELED",version="1"\} [1-9]', text)
+    assert dropped or re.search(r'shelfml_requests_total\{model="slow",outcome="cancelled"\} [1-9]', text)
+
+
 def test_custom_metrics_count_outcomes_rows_and_stages(slow_server):
     """Errors are counted as errors (Triton's own nv_inference_request_success counts them as successes), and a
     request refused for its deadline in the queue shows in Triton's failure count (queue-full refusals, measured
