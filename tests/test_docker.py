@@ -102,7 +102,7 @@ def test_compose_services():
     assert "server" in gpu["networks"]["default"]["aliases"] and "server" in cpu["networks"]["default"]["aliases"]
     batch = services["batch-client"]
     assert batch["entrypoint"] == ["shelfml-client"]
-    assert batch["command"][:6] == ["batch", "/batch/IN.csv", "--out", "/batch/OUT.csv", "--task", "tag"]
+    assert batch["command"][:6] == ["batch", "/batch/IN.csv", "--out", "/batch/OUT.csv", "--task", "tagger"]
     assert batch["command"][batch["command"].index("--url") + 1] == "server:8001"
     assert services["trainer"]["profiles"] == ["train"]
 

@@ -9,54 +9,52 @@
 Nothing here imports torch at import time (the sentence-transformers encoder is loaded on first use).
 """
 
-from shelfml.retrieval.embedder import (DEFAULT_ENCODER_NAME, EMBEDDER_SEQ, Embedder, OrtEmbedder, embedder_spec,
-                                        served_embedder, shared_embedder)
-from shelfml.retrieval.enrich import FIELDS, Enricher, EnrichFormat
-from shelfml.retrieval.errors import INDEX_FILE, KINDS, MANIFEST_FILE, METADATA_FILE, RetrievalError
-from shelfml.retrieval.index import (IndexArgs, Neighbour, Retriever, build_index, build_index_from_spec,
-                                     corpus_frame, has_faiss_gpu, make_index, recall_at_k)
-from shelfml.retrieval.policy import (CHECKPOINT_INDEX, checkpoint_enricher, checkpoint_retriever, check_index, enrich_training_rows,
-                                      store_index, training_enricher, training_neighbours,
-                                      training_retriever)
-from shelfml.retrieval.price_feature import (PRICE_FEATURES, neighbour_log_price, neighbour_price_features,
-                                             price_neighbour_features)
+import importlib
 
-__all__ = [
-    "CHECKPOINT_INDEX",
-    "DEFAULT_ENCODER_NAME",
-    "EMBEDDER_SEQ",
-    "Embedder",
-    "EnrichFormat",
-    "Enricher",
-    "FIELDS",
-    "INDEX_FILE",
-    "IndexArgs",
-    "KINDS",
-    "MANIFEST_FILE",
-    "METADATA_FILE",
-    "Neighbour",
-    "OrtEmbedder",
-    "PRICE_FEATURES",
-    "RetrievalError",
-    "Retriever",
-    "build_index",
-    "build_index_from_spec",
-    "check_index",
-    "checkpoint_enricher",
-    "checkpoint_retriever",
-    "corpus_frame",
-    "embedder_spec",
-    "enrich_training_rows",
-    "has_faiss_gpu",
-    "make_index",
-    "neighbour_log_price",
-    "neighbour_price_features",
-    "price_neighbour_features",
-    "recall_at_k",
-    "served_embedder",
-    "shared_embedder",
-    "store_index",
-    "training_enricher",
-    "training_neighbours",
-    "training_retriever",
-]
+# name -> submodule, imported on first use: loading the error alone (the CLI) loads neither pandas nor faiss
+_LAZY = {
+    "CHECKPOINT_INDEX": "policy",
+    "DEFAULT_ENCODER_NAME": "embedder",
+    "EMBEDDER_SEQ": "embedder",
+    "Embedder": "embedder",
+    "EnrichFormat": "enrich",
+    "Enricher": "enrich",
+    "FIELDS": "enrich",
+    "INDEX_FILE": "errors",
+    "IndexArgs": "index",
+    "KINDS": "errors",
+    "MANIFEST_FILE": "errors",
+    "METADATA_FILE": "errors",
+    "Neighbour": "index",
+    "OrtEmbedder": "embedder",
+    "PRICE_FEATURES": "price_feature",
+    "RetrievalError": "errors",
+    "Retriever": "index",
+    "build_index": "index",
+    "build_index_from_spec": "index",
+    "check_index": "policy",
+    "checkpoint_enricher": "policy",
+    "checkpoint_retriever": "policy",
+    "corpus_frame": "index",
+    "embedder_spec": "embedder",
+    "enrich_training_rows": "policy",
+    "has_faiss_gpu": "index",
+    "make_index": "index",
+    "neighbour_log_price": "price_feature",
+    "neighbour_price_features": "price_feature",
+    "price_neighbour_features": "price_feature",
+    "recall_at_k": "index",
+    "served_embedder": "embedder",
+    "shared_embedder": "embedder",
+    "store_index": "policy",
+    "training_enricher": "policy",
+    "training_neighbours": "policy",
+    "training_retriever": "policy",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"shelfml.retrieval.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'shelfml.retrieval' has no attribute {name!r}")
