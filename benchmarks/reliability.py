@@ -289,8 +289,11 @@ def overload(server: TritonServer, plan: Plan) -> dict:
            "queue_full_answered_within_ms": round(max(shed_s) * 1e3, 1) if shed_s else None,
            "rows_computed": int(rows_computed), "rows_answered": rows_answered,
            "rows_computed_for_nobody": int(rows_computed - rows_answered)}
-    # A request its client leaves while it is being computed is finished (one execute: at most a batch of rows)
-    out["ok"] = (counts.get("shed", 0) > 0 and set(counts) <= {"ok", "shed", "deadline"}
+    # Without a queue policy nothing is shed: requests wait, and those whose client gives up are dropped unrun.
+    # A request its client leaves while it is being computed is finished (one execute: at most a batch of rows).
+    policy = json.loads((server.repo / "repository.json").read_text(encoding="utf-8")).get("queue_policy")
+    out["queue_policy"] = policy
+    out["ok"] = ((counts.get("shed", 0) > 0 or not policy) and set(counts) <= {"ok", "shed", "deadline"}
                  and out["rows_computed_for_nobody"] <= MAX_BATCH)
     return out
 
@@ -455,7 +458,8 @@ def table(r: dict) -> list[str]:
                          f"({worst['bytes']:,} bytes); tagger stub {b['tagger_rss_idle_mb']} -> "
                          f"{b['tagger_rss_after_mb']} MB", b["ok"]),
         ("load", f"{levels}; stub RSS growth {lo['stub_rss_growth_mb']} MB", lo["ok"]),
-        ("overload", f"{ov['requests']} requests of {ov['rows_per_request']} rows at once, deadline "
+        ("overload", f"queue policy {ov['queue_policy'] or 'off'}: "
+                     f"{ov['requests']} requests of {ov['rows_per_request']} rows at once, deadline "
                      f"{ov['deadline_s']} s: {ov['outcomes']}; queue-full answered within "
                      f"{ov['queue_full_answered_within_ms']} ms; admitted p50/p99 {ov['admitted'].get('p50_ms')}/"
                      f"{ov['admitted'].get('p99_ms')} ms; rows computed for nobody: {ov['rows_computed_for_nobody']}",

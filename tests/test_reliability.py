@@ -9,7 +9,11 @@ from shelfml.benchmarks.reliability import Plan, run_reliability
 
 
 def test_reliability_suite_short_form(served_repository, tmp_path):
-    results = run_reliability(served_repository.repo, tmp_path / "rel", Plan.quick())
+    """On a repository built with load shedding (``--queue-limit``), so overload is shed at once."""
+    from shelfml.model_repository.build import QueuePolicy, build_repository
+
+    build_repository(tmp_path / "repo", **served_repository.exports, queue=QueuePolicy())
+    results = run_reliability(tmp_path / "repo", tmp_path / "rel", Plan.quick())
     failed = {k: v for k, v in results.items() if isinstance(v, dict) and v.get("ok") is False}
     assert results["ok"], json.dumps(failed, indent=1)[:4000]
     bad = results["bad_input"]["cases"]

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from shelfml.price.contract import PRICE_SERVICE
 from shelfml.tagger.contract import TAGGER_SERVICE
 from shelfml.labels import LEVEL_SEP
-from shelfml.model_repository.build import RUNTIMES, build_repository, read_config, write_config
+from shelfml.model_repository.build import RUNTIMES, QueuePolicy, build_repository, read_config, write_config
 from shelfml.serving import RequestError, check_numpy, decode_texts, run_isolated
 from shelfml.price import PriceRegressor
 from shelfml.tagger import Tagger
@@ -58,9 +58,7 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
         for config in (stock, cpu):
             assert config.name == model and config.max_batch_size == 64
             assert config.dynamic_batching.max_queue_delay_microseconds > 0
-            policy = config.dynamic_batching.default_queue_policy  # load shedding on every model
-            assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0
-            assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
+            assert not config.dynamic_batching.HasField("default_queue_policy")  # off by default (see QueuePolicy)
             assert config.instance_group
         assert len(cpu.model_warmup) == 1 and len(stock.model_warmup) == (1 if model in LEAVES else 0)
         assert cpu.backend == "python" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
@@ -69,6 +67,14 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
             assert stock.instance_group[0].kind == stock.instance_group[0].KIND_GPU
             assert (tmp_path / "repo" / model / "1" / "model.onnx").is_file()
             assert (tmp_path / "repo" / model / "1" / "graph.json").is_file()
+    shed = build_repository(tmp_path / "shed", **served_repository.exports, runtime=runtime, force=True,
+                            queue=QueuePolicy(max_requests=100, timeout_s=5))
+    assert shed["queue_policy"] == {"max_requests": 100, "timeout_s": 5}
+    for model in shed["models"]:
+        for path in (tmp_path / "shed" / model).glob("**/*.pbtxt"):
+            policy = read_config(path).dynamic_batching.default_queue_policy
+            assert (policy.max_queue_size, policy.default_timeout_microseconds) == (100, 5_000_000)
+            assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
     assert sorted(repo["models"]) == sorted([*LEAVES, "tagger", "price"])
 
 

@@ -149,8 +149,11 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}
 
         def save(tmp: Path) -> None:
+            from shelfml.tagger.hf import hub_files
+
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            hub_files(model, tokenizer, tmp, manifest, tagger.max_input_tokens, tagger.max_new_tokens)
             write_parity_sample(tmp, parts["test"], "tagger")
             if enricher is not None:  # the index travels inside the checkpoint
                 manifest["retrieval"]["index"] = store_index(enricher.retriever, tmp)
