@@ -30,7 +30,7 @@ class PriorConfig:
     """How neighbours become a distribution (recorded in the checkpoint manifest)."""
 
     k: int = 20  # neighbours
-    temperature: float = 0.05  # softmax temperature over the neighbours' cosine similarities (brands)
+    temperature: float = 0.05  # softmax temperature over the brands' evidence (classifier decision values)
     path_temperature: float = 0.1  # softmax temperature over the linear classifier's decision values (paths)
     smoothing: float = 0.02  # mass spread uniformly (no label is impossible under the prior)
     weight: float = 1.0  # the decode loop's weight of log(prior mass) while it decodes the path; fitted
@@ -58,8 +58,9 @@ class LabelPrior:
     """Lexical neighbours -> :class:`PriorBatch`."""
 
     def __init__(self, index: LexicalIndex, taxonomy: Taxonomy, cfg: PriorConfig,
-                 path_scorer: LinearScorer | None = None) -> None:
-        self.index, self.taxonomy, self.cfg, self.path_scorer = index, taxonomy, cfg, path_scorer
+                 path_scorer: LinearScorer | None = None, brand_scorer: LinearScorer | None = None) -> None:
+        self.index, self.taxonomy, self.cfg = index, taxonomy, cfg
+        self.path_scorer, self.brand_scorer = path_scorer, brand_scorer
         self.n_paths, self.n_brands = len(taxonomy.paths), 1 + len(taxonomy.brands)
         self._cache: dict[str, tuple] = {}
         self._cache_k = cfg.k
@@ -73,11 +74,20 @@ class LabelPrior:
         ids = {"path": [path_id[lab.path] for lab in labels], "brand": [brand_id.get(lab.brand, 0) for lab in labels]}
         index = LexicalIndex.build(texts, ids, titles)
         vectors = [index.featurizer.vector(t, index.idf) for t in texts]
-        scorer = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), index.featurizer.bits)
-        return cls(index, taxonomy, cfg or PriorConfig(), scorer)
+        bits = index.featurizer.bits
+        paths = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), bits)
+        brands = LinearScorer.fit(vectors, ids["brand"], 1 + len(taxonomy.brands), bits)
+        return cls(index, taxonomy, cfg or PriorConfig(), paths, brands)
 
-    def evidence(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(neighbour rows [n, k], their similarities [n, k], the path classifier's decision values [n, paths]
+    def _linear(self, text: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The path and brand classifiers' decision values of one text (None: no such classifier)."""
+        if self.path_scorer is None and self.brand_scorer is None:
+            return None, None
+        vector = self.index.featurizer.vector(text, self.index.idf)
+        return tuple(None if s is None else s.scores(*vector) for s in (self.path_scorer, self.brand_scorer))
+
+    def evidence(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(neighbour rows [n, k], their similarities [n, k], the path and the brand classifiers' decision values
         or None) of each text: what the distributions are made of, independent of the temperatures. Cached per
         text (catalogs repeat titles; the validation search decodes the same rows at every grid point)."""
         if self._cache_k != self.cfg.k or len(self._cache) + len(texts) > CACHE_ROWS:
@@ -86,26 +96,25 @@ class LabelPrior:
         if todo:
             rows, scores = self.index.search(todo, self.cfg.k)
             for i, text in enumerate(todo):
-                linear = None
-                if self.path_scorer is not None:
-                    linear = self.path_scorer.scores(*self.index.featurizer.vector(text, self.index.idf))
-                self._cache[text] = (rows[i], scores[i], linear)
+                self._cache[text] = (rows[i], scores[i], *self._linear(text))
         found = [self._cache[t] for t in texts]
-        linear = np.stack([f[2] for f in found]) if self.path_scorer is not None else None
-        return np.stack([f[0] for f in found]), np.stack([f[1] for f in found]), linear
+        stack = lambda j: None if found[0][j] is None else np.stack([f[j] for f in found])  # noqa: E731
+        return stack(0), stack(1), stack(2), stack(3)
 
     def batch(self, texts: Sequence[str], exclude_titles: Sequence[str] | None = None) -> PriorBatch:
         """The prior of ``texts``; ``exclude_titles``: a training row's own normalised title is never its neighbour
         (uncached)."""
         if exclude_titles is None:
-            rows, scores, linear = self.evidence(texts)
+            rows, scores, path_linear, brand_linear = self.evidence(texts)
         else:
             rows, scores = self.index.search(texts, self.cfg.k, exclude_titles)
-            linear = None if self.path_scorer is None else np.stack(
-                [self.path_scorer.scores(*self.index.featurizer.vector(t, self.index.idf)) for t in texts])
-        paths = self._neighbour_probs(rows, scores, "path", self.n_paths) if linear is None else _softmax(
-            linear / max(self.cfg.path_temperature, 1e-6))
-        brands = self._neighbour_probs(rows, scores, "brand", self.n_brands)
+            linear = [self._linear(t) for t in texts]
+            path_linear, brand_linear = (None if linear[0][j] is None else np.stack([v[j] for v in linear])
+                                         for j in (0, 1))
+        paths = self._neighbour_probs(rows, scores, "path", self.n_paths) if path_linear is None else _softmax(
+            path_linear / max(self.cfg.path_temperature, 1e-6))
+        brands = self._neighbour_probs(rows, scores, "brand", self.n_brands) if brand_linear is None else _softmax(
+            brand_linear / max(self.cfg.temperature, 1e-6))
         smooth = self.cfg.smoothing
         return PriorBatch((1 - smooth) * paths + smooth / self.n_paths, (1 - smooth) * brands + smooth / self.n_brands,
                           self.cfg.weight, self.cfg.brand_weight)
@@ -119,18 +128,26 @@ class LabelPrior:
         probs[probs.sum(axis=1) == 0] = 1.0 / size
         return probs
 
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        for name, scorer in (("path", self.path_scorer), ("brand", self.brand_scorer)):
+            if scorer is not None:
+                arrays |= scorer.arrays(name)
+        return arrays
+
     def describe(self) -> dict:
-        scorer = self.path_scorer
+        source = lambda scorer: "linear classifier" if scorer is not None else "neighbours"  # noqa: E731
+        arrays = self._arrays()
         return {**self.cfg.to_dict(), "index_rows": self.index.size, "fingerprint": self.index.fingerprint(),
-                "paths_from": "linear classifier" if scorer is not None else "neighbours", "brands_from": "neighbours",
-                "linear_fingerprint": None if scorer is None else array_digest(scorer.arrays("path"))}
+                "paths_from": source(self.path_scorer), "brands_from": source(self.brand_scorer),
+                "linear_fingerprint": array_digest(arrays) if arrays else None}
 
     def save(self, folder: Path) -> dict:
         from safetensors.numpy import save_file
 
         self.index.save(Path(folder) / PRIOR_DIR)
-        if self.path_scorer is not None:
-            save_file(self.path_scorer.arrays("path"), str(Path(folder) / PRIOR_DIR / LINEAR_FILE))
+        if self._arrays():
+            save_file(self._arrays(), str(Path(folder) / PRIOR_DIR / LINEAR_FILE))
         return {**self.describe(), "path": PRIOR_DIR}
 
     @classmethod
@@ -143,15 +160,16 @@ class LabelPrior:
         if index.fingerprint() != recorded["fingerprint"]:
             raise ValueError(f"{where}: index {index.fingerprint()} is not the one this model "
                              f"was trained with ({recorded['fingerprint']})")
-        scorer = None
-        if recorded.get("paths_from") == "linear classifier":
+        scorers = {}
+        linear = [name for name in ("path", "brand") if recorded.get(f"{name}s_from") == "linear classifier"]
+        if linear:
             if not (where / LINEAR_FILE).is_file():
-                raise FileNotFoundError(f"{where / LINEAR_FILE} is missing: the prior's path classifier")
+                raise FileNotFoundError(f"{where / LINEAR_FILE} is missing: the prior's {' and '.join(linear)} classifier")
             arrays = load_file(str(where / LINEAR_FILE))
             if array_digest(arrays) != recorded.get("linear_fingerprint"):
                 raise ValueError(f"{where / LINEAR_FILE} does not match the fingerprint recorded for this model")
-            scorer = LinearScorer.from_arrays(arrays, "path")
-        return cls(index, taxonomy, PriorConfig.from_dict(recorded), scorer)
+            scorers = {name: LinearScorer.from_arrays(arrays, name) for name in linear}
+        return cls(index, taxonomy, PriorConfig.from_dict(recorded), scorers.get("path"), scorers.get("brand"))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

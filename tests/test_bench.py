@@ -138,8 +138,11 @@ def quick_results(served_repository, tmp_path_factory):
     from shelfml.benchmarks import run_bench
     from shelfml.benchmarks.run import Repetitions
 
+    import os
+
     out = tmp_path_factory.mktemp("bench") / "out"
     s = served_repository
+    os.environ["SHELFML_ADMIN_KEY"] = s.server.admin_key  # the statistics API is restricted
     results = run_bench(out, checkpoint=s.tagger_checkpoint, price_checkpoint=s.price_checkpoint, quick=True,
                         exports=s.exports, grpc_url=s.grpc_url, reps=Repetitions.smallest(), reference=False)
     return out, results

@@ -257,7 +257,8 @@ def test_train_reports_and_skips_bad_prices(tiny_encoder, tmp_path, capsys):
         f.write("zero priced,0,\nnegative,-4,\nwords,abc,\nempty,,\ninfinite,inf,\n")
     manifest = train_price(DataSpec(source=str(path), text_col="title", price_col="price"), tmp_path / "ckpt",
                            fast_args(tiny_encoder))
-    skipped = {"missing or non-numeric price (price)": 3, "zero or negative price (price)": 2}
+    skipped = {"price not a price (price), e.g. 'abc', 'inf'": 2, "missing price (price)": 1,
+               "zero or negative price (price)": 2}
     assert manifest["data"]["skipped"] == skipped and manifest["data"]["rows"] == 60
     assert "skipped 5 rows" in capsys.readouterr().err
     saved = read_manifest(tmp_path / "ckpt", task="price")

@@ -173,7 +173,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 def fit_prior(ckpt: Path, texts: list[str], labels: list, weights: tuple[float, ...],
               temperatures: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
     """Fit the label prior's decoding on the validation rows with the best checkpoint: the path classifier's
-    temperature and the path weight by path accuracy (brand weight equal), then the neighbours' temperature and
+    temperature and the path weight by path accuracy (brand weight equal), then the brand classifier's temperature and
     the brand weight by item accuracy (ties: the smaller weight, the lower temperature). Returns the prior's
     manifest entry with the search."""
     tagger = Tagger.load(ckpt)
