@@ -11,6 +11,7 @@ import pandas as pd
 
 from shelfml.checkpoint import read_manifest, update_manifest
 from shelfml.data import SPLITS, Catalog, DataSpec, load_catalog, split_catalog
+from shelfml.eval_report import brand_split, coverage_curve, price_report, tagger_report
 from shelfml.labels import format_target
 from shelfml.metrics import same_brand, tagger_metrics
 
@@ -35,12 +36,16 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
 
-def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFrame, out: Path, record: bool) -> dict:
-    """Write predictions.csv + metrics.json; record test metrics in the manifest when they are the checkpoint's own."""
+def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFrame, out: Path, record: bool,
+                   report) -> dict:
+    """Write predictions.csv, metrics.json and the report (``report(out)`` writes report.md and its PNGs);
+    record test metrics in the manifest when they are the checkpoint's own."""
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
+    report_path = report(out)
+    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv"),
+                        "report": str(report_path)}
     write_json(out / "metrics.json", metrics)
-    metrics["paths"] = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv")}
     if record:
         update_manifest(ckpt, metrics={**manifest.get("metrics", {}), "test": metrics})
     return metrics
@@ -64,6 +69,7 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
                                           prior_weight=prior_weight)
     gold = rows.labels()
     metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)
+    metrics["brand_split"] = brand_split(gold, [p.label for p in preds], rows.inputs(), set(tagger.taxonomy.brands))
     ablation = prior_only or prior_weight is not None
     weight = prior_weight if prior_weight is not None else (tagger.prior.cfg.weight if tagger.prior else 0.0)
     metrics.update(split=split, source=rows.source, brand_mode=tagger.constraint.brand_mode,
@@ -78,8 +84,11 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "confidence": [float(f"{p.confidence:.6g}") for p in preds],
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
     })
+    metrics["coverage"] = coverage_curve(frame["confidence"].to_numpy(float), frame["correct"].to_numpy(bool))
     record = same_data and split == "test" and not limit and not ablation
-    return _write_results(ckpt, manifest, metrics, frame, out, record=record)
+    labels = [p.label for p in preds]
+    return _write_results(ckpt, manifest, metrics, frame, out, record=record,
+                          report=lambda o: tagger_report(o, frame, gold, labels, metrics, manifest))
 
 
 def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
@@ -124,4 +133,6 @@ def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test"
         "smape": np.round(np.divide(200 * np.abs(pred - gold), denominator, out=np.zeros_like(gold),
                                     where=denominator > 0), 4),
     })
-    return _write_results(ckpt, manifest, metrics, frame, out, record=same_data and split == "test" and not limit)
+    top = rows.frame["level_1"].tolist() if "level_1" in rows.frame and rows.frame["level_1"].astype(bool).any() else None
+    return _write_results(ckpt, manifest, metrics, frame, out, record=same_data and split == "test" and not limit,
+                          report=lambda o: price_report(o, frame, metrics, manifest, top))

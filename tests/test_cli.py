@@ -70,6 +70,15 @@ def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, tmp_path):
     preds = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     assert list(preds.columns) == ["input", "gold", "predicted", "confidence", "correct"] and len(preds) == 20
     assert preds["correct"].mean() == pytest.approx(metrics["item_accuracy"])
+    report = (tmp_path / "eval" / "report.md").read_text()  # the report and the pictures it links
+    for png in ("coverage.png", "confusion.png", "training.png"):
+        assert f"]({png})" in report and (tmp_path / "eval" / png).stat().st_size > 1000
+    assert metrics["paths"]["report"].endswith("report.md") and "## The " in report
+    coverage = metrics["coverage"]
+    assert coverage["0"]["coverage"] == 1.0 and coverage["0"]["accuracy"] == pytest.approx(metrics["item_accuracy"])
+    split = metrics["brand_split"]
+    assert split["seen"]["items"] + split["unseen"]["items"] == 20
+    assert split["in_input"]["items"] + split["not_in_input"]["items"] == 20
 
 
 def test_evaluate_on_a_non_checkpoint_fails_clearly(tmp_path):

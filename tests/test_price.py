@@ -280,6 +280,9 @@ def test_train_with_images_counts_pictures_and_evaluates(tiny_encoder, tiny_visi
     assert metrics["with_image"]["items"] == 20 and metrics["items"] == 62
     preds = pd.read_csv(tmp_path / "eval" / "predictions.csv", keep_default_na=False)
     assert (preds["image_status"] == "corrupt").sum() == 1 and len(preds) == 62
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "](price_scatter.png)" in report and (tmp_path / "eval" / "price_scatter.png").stat().st_size > 1000
+    assert "## SMAPE per price decile" in report
 
 
 @pytest.mark.parametrize("installed", [False, True], ids=["mlflow-absent", "mlflow-present"])

@@ -107,6 +107,27 @@ def test_served_tags_equal_in_process_eager_tags(served_repository, client):
     assert brands == [p.label.brand for p in eager]
 
 
+def test_the_readme_curl_example_returns_a_valid_tag(served_repository):
+    """The README's KServe v2 HTTP JSON example, run with curl as written (the port substituted)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    import json
+    import re
+    import subprocess
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"^curl -s localhost:8000/v2/models/tagger/infer[^\n]*\\\n[^\n]*$", readme, re.M).group(0)
+    command = command.replace("localhost:8000", served_repository.server.http_url)
+    out = json.loads(subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                                    check=True).stdout)
+    outputs = {o["name"]: o["data"] for o in out["outputs"]}
+    tagger = Tagger.load(served_repository.tagger_checkpoint)
+    expected = tagger.predict(["Green Harbor herbal shampoo 500 ml"])[0].label
+    assert outputs["path"] == [LEVEL_SEP.join(expected.path)] and outputs["brand"] == [expected.brand]
+    assert 0 < outputs["confidence"][0] <= 1
+
+
 def test_served_prices_match_eager_with_and_without_pictures(served_repository, client, pictures):
     regressor = PriceRegressor.load(served_repository.price_checkpoint)
     paths = [pictures["ok"], "", pictures["ok2"], pictures["corrupt"]]
