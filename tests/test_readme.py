@@ -39,7 +39,9 @@ def readme_commands() -> list[tuple[str, str]]:
             # optional parts as written in the README, "[--kind flat|ivf|hnsw]": checked with them, first choice
             line = re.sub(r"\[([^\]]*)\]", lambda m: re.sub(r"(\S+?)\|\S+", r"\1", m.group(1)), line)
             for part in re.split(r"\s(?:&&|\|\||;|\|)\s", line):
-                words = shlex.split(part, comments=True) if part.strip() else []
+                if not re.match(r"^([A-Z_]+=\S+\s+)*shelfml(-client)?(\s|$)", part.strip()):
+                    continue  # not a call of ours (python, output, another tool)
+                words = shlex.split(part, comments=True)
                 while words and re.match(r"^[A-Z_]+=", words[0]):
                     words = words[1:]
                 if words and words[0] in PROGRAMS and (len(words) == 1 or not words[1].endswith(":")):
