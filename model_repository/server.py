@@ -412,6 +412,22 @@ class TritonServer:
 # ``shelfml serve REPO``
 
 
+def _endpoint_table(server: TritonServer):
+    """What ``shelfml serve`` prints: where each endpoint listens, the restricted APIs, every model's state."""
+    from rich.table import Table
+
+    table = Table(title=f"tritonserver {server.repo}", show_header=True)
+    for column in ("endpoint", "address", "listening on"):
+        table.add_column(column)
+    bound = "every interface" if server.host in ("0.0.0.0", "", "::") else f"{server.host} only"
+    for name, address in server.endpoints.items():
+        table.add_row(name, address, bound)
+    table.add_row("restricted", ", ".join(RESTRICTED_APIS), f"header {ADMIN_HEADER}")
+    for m in server.repository_index():
+        table.add_row(f"model {m['name']}", f"v{m.get('version', '?')} {m.get('state', '?')}")
+    return table
+
+
 def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
           config_name: str = "cpu", log_file: str | os.PathLike | None = None, timeout_s: float = 300.0,
           host: str = LOOPBACK, admin_key: str | None = None) -> int:
@@ -421,10 +437,9 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
     Returns the exit code: 0 after a requested stop, 2 when it cannot start for a named reason (port taken,
     model failed to load, a corrupt file, binary or repository missing), 1 when the server died on its own.
     """
-    from shelfml.integrity import REPOSITORY_MANIFEST, IntegrityError, verify
-
     from rich.console import Console
-    from rich.table import Table
+
+    from shelfml.integrity import REPOSITORY_MANIFEST, IntegrityError, verify
 
     out, err = Console(), Console(stderr=True)
     stop = threading.Event()
@@ -447,18 +462,7 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
                       "not checked", markup=False, highlight=False)
         with err.status(f"starting tritonserver on {server.repo} ..."):
             server.start(timeout_s)
-        everywhere = server.host in ("0.0.0.0", "", "::")
-        table = Table(title=f"tritonserver {server.repo}", show_header=True)
-        table.add_column("endpoint")
-        table.add_column("address")
-        table.add_column("listening on")
-        bound = "every interface" if everywhere else f"{server.host} only"
-        for name, address in server.endpoints.items():
-            table.add_row(name, address, bound)
-        table.add_row("restricted", ", ".join(RESTRICTED_APIS), f"header {ADMIN_HEADER}")
-        for m in server.repository_index():
-            table.add_row(f"model {m['name']}", f"v{m.get('version', '?')} {m.get('state', '?')}")
-        out.print(table)
+        out.print(_endpoint_table(server))
         out.print(f"log: {server.log_file}   (Ctrl-C stops)")
         while not stop.wait(0.5):
             if not server.running():

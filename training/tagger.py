@@ -17,6 +17,7 @@ from shelfml.decoding import BRAND_MODES
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, format_target
 from shelfml.metrics import tagger_metrics
 from shelfml.parity import write_parity_sample
+from shelfml.tagger.hf import hub_files
 from shelfml.prior import PRIOR_DIR, LabelPrior, PriorConfig
 from shelfml.retrieval.policy import store_index
 from shelfml.tagger import MAX_INPUT_TOKENS, Tagger
@@ -149,8 +150,6 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}
 
         def save(tmp: Path) -> None:
-            from shelfml.tagger.hf import hub_files
-
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             hub_files(model, tokenizer, tmp, manifest, tagger.max_input_tokens, tagger.max_new_tokens)

@@ -10,7 +10,6 @@ assets). Names and dtypes come from config.pbtxt. Imports no torch.
 import json
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
