@@ -78,9 +78,13 @@ def _text_input(values, name: str = "text", datatype: str = "BYTES", shape=None)
     return tensor
 
 
-def _tag(client, texts: list[str], **kw) -> list[str]:
-    result = client.infer("tagger", [_text_input([t.encode() for t in texts])], **kw)
-    return [f"{p[0].decode()} | {b[0].decode()}" for p, b in zip(result.as_numpy("path"), result.as_numpy("brand"))]
+def _answers(result) -> list[tuple[str, str]]:
+    """(path, brand) of each row of a tagger response, as served."""
+    return [(p[0].decode(), b[0].decode()) for p, b in zip(result.as_numpy("path"), result.as_numpy("brand"))]
+
+
+def _tag(client, texts: list[str], **kw) -> list[tuple[str, str]]:
+    return _answers(client.infer("tagger", [_text_input([t.encode() for t in texts])], **kw))
 
 
 def _status(e: InferenceServerException) -> str:
@@ -140,7 +144,7 @@ def _http(url: str, path: str, body: bytes) -> tuple[int, str]:
         return e.code, e.read().decode(errors="replace")[:300]
 
 
-def bad_input(server: TritonServer, reference: list[str]) -> dict:
+def bad_input(server: TritonServer, reference: list[tuple[str, str]]) -> dict:
     """Every malformed request answered clearly, and the next good request identical to the reference."""
     cases = {}
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
@@ -218,9 +222,7 @@ async def _fire(url: str, texts_per_request: list[list[str]], concurrency: int, 
             try:
                 result = await client.infer("tagger", [_text_input([t.encode() for t in texts])],
                                             client_timeout=deadline_s, timeout=server_timeout_us(deadline_s))
-                labels = [f"{p[0].decode()} | {b[0].decode()}" for p, b in
-                          zip(result.as_numpy("path"), result.as_numpy("brand"))]
-                return {"outcome": "ok", "s": time.perf_counter() - t0, "labels": labels}
+                return {"outcome": "ok", "s": time.perf_counter() - t0, "labels": _answers(result)}
             except InferenceServerException as e:
                 message = e.message() or ""
                 outcome = ("shed" if any(m in message for m in SHED) else
@@ -240,7 +242,7 @@ def _latency(results: list[dict]) -> dict:
     return {"p50_ms": round(float(np.percentile(s, 50)), 2), "p99_ms": round(float(np.percentile(s, 99)), 2)}
 
 
-def load(server: TritonServer, plan: Plan, expected: dict[str, str]) -> dict:
+def load(server: TritonServer, plan: Plan, expected: dict[str, tuple[str, str]]) -> dict:
     """``load_requests`` one-text requests at each concurrency level: no failure, the reference answers."""
     stubs = _stubs(server)
     before = _snapshot(stubs)

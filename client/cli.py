@@ -27,7 +27,7 @@ from typing import Awaitable, Callable, Sequence
 
 from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL,
                                    AsyncShelfmlClient, ClientError, InvalidRequestError, ShelfmlClient)
-from shelfml.cli_help import Parser, add_version, fail
+from shelfml.cli_help import Parser, add_version, fail, read_lines
 from shelfml.labels import format_path
 
 ROW_ID = "row"  # the id column when the input has none: the row's 0-based position in the input
@@ -227,7 +227,7 @@ def _image_path(value: str, base: Path) -> str | None:
 def _texts(values: list[str]) -> list[str]:
     if values:
         return values
-    texts = [line.strip() for line in sys.stdin if line.strip()]
+    texts = read_lines(None)  # stdin, as `shelfml predict` reads it (BOM dropped, bad bytes named)
     if not texts:
         raise ValueError("no input texts: give them as arguments or one per line on stdin")
     return texts

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from shelfml.checkpoint import CheckpointError
-from shelfml.cli_help import Parser, UsageError, add_version
+from shelfml.cli_help import Parser, UsageError, add_version, read_lines
 from shelfml.dataspec import DataError, DataSpec
 from shelfml.retrieval.errors import RetrievalError
 
@@ -232,25 +232,6 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
                                    **_family_options(fam, a))
     print_metrics(f"{a.checkpoint} on {a.split}", metrics)
     print(json.dumps(metrics, default=str))
-
-
-def read_lines(file: str | None, encoding: str = "utf-8") -> list[str]:
-    """One text per non-blank line of ``file`` (stdin for None or "-"); a UTF-8 byte-order mark is dropped and
-    an undecodable byte is a DataError naming the file, line and byte."""
-    named, encoding = encoding, "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    if file and file != "-":
-        if not Path(file).is_file():
-            raise DataError(f"--file {file} does not exist")
-        raw, name = Path(file).read_bytes(), file
-    else:
-        raw, name = sys.stdin.buffer.read(), "stdin"
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{name} is not valid {named}: byte 0x{raw[e.start]:02x} on line {line} (offset "
-                        f"{e.start}); re-encode it or pass --encoding (e.g. latin-1)") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def cmd_predict(a: argparse.Namespace) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib import metadata
+from pathlib import Path
+
+from shelfml.dataspec import DataError, bom_tolerant
 
 
 class UsageError(ValueError):
@@ -47,3 +50,22 @@ def fail(prog: str, message: object, code: int = 2) -> int:
     """Print the one-line error both CLIs use and return its exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def read_lines(file: str | None, encoding: str = "utf-8") -> list[str]:
+    """One text per non-blank line of ``file`` (stdin for None or "-"); a UTF-8 byte-order mark is dropped and
+    an undecodable byte is a DataError naming the file, line and byte."""
+    named, encoding = encoding, bom_tolerant(encoding)
+    if file and file != "-":
+        if not Path(file).is_file():
+            raise DataError(f"--file {file} does not exist")
+        raw, name = Path(file).read_bytes(), file
+    else:
+        raw, name = sys.stdin.buffer.read(), "stdin"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{name} is not valid {named}: byte 0x{raw[e.start]:02x} on line {line} (offset "
+                        f"{e.start}); re-encode it or pass --encoding (e.g. latin-1)") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from shelfml.dataspec import LEVELS, PRICE, DataError, DataSpec  # noqa: F401  (re-exported)
+from shelfml.dataspec import LEVELS, PRICE, DataError, DataSpec, bom_tolerant  # noqa: F401  (re-exported)
 from shelfml.labels import MAX_LEVELS, MIN_LEVELS, Label, Taxonomy, clean_value
 from shelfml.prices import parse_prices
 
@@ -80,7 +80,7 @@ def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     number of fields (pandas would otherwise shift a row with one field too many into an index column, silently),
     a UTF-8 byte-order mark is dropped, and an undecodable byte is named. DataError naming the line otherwise."""
     path, named = Path(path), encoding
-    encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    encoding = bom_tolerant(encoding)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding=encoding, newline="") as f:

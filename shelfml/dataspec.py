@@ -36,3 +36,8 @@ class DataSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "DataSpec":
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def bom_tolerant(encoding: str) -> str:
+    """The codec to read a text file named ``encoding`` with: UTF-8 drops a leading byte-order mark."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding

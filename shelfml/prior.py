@@ -1,7 +1,7 @@
 """The tagger's label prior over the taxonomy's paths and brands, from the product's text alone
-(:mod:`shelfml.lexical`: hashed TF-IDF features): paths from a linear classifier (one-vs-rest LinearSVC, its
-strongest weights kept), brands from the labels of the product's lexical neighbours among the training rows
-(brands are often told by product-line words only one brand sells).
+(:mod:`shelfml.lexical`: hashed TF-IDF features): paths and brands each from a linear classifier (one-vs-rest
+LinearSVC, its strongest weights kept; brands are often told by product-line words only one brand sells). A prior
+without a classifier (an older checkpoint) takes that field from the labels of the product's lexical neighbours.
 
 The one decode loop adds ``weight * log(prior mass)`` to the logits of every allowed token, the mass of a token
 being the prior probability of all the paths (or brands) under that child of the trie; the weight is fitted on
@@ -21,7 +21,7 @@ from shelfml.labels import Label, Taxonomy
 from shelfml.lexical import LexicalIndex, LinearScorer, array_digest, softmax_weights
 
 PRIOR_DIR = "lexical"  # inside a checkpoint and an export's assets
-LINEAR_FILE = "linear.safetensors"  # the path classifier, beside the lexical index
+LINEAR_FILE = "linear.safetensors"  # the path and brand classifiers, beside the lexical index
 CACHE_ROWS = 20_000  # texts whose evidence is kept; the cache starts afresh beyond this
 
 
@@ -94,10 +94,10 @@ class LabelPrior:
             self._cache, self._cache_k = {}, self.cfg.k
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if todo:
-            rows, scores = self.index.search(todo, self.cfg.k)
+            rows, scores = self._search(todo)
             for i, text in enumerate(todo):
                 self._cache[text] = (rows[i], scores[i], *self._linear(text))
-        found = [self._cache[t] for t in texts]
+        found = [self._cache[t] for t in texts]  # neighbours are None when both classifiers give the labels
         stack = lambda j: None if found[0][j] is None else np.stack([f[j] for f in found])  # noqa: E731
         return stack(0), stack(1), stack(2), stack(3)
 
@@ -107,7 +107,7 @@ class LabelPrior:
         if exclude_titles is None:
             rows, scores, path_linear, brand_linear = self.evidence(texts)
         else:
-            rows, scores = self.index.search(texts, self.cfg.k, exclude_titles)
+            rows, scores = self._search(texts, exclude_titles)
             linear = [self._linear(t) for t in texts]
             path_linear, brand_linear = (None if linear[0][j] is None else np.stack([v[j] for v in linear])
                                          for j in (0, 1))
@@ -118,6 +118,13 @@ class LabelPrior:
         smooth = self.cfg.smoothing
         return PriorBatch((1 - smooth) * paths + smooth / self.n_paths, (1 - smooth) * brands + smooth / self.n_brands,
                           self.cfg.weight, self.cfg.brand_weight)
+
+    def _search(self, texts: Sequence[str], exclude_titles: Sequence[str] | None = None) -> tuple:
+        """The neighbours of ``texts``, searched only for a field no classifier gives: ([None] * n) x 2 otherwise
+        (no search on the serving hot path)."""
+        if self.path_scorer is not None and self.brand_scorer is not None:
+            return [None] * len(texts), [None] * len(texts)
+        return self.index.search(texts, self.cfg.k, exclude_titles)
 
     def _neighbour_probs(self, rows: np.ndarray, scores: np.ndarray, name: str, size: int) -> np.ndarray:
         """Similarity-softmax weights of the neighbours summed per label (uniform when a text has none)."""

@@ -131,8 +131,9 @@ def run_isolated(parsed: dict[int, Columns], run: Run) -> tuple[dict[int, dict[s
 
 class ServedMetrics:
     """The python backend's custom metrics of one served model: requests by outcome (ok, invalid, error,
-    cancelled; requests the server sheds from a full queue never reach the model: Triton counts them in
-    ``nv_inference_request_failure{reason="REJECTED"}``), rows answered, and per-stage latency."""
+    cancelled), rows answered, and per-stage latency. Requests the server refuses before the model never reach
+    it: deadline refusals in the queue are in Triton's ``nv_inference_request_failure{reason="REJECTED"}``;
+    queue-full refusals are in no server metric (measured with Triton 2.51)."""
 
     def __init__(self, pb_utils, model: str) -> None:
         family = pb_utils.MetricFamily
