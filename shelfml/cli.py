@@ -41,7 +41,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthetic") -> None:
     """The data source and the column mapping, shared by every command that reads a catalog."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=default, help="'synthetic', 'flipkart', or a CSV file path"
+    g.add_argument("--data", default=default, help="'synthetic', 'flipkart', or a table: .csv, .csv.gz or .xlsx"
                    + ("" if default else " (default: the data recorded in the checkpoint)"))
     g.add_argument("--text-col", help="CSV column holding the title")
     g.add_argument("--levels", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
@@ -56,6 +56,10 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthe
     g.add_argument("--image-col", help="CSV picture path column (relative to the CSV's folder)")
     g.add_argument("--desc-col", help="CSV description column (its start follows the title in the input)")
     g.add_argument("--encoding", default="utf-8", help="CSV text encoding")
+    g.add_argument("--skip-rows", type=int, default=0, help="lines (CSV) or sheet rows (.xlsx) above the header")
+    g.add_argument("--allow-short-paths", action="store_true",
+                   help="keep products whose path stops early (at least 2 levels) as valid shorter paths of the "
+                   "taxonomy, instead of skipping them")
     g.add_argument("--min-depth", type=int, default=4, help="Flipkart: minimum category-tree depth")
     g.add_argument("--rows", type=int, default=4000, help="synthetic catalog size")
     g.add_argument("--limit", type=int, help="use only the first N usable rows")
@@ -66,8 +70,8 @@ def data_spec(a: argparse.Namespace) -> DataSpec | None:
         return None
     return DataSpec(source=a.data, text_col=a.text_col, levels=a.levels, path_col=a.path_col, path_sep=a.path_sep,
                     brand_col=a.brand_col, price_col=a.price_col, image_col=a.image_col, desc_col=a.desc_col,
-                    encoding=a.encoding, price_range=a.price_range, min_depth=a.min_depth, synthetic_rows=a.rows,
-                    limit=a.limit)
+                    encoding=a.encoding, skip_rows=a.skip_rows, allow_short_paths=a.allow_short_paths,
+                    price_range=a.price_range, min_depth=a.min_depth, synthetic_rows=a.rows, limit=a.limit)
 
 
 def add_optimisation_arguments(g: argparse._ArgumentGroup, epochs: int, lr: float, patience: int) -> None:

@@ -17,7 +17,7 @@ LEVELS, PRICE = "levels", "price"  # what a family learns from a catalog (``Fami
 class DataSpec:
     """Where the catalog comes from and how its columns map (recorded in every manifest)."""
 
-    source: str = "synthetic"  # "synthetic", "flipkart", or the path of a CSV file (.csv or .csv.gz)
+    source: str = "synthetic"  # "synthetic", "flipkart", or the path of a table (.csv, .csv.gz or .xlsx)
     text_col: str | None = None  # title column (CSV)
     levels: list[str] | None = None  # 2-4 label level columns, top first (CSV)
     path_col: str | None = None  # or: one column holding the whole path (CSV), split on path_sep
@@ -27,6 +27,8 @@ class DataSpec:
     image_col: str | None = None
     desc_col: str | None = None
     encoding: str = "utf-8"
+    skip_rows: int = 0  # lines (CSV) or sheet rows (.xlsx) above the header
+    allow_short_paths: bool = False  # keep paths that stop early (>= 2 levels) as valid shorter paths
     price_range: str = "lower"  # a price written as a range ("$5-$9"): its lower bound, or "refuse" the row
     min_depth: int = 4  # Flipkart: keep rows whose category tree has at least this depth
     synthetic_rows: int = 4000

@@ -60,7 +60,8 @@ def parse_target(text: str) -> Label:
 
 @dataclass
 class Taxonomy:
-    """The label space: level names, every valid category path, and the known brands."""
+    """The label space: level names, every valid category path, and the known brands. A path has one value per
+    level, or stops early (at least 2 levels) in a catalog read with ``--allow-short-paths``."""
 
     levels: list[str]
     paths: list[tuple[str, ...]]
@@ -70,8 +71,8 @@ class Taxonomy:
         assert MIN_LEVELS <= len(self.levels) <= MAX_LEVELS, f"2-4 levels expected, got {self.levels}"
         self.paths = sorted({tuple(p) for p in self.paths})
         self.brands = sorted(set(self.brands) - {""})
-        bad = [p for p in self.paths if len(p) != len(self.levels)]
-        assert not bad, f"paths must have {len(self.levels)} levels, got {bad[:3]}"
+        bad = [p for p in self.paths if not MIN_LEVELS <= len(p) <= len(self.levels) or not all(p)]
+        assert not bad, f"paths must have {MIN_LEVELS}-{len(self.levels)} non-empty levels, got {bad[:3]}"
         self._path_set = set(self.paths)
 
     @classmethod

@@ -19,10 +19,11 @@ def tagger_metrics(gold: Sequence[Label], pred: Sequence[Label], taxonomy: Taxon
     fraction of predicted paths that are not in the taxonomy."""
     assert len(gold) == len(pred) > 0, f"need equal, non-empty gold/pred lists, got {len(gold)}/{len(pred)}"
     n = len(gold)
-    levels = {
-        name: sum(g.path[i] == p.path[i] for g, p in zip(gold, pred) if len(p.path) > i) / n
-        for i, name in enumerate(taxonomy.levels)
-    }
+    def level(path: tuple[str, ...], i: int) -> str:  # "" past the end of a short path
+        return path[i] if len(path) > i else ""
+
+    levels = {name: sum(level(g.path, i) == level(p.path, i) and len(p.path) > 0 for g, p in zip(gold, pred)) / n
+              for i, name in enumerate(taxonomy.levels)}
     brand_ok = [same_brand(g.brand, p.brand) for g, p in zip(gold, pred)]
     item_ok = [g.path == p.path and b for g, p, b in zip(gold, pred, brand_ok)]
     return {

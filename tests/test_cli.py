@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import SHARED, needs_shared
+
 
 def shelfml(*args, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "shelfml", *map(str, args)], input=stdin, capture_output=True,
@@ -125,3 +127,29 @@ def test_pipeline_trains_exports_serves_and_reports_every_stage(tmp_path):
     assert served["price"]["rows"] == report["price"]["metrics"]["items"] and served["price"]["smape_vs_eager"] < 0.1
     assert served["exports"]["tagger"]["parity"]["onnx-fp32"]["greedy_tokens_identical"]
     assert (out / "repository" / "tagger" / "configs" / "cpu.pbtxt").is_file()
+
+
+@needs_shared
+def test_sephora_with_short_paths_trains_and_evaluates(tmp_path):
+    """Sephora (../shared/data): 990 products stop at level 2; --allow-short-paths keeps them as valid shorter
+    paths of the taxonomy, decodable and scored."""
+    csv = SHARED / "sephora_us_2023/product_info.csv.gz"
+    data = ["--data", csv, "--text-col", "product_name", "--brand-col", "brand_name",
+            "--levels", "primary_category,secondary_category,tertiary_category", "--limit", 1500]
+    from shelfml.data import DataSpec, load_catalog
+
+    spec = DataSpec(source=str(csv), text_col="product_name", brand_col="brand_name",
+                    levels=["primary_category", "secondary_category", "tertiary_category"])
+    strict, short = load_catalog(spec), load_catalog(DataSpec(**{**spec.__dict__, "allow_short_paths": True}))
+    assert len(short) - len(strict) == 990 - 8  # 8 of the 990 stop at level 1: still skipped
+    shelfml("train", "tagger", *data, "--allow-short-paths", "--out", tmp_path / "t", "--shape", "tiny",
+            "--vocab-size", 800, "--max-steps", 12, "--batch-size", 16)
+    manifest = json.loads((tmp_path / "t" / "shelfml.json").read_text())
+    assert manifest["data"]["rows"] == 1500 and "tertiary_category" not in str(manifest["data"]["skipped"])
+    depths = {len(p) for p in manifest["taxonomy"]["paths"]}
+    assert depths == {2, 3}
+    shelfml("evaluate", tmp_path / "t", "--out", tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["invalid_path_rate"] == 0.0 and (tmp_path / "eval" / "report.md").is_file()
+    preds = pd.read_csv(tmp_path / "eval" / "predictions.csv", keep_default_na=False)
+    assert preds["gold"].str.split(" | ", regex=False).str[0].str.count(" > ").eq(1).sum() > 0  # short gold paths

@@ -44,7 +44,84 @@ def test_empty_label_levels_are_reported_and_skipped(tmp_path):
     path = write(tmp_path, HEADER + "a,home,kitchen,mugs,X,1,\nb,home,,mugs,X,1,\nc,home,kitchen,,X,1,\n")
     cat = load_catalog(csv_spec(path))
     assert len(cat) == 1
-    assert cat.skipped == {"empty label level (l2)": 1, "empty label level (l3)": 1}
+    assert cat.skipped == {"empty label level (l2)": 1,
+                           "empty label level (l3; --allow-short-paths keeps paths that stop early)": 1}
+
+
+def test_short_paths_are_kept_with_the_flag_and_gaps_are_not(tmp_path):
+    path = write(tmp_path, "title,l1,l2,l3,l4,brand\n"
+                           "a,home,kitchen,mugs,tall,X\nb,home,kitchen,,,X\nc,home,,mugs,,X\nd,home,kitchen,,tall,X\n"
+                           "e,home,kitchen,mugs,,Y\n")
+    spec = DataSpec(source=str(path), text_col="title", levels=["l1", "l2", "l3", "l4"], brand_col="brand",
+                    allow_short_paths=True)
+    cat = load_catalog(spec)
+    assert [lab.path for lab in cat.labels()] == [("home", "kitchen", "mugs", "tall"), ("home", "kitchen"),
+                                                  ("home", "kitchen", "mugs")]
+    assert cat.skipped == {"empty label level (l2)": 1, "gap in the path (an empty level above a filled one)": 1}
+    taxonomy = cat.taxonomy()
+    assert ("home", "kitchen") in taxonomy and ("home", "kitchen", "mugs") in taxonomy
+    assert len(load_catalog(DataSpec(**{**spec.__dict__, "allow_short_paths": False}))) == 1
+
+
+def test_short_paths_from_a_path_column(tmp_path):
+    path = write(tmp_path, "name,crumb\nshirt,A > B > C\nsocks,A > E\nbelt,A > B > F\nhat,A\n")
+    cat = load_catalog(DataSpec(source=str(path), text_col="name", path_col="crumb", allow_short_paths=True))
+    assert cat.level_names == ["crumb[1]", "crumb[2]", "crumb[3]"]
+    assert [lab.path for lab in cat.labels()] == [("A", "B", "C"), ("A", "E"), ("A", "B", "F")]
+    assert cat.skipped == {"empty label level (crumb[2])": 1}
+
+
+def test_titles_in_stray_quotes_lose_them(tmp_path):
+    path = write(tmp_path, 'name,l1,l2\n"""Nike Air Max""",a,b\n\u201cPuma Tee\u201d,a,b\n"""12"" ruler""",a,b\n'
+                           "'Lee' jeans,a,b\n")
+    cat = load_catalog(DataSpec(source=str(path), text_col="name", levels=["l1", "l2"]))
+    # a quote inside (an inch mark, a quoted word) makes the outer pair ambiguous: the title stays as written
+    assert cat.frame["text"].tolist() == ["Nike Air Max", "Puma Tee", '"12" ruler"', "'Lee' jeans"]
+
+
+def test_header_below_the_first_line_with_skip_rows(tmp_path):
+    path = write(tmp_path, "Exported 2026-11-30 by the PIM\n\n" + HEADER + "a,home,kitchen,mugs,X,1,\n")
+    with pytest.raises(DataError, match="pass --skip-rows"):
+        load_catalog(csv_spec(path))
+    cat = load_catalog(csv_spec(path, skip_rows=2))
+    assert cat.frame["text"].tolist() == ["a"] and cat.labels()[0].path == ("home", "kitchen", "mugs")
+
+
+def _workbook(tmp_path, rows, name="catalog.xlsx"):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    for row in rows:
+        book.active.append(row)
+    book.save(tmp_path / name)
+    return tmp_path / name
+
+
+def test_an_excel_export_with_its_header_on_row_three(tmp_path):
+    rows = [["Catalog export"], [], ["title", "l1", "l2", "l3", "brand", "price", "desc"],
+            ["Red Mug", "home", "kitchen", "mugs", "Acme", 199, None], [None] * 7,
+            ["Blue Tee", "clothing", "men", "t-shirts", None, 12.5, "cotton"]]
+    path = _workbook(tmp_path, rows)
+    cat = load_catalog(csv_spec(path, skip_rows=2), task="price")
+    assert cat.frame["text"].tolist() == ["Red Mug", "Blue Tee"]
+    assert cat.frame["price"].tolist() == [199.0, 12.5] and cat.inputs()[1] == "Blue Tee. cotton"
+    with pytest.raises(DataError, match="cell B1: a column with values has no header.*--skip-rows"):
+        load_catalog(csv_spec(path))
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([["title", "l1", "l2"], ["mug", "home", "#N/A"], ["tee", "#DIV/0!", "men"]],
+     r"cell C2 holds the Excel error #N/A; 2 error cell\(s\)"),
+    ([["title", "l1", "title"], ["mug", "home", "x"]], r"cell C1: header 'title' repeats cell A1"),
+    ([["title", "l1", "l2"]], "header but no rows"),
+])
+def test_excel_cells_that_cannot_be_read_are_named(tmp_path, rows, message):
+    path = _workbook(tmp_path, rows)
+    with pytest.raises(DataError, match=message):
+        load_catalog(DataSpec(source=str(path), text_col="title", levels=["l1", "l2"]))
+    (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not a workbook")
+    with pytest.raises(DataError, match="not a readable .xlsx workbook"):
+        load_catalog(DataSpec(source=str(tmp_path / "broken.xlsx"), text_col="title", levels=["l1", "l2"]))
 
 
 @pytest.mark.parametrize(
@@ -90,7 +167,7 @@ def test_non_utf8_loads_with_the_right_encoding(tmp_path):
 
 
 def test_missing_file_and_unknown_source():
-    with pytest.raises(DataError, match="not 'synthetic', 'flipkart' or an existing CSV"):
+    with pytest.raises(DataError, match="not 'synthetic', 'flipkart' or an existing table file"):
         load_catalog(DataSpec(source="/no/such/file.csv"))
 
 

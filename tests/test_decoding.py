@@ -54,6 +54,31 @@ def test_random_logits_always_give_a_taxonomy_path(constraint, small_catalog, se
         assert pred.token_ids == constraint.codec.encode(pred.label)
 
 
+def test_short_paths_and_their_extensions_both_decode(tokenizer):
+    """A path that stops early (``--allow-short-paths``) and a longer one through it: the trie offers both the
+    brand separator and the level separator after the short path, forced and random decoding stay valid."""
+    from shelfml.labels import Taxonomy
+
+    taxonomy = Taxonomy(["l1", "l2", "l3"], [("home", "kitchen"), ("home", "kitchen", "mugs"),
+                                             ("garden", "tools", "spades")], ["Acme"])
+    constraint = LabelConstraint(TargetCodec(tokenizer), taxonomy, brand_mode="known")
+    vocab = len(tokenizer)
+    for target in (Label(("home", "kitchen"), "Acme"), Label(("home", "kitchen", "mugs"), "")):
+        ids = constraint.codec.encode(target)
+        position = {"i": 0}
+
+        def step(tokens):
+            logits = np.zeros((tokens.shape[0], vocab), dtype=np.float32)
+            logits[:, ids[min(position["i"], len(ids) - 1)]] = 10.0
+            position["i"] += 1
+            return logits
+
+        (pred,) = greedy_decode(step, ["a kitchen thing"], constraint, max_new_tokens=len(ids))
+        assert pred.label == target
+    preds = greedy_decode(random_step(vocab, 1, True), ["x"] * 30, constraint, max_new_tokens=100)
+    assert all(p.label.path in taxonomy for p in preds)
+
+
 def test_known_only_mode_never_copies(tokenizer, small_catalog):
     constraint = LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy(), brand_mode="known")
     texts = ["Zyxwv Qrst brand new widget"] * 4

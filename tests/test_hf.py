@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
 
@@ -44,3 +45,25 @@ def test_checkpoint_carries_hub_files(tiny_checkpoint):
     manifest = json.loads((tiny_checkpoint / "shelfml.json").read_text(encoding="utf-8"))
     assert card.startswith("---\nlibrary_name: transformers\n") and manifest["data"]["fingerprint"] in card
     assert "TaxonomyLogitsProcessor" in card and " > ".join(manifest["label_format"]["levels"]) in card
+
+
+def test_price_checkpoint_round_trips_through_the_hub_mixin(price_checkpoint, tmp_path):
+    from shelfml.price import PriceRegressor
+    from shelfml.price.model import PriceModel, eager_runner
+
+    model = PriceModel.from_pretrained(price_checkpoint)
+    config = json.loads((price_checkpoint / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == "shelfml-price" and not model.training
+    model.save_pretrained(tmp_path / "copy")
+    again = PriceModel.from_pretrained(tmp_path / "copy")
+    regressor = PriceRegressor.load(price_checkpoint)
+    texts = ["red item model 1", "blue item model 7", "a title never seen"]
+    expected = regressor.predict(texts)
+    for m in (model, again):
+        assert (regressor.predict(texts, run=eager_runner(m)) == expected).all()
+    card = (price_checkpoint / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlibrary_name: shelfml\n") and "PriceModel.from_pretrained" in card
+    (tmp_path / "tagger").mkdir()
+    (tmp_path / "tagger" / "config.json").write_text('{"model_type": "t5"}', encoding="utf-8")
+    with pytest.raises(ValueError, match="not a shelfml price model"):
+        PriceModel.from_pretrained(tmp_path / "tagger")

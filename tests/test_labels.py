@@ -41,8 +41,11 @@ def test_taxonomy_dict_round_trip_and_membership():
 
 
 def test_taxonomy_rejects_wrong_depth():
-    with pytest.raises(AssertionError, match="2 levels"):
+    with pytest.raises(AssertionError, match="2-2 non-empty levels"):
         Taxonomy(["l1", "l2"], [("a", "b", "c")], [])
+    with pytest.raises(AssertionError, match="2-3 non-empty levels"):
+        Taxonomy(["l1", "l2", "l3"], [("a",)], [])
+    assert ("a", "b") in Taxonomy(["l1", "l2", "l3"], [("a", "b"), ("a", "b", "c")], [])  # a short path
 
 
 def test_codec_ids_are_field_by_field(tokenizer):

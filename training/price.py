@@ -21,6 +21,7 @@ from shelfml.metrics import price_metrics
 from shelfml.parity import write_parity_sample
 from shelfml.retrieval.policy import store_index
 from shelfml.price import LOSSES, PriceConfig, default_encoder, resolve_pooling, to_log
+from shelfml.price.hf import model_card
 from shelfml.price.model import build_regressor, to_torch
 from shelfml.training.trainer import TrainConfig, fit
 
@@ -170,9 +171,7 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     ensure_writable(out, force)
     torch.manual_seed(args.train.seed)
     catalog = load_catalog(spec, task="price")
-    if catalog.skipped:
-        print(f"shelfml: {catalog.source}: skipped {sum(catalog.skipped.values()):,} rows: {catalog.skipped}",
-              file=sys.stderr)
+    catalog.report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
     train, val = parts["train"], parts["validation"]
     if args.val_limit:
@@ -209,6 +208,7 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
 
             def save(tmp: Path) -> None:
                 regressor.save_files(tmp)
+                (tmp / "README.md").write_text(model_card(manifest), encoding="utf-8")
                 write_parity_sample(tmp, parts["test"], "price")
                 if retriever is not None:  # the index travels inside the checkpoint
                     manifest["retrieval"]["index"] = store_index(retriever, tmp)

@@ -15,6 +15,7 @@ from shelfml.images import ImageSpec
 LOSSES = ("smape", "mse-log", "huber-log")
 POOLINGS = ("mean", "cls")
 WEIGHTS = "model.safetensors"
+HF_MODEL_TYPE = "shelfml-price"  # config.json's model_type (PriceModel.from_pretrained)
 ENCODER_DIR = "encoder"
 VISION_DIR = "vision"
 # The small CLIP vision tower trained from scratch when no --vision-model is given.

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -31,7 +32,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig,
 
 from shelfml.checkpoint import CheckpointError
 from shelfml.images import ImageSpec
-from shelfml.price.config import (ENCODER_DIR, LOSSES, MAX_LOG_PRICE, SMALL_VISION, VISION_DIR, WEIGHTS, PriceConfig,
+from shelfml.price.config import (ENCODER_DIR, HF_MODEL_TYPE, LOSSES, MAX_LOG_PRICE, SMALL_VISION, VISION_DIR, WEIGHTS, PriceConfig,
                                   default_encoder)
 from shelfml.price.regressor import PriceRegressor
 
@@ -56,8 +57,13 @@ class PriceOutput:
     loss: torch.Tensor | None = None
 
 
-class PriceModel(nn.Module):
-    """Text encoder (+ optional CLIP vision tower and cross-attention) -> MLP -> log1p(price)."""
+class PriceModel(nn.Module, PyTorchModelHubMixin, library_name="shelfml", tags=["shelfml", "price-regression"]):
+    """Text encoder (+ optional CLIP vision tower and cross-attention) -> MLP -> log1p(price).
+
+    Hugging Face's ``PyTorchModelHubMixin``: ``PriceModel.from_pretrained(checkpoint)`` (a local folder, or a
+    Hub repository) and ``save_pretrained(folder)`` read and write the checkpoint's model files
+    (``config.json`` = the :class:`PriceConfig` with ``model_type: shelfml-price``, weights, ``encoder/``
+    and ``vision/`` configs); the tokenizer is ``AutoTokenizer.from_pretrained(checkpoint / "encoder")``."""
 
     def __init__(self, cfg: PriceConfig, text_encoder: nn.Module, vision: CLIPVisionModel | None = None) -> None:
         super().__init__()
@@ -143,6 +149,31 @@ class PriceModel(nn.Module):
         loss = None if labels is None else price_loss(log_price, labels.float(), self.cfg.loss, self.cfg.smape_eps)
         return PriceOutput(log_price=log_price, loss=loss)
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: weights, ``config.json`` and the encoder (and vision) configs."""
+        out = Path(save_directory)
+        save_model(self, str(out / WEIGHTS))
+        config = {"model_type": HF_MODEL_TYPE, **self.cfg.to_dict()}
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        self.text_encoder.config.save_pretrained(out / ENCODER_DIR)
+        if self.cfg.images:
+            self.vision.config.save_pretrained(out / VISION_DIR)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,
+                         force_download: bool = False, local_files_only: bool = False, token=None,
+                         config: dict | None = None,
+                         map_location: str = "cpu", **_) -> "PriceModel":
+        """The mixin's hook: a local checkpoint folder, or a Hub repository fetched by ``snapshot_download``."""
+        folder = Path(model_id)
+        if not folder.is_dir():
+            folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, token=token,
+                                            force_download=force_download, local_files_only=local_files_only))
+        if not config or config.get("model_type") != HF_MODEL_TYPE:
+            raise CheckpointError(f"{model_id}: config.json is not a shelfml price model's (model_type "
+                                  f"{HF_MODEL_TYPE!r})")
+        return load_price_model(folder, PriceConfig.from_dict(config), map_location)
+
 
 # ---------------------------------------------------------------------------------------------
 # Building and loading
@@ -224,12 +255,10 @@ def load_price_model(ckpt: Path, cfg: PriceConfig, device: str = "cpu") -> Price
 
 
 def save_price_model(model: PriceModel, tokenizer, out: Path) -> None:
-    """Weights + encoder config/tokenizer (+ vision config): what :func:`load_price_model` needs."""
-    save_model(model, str(Path(out) / WEIGHTS))
-    model.text_encoder.config.save_pretrained(Path(out) / ENCODER_DIR)
+    """The model's files (``save_pretrained``), the tokenizer in ``encoder/``: what
+    :func:`load_price_model` and ``PriceModel.from_pretrained`` need."""
+    model.save_pretrained(out)
     tokenizer.save_pretrained(Path(out) / ENCODER_DIR)
-    if model.cfg.images:
-        model.vision.config.save_pretrained(Path(out) / VISION_DIR)
 
 
 def to_torch(feeds: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

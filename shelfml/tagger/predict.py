@@ -124,7 +124,9 @@ def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64, retr
     tagger = Tagger.load(Path(ckpt), brand_mode=brand_mode, retrieval_index=retrieval_index)
     preds = tagger.predict(texts, batch_size=batch_size, prior_weight=prior_weight,
                            make_step=prior_only_step_factory(len(tagger.tokenizer)) if prior_only else None)
-    return [{"text": text, "label": format_target(pred.label), **dict(zip(tagger.taxonomy.levels, pred.label.path)),
+    levels = tagger.taxonomy.levels  # a short path leaves its last levels ""
+    return [{"text": text, "label": format_target(pred.label),
+             **{name: pred.label.path[i] if i < len(pred.label.path) else "" for i, name in enumerate(levels)},
              "brand": pred.label.brand, "confidence": float(f"{pred.confidence:.6g}")}
             for text, pred in zip(texts, preds)]
 
