@@ -34,6 +34,8 @@ from shelfml.retrieval.policy import recorded_index_path
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
+CPU_PRECISIONS = ("auto", "int8", "fp32")  # what the CPU config runs: auto = INT8 where the export validated it
+INT8_FILE = "model.int8.onnx"
 SOURCES = Path(__file__).parent / "models"
 QUEUE_DELAY_US = 500  # dynamic batching: wait at most 0.5 ms for more requests (busy models queue anyway)
 
@@ -93,15 +95,17 @@ def leaf_warmup(spec: GraphSpec, ranges: ShapeRanges) -> mc.ModelWarmup:
     return warmup
 
 
-def leaf_configs(spec: GraphSpec, ranges: ShapeRanges, runtime: str) -> dict[str, mc.ModelConfig]:
-    """The stock GPU config (ONNX Runtime or TensorRT backend) and the CPU python-backend config."""
+def leaf_configs(spec: GraphSpec, ranges: ShapeRanges, runtime: str,
+                 cpu_file: str = "model.onnx") -> dict[str, mc.ModelConfig]:
+    """The stock GPU config (ONNX Runtime or TensorRT backend on the FP32 ``model.onnx``) and the CPU
+    python-backend config (ONNX Runtime on ``cpu_file``: the FP32 graph or its validated INT8 twin)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     max_batch = ranges.ranges["batch"][2]
     platform, filename = ("onnxruntime_onnx", "model.onnx") if runtime == "onnxruntime" else ("tensorrt_plan", "model.plan")
     stock = _config(spec, max_batch, gpu=True, platform=platform, default_model_filename=filename)
     cpu = _config(spec, max_batch, gpu=False, backend="python")
-    _parameters(cpu, onnx_file="model.onnx", intra_op_threads="0")
+    _parameters(cpu, onnx_file=cpu_file, intra_op_threads="0")
     for config in (stock, cpu):
         config.model_warmup.append(leaf_warmup(spec, ranges))
     return {"config.pbtxt": stock, f"configs/{CPU_CONFIG}.pbtxt": cpu}
@@ -140,22 +144,40 @@ def _string_file(path: Path, text: str) -> None:
     path.write_bytes(struct.pack("<I", len(data)) + data)
 
 
-def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtime: str) -> GraphSpec:
+def _leaf(repo: Path, export_dir: Path, graph: dict, ranges: ShapeRanges, runtime: str, int8: bool) -> GraphSpec:
+    """A leaf graph: the FP32 ``model.onnx`` (GPU: ONNX Runtime or the TensorRT engine built from it) and, when
+    ``int8``, the export's validated INT8 graph for the CPU config; ``graph.json`` says which one CPU runs."""
     spec = GraphSpec.from_dict(graph)
     folder = repo / spec.name
     (folder / "1").mkdir(parents=True)
     shutil.copy2(export_dir / spec.file, folder / "1" / "model.onnx")
+    cpu_file = "model.onnx"
+    if int8 and graph.get("int8"):
+        cpu_file = INT8_FILE
+        shutil.copy2(export_dir / graph["int8"], folder / "1" / cpu_file)
     shutil.copy2(SOURCES / "onnx_leaf.py", folder / "1" / "model.py")
     (folder / "1" / "graph.json").write_text(json.dumps(
         {"spec": spec.to_dict(), "shape_ranges": ranges.to_dict(), "precision": {"keep_fp32": list(spec.keep_fp32)},
-         "encoder": graph.get("encoder")}, indent=2), encoding="utf-8")
-    for name, config in leaf_configs(spec, ranges, runtime).items():
+         "cpu_file": cpu_file, "encoder": graph.get("encoder")}, indent=2), encoding="utf-8")
+    for name, config in leaf_configs(spec, ranges, runtime, cpu_file).items():
         write_config(folder / name, config)
     return spec
 
 
+def cpu_int8(export_dir: Path, manifest: dict, precision: str) -> bool:
+    """Whether the CPU config serves this export's INT8 graphs: ``auto`` when the export validated them (its
+    INT8 check passed; ``shelfml export --no-int8`` makes none), ``int8`` requires them, ``fp32`` never."""
+    if precision not in CPU_PRECISIONS:
+        raise ExportError(f"--cpu-precision must be one of {CPU_PRECISIONS}, got {precision!r}")
+    has = all(g.get("int8") for g in manifest["graphs"].values())
+    if precision == "int8" and not has:
+        raise ExportError(f"{export_dir} has no validated INT8 graphs (exported with --no-int8?): re-export it, "
+                          "or pass --cpu-precision fp32")
+    return precision != "fp32" and has
+
+
 def _embedder_leaf(repo: Path, export_dir: Path, manifest: dict, ranges: ShapeRanges, runtime: str,
-                   leaves: dict[str, GraphSpec]) -> dict[str, str]:
+                   leaves: dict[str, GraphSpec], int8: bool) -> dict[str, str]:
     """A model trained with retrieval: its query encoder becomes the ``embedder`` leaf (shared by the tagger
     and the price model when both were trained against the same encoder weights)."""
     graph = manifest["graphs"].get("embedder")
@@ -170,7 +192,7 @@ def _embedder_leaf(repo: Path, export_dir: Path, manifest: dict, ranges: ShapeRa
                               f"({other.get('name')}, weights {other.get('digest')})")
         leaves[graph["name"]] = GraphSpec.from_dict(graph)
     else:
-        leaves[graph["name"]] = _leaf(repo, export_dir, graph, ranges, runtime)
+        leaves[graph["name"]] = _leaf(repo, export_dir, graph, ranges, runtime, int8)
     return {"embedder_model": graph["name"]}
 
 
@@ -193,21 +215,22 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
         write_config(folder / name, config)
 
 
-def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str) -> None:
+def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str, int8: bool) -> None:
     """A family's leaves (its graphs, plus the shared embedder of a retrieval model) and its python model."""
     ranges = ShapeRanges.from_dict(manifest["shape_ranges"])
     leaves, params = {}, {}
     for key, param in fam.leaves.items():
-        spec = _leaf(repo, export_dir, manifest["graphs"][key], ranges, runtime)
+        spec = _leaf(repo, export_dir, manifest["graphs"][key], ranges, runtime, int8)
         leaves[spec.name], params[param] = spec, spec.name
-    params |= _embedder_leaf(repo, export_dir, manifest, ranges, runtime, leaves)
+    params |= _embedder_leaf(repo, export_dir, manifest, ranges, runtime, leaves, int8)
     _service(repo, export_dir, fam.service, fam.model_source, leaves, ranges.ranges["batch"][2], **params)
 
 
 def build_repository(repo: Path, tagger: Path | None = None, price: Path | None = None,
-                     runtime: str = "onnxruntime", force: bool = False, queue: QueuePolicy | None = None) -> dict:
+                     runtime: str = "onnxruntime", force: bool = False, queue: QueuePolicy | None = None,
+                     cpu_precision: str = "auto") -> dict:
     """Write the repository for the given exports (atomically); ``queue``: a load-shedding policy on every
-    model. Returns repository.json's content."""
+    model; ``cpu_precision``: see :func:`cpu_int8`. Returns repository.json's content."""
     if tagger is None and price is None:
         raise ExportError("nothing to serve: pass a tagger export, a price export, or both")
     exports = {"tagger": tagger, "price": price}
@@ -216,11 +239,12 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
         if path is not None:
             manifests[task] = read_export(path, task=task)
             verify_files(path)
+    int8 = {task: cpu_int8(exports[task], m, cpu_precision) for task, m in manifests.items()}
     ensure_writable(repo, force)
 
     def save(tmp: Path) -> None:
         for task, manifest in manifests.items():
-            _family_models(tmp, Path(exports[task]), manifest, family(task), runtime)
+            _family_models(tmp, Path(exports[task]), manifest, family(task), runtime, int8[task])
         if queue is not None:
             for path in sorted(tmp.glob("*/config.pbtxt")) + sorted(tmp.glob("*/configs/*.pbtxt")):
                 config = read_config(path)
@@ -229,6 +253,7 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
 
     def describe(tmp: Path) -> dict:
         return {"runtime": runtime, "cpu_config": CPU_CONFIG, "queue_policy": queue and asdict(queue),
+                "cpu_precision": {task: "int8" if on else "fp32" for task, on in int8.items()},
                 "models": sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file()),
                 "exports": {task: {"path": Path(p).name, "files": manifests[task]["files"]}
                             for task, p in exports.items() if p is not None},

@@ -9,6 +9,7 @@ torch, no transformers, nothing from the training or export stages.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,11 +79,18 @@ def bls_call(pb_utils, model: str, inputs: dict[str, np.ndarray], outputs: Seque
     return {t.name(): t.as_numpy() for t in response.output_tensors()}
 
 
+def leaf_file(repo: Path, model: str) -> Path:
+    """The ONNX file a leaf's CPU config runs (``graph.json``'s ``cpu_file``: FP32 ``model.onnx`` or the INT8
+    graph): what an in-process runner loads, the same file the leaf model itself serves."""
+    folder = Path(repo) / model / "1"
+    return folder / json.loads((folder / "graph.json").read_text(encoding="utf-8")).get("cpu_file", "model.onnx")
+
+
 def inprocess_runner(repo: Path, model: str, output: str) -> Leaf:
-    """A leaf graph (price_regressor, embedder) run in this process on its own model.onnx: feeds -> ``output``."""
+    """A leaf graph (price_regressor, embedder) run in this process on its CPU file: feeds -> ``output``."""
     from shelfml.onnxrt import load_session
 
-    session = load_session(Path(repo) / model / "1" / "model.onnx")
+    session = load_session(leaf_file(repo, model))
     names = [i.name for i in session.get_inputs()]
     return lambda feeds: session.run([output], {n: feeds[n] for n in names})[0]
 

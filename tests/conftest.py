@@ -164,6 +164,6 @@ def served_repository(tmp_path_factory, tiny_checkpoint, image_price_checkpoint)
     exports = {"tagger": root / "tagger-export", "price": root / "price-export"}
     export_checkpoint(tiny_checkpoint, exports["tagger"], args)
     export_checkpoint(image_price_checkpoint, exports["price"], args)
-    build_repository(root / "repo", **exports)
+    build_repository(root / "repo", **exports, cpu_precision="fp32")  # served == eager, exactly (INT8: test_serving)
     with TritonServer(root / "repo", log_file=root / "triton.log") as server:
         yield Served(server, root / "repo", tiny_checkpoint, image_price_checkpoint, exports)

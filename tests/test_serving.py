@@ -86,6 +86,40 @@ def test_python_models_declare_the_contracts_names(served_repository, spec):
     assert [i.optional for i in config.input] == [n in spec.optional for n in spec.input_names]
 
 
+def test_the_default_cpu_config_serves_the_validated_int8_graphs(served_repository, tmp_path):
+    """``--cpu-precision auto``: the CPU configs run the export's INT8 graphs (the GPU configs keep FP32 for
+    TensorRT FP16), served outputs equal the in-process decode loop on those INT8 graphs."""
+    from shelfml.export.exporter import ExportArgs, ExportError, export_checkpoint
+    from shelfml.model_repository.server import TritonServer
+    from shelfml.price.runners import OrtPrice
+    from shelfml.tagger.runners import OrtT5
+
+    exports = served_repository.exports
+    info = build_repository(tmp_path / "repo", **exports)
+    assert info["cpu_precision"] == {"tagger": "int8", "price": "int8"}
+    for leaf in LEAVES:
+        cpu = read_config(tmp_path / "repo" / leaf / "configs" / "cpu.pbtxt")
+        assert cpu.parameters["onnx_file"].string_value == "model.int8.onnx"
+        assert read_config(tmp_path / "repo" / leaf / "config.pbtxt").default_model_filename == "model.onnx"
+        assert (tmp_path / "repo" / leaf / "1" / "model.int8.onnx").is_file()
+    tags = Tagger.load(served_repository.tagger_checkpoint).predict(
+        TEXTS, make_step=OrtT5.load(exports["tagger"], int8=True).make_step)
+    prices = PriceRegressor.load(served_repository.price_checkpoint).predict(
+        TEXTS, run=OrtPrice.load(exports["price"], int8=True))
+    with TritonServer(tmp_path / "repo", log_file=tmp_path / "triton.log") as server, \
+            grpcclient.InferenceServerClient(server.grpc_url) as int8:
+        assert served_tags(int8, TEXTS) == ([LEVEL_SEP.join(p.label.path) for p in tags], [p.label.brand for p in tags])
+        served = int8.infer("price", [text_input([t.encode() for t in TEXTS])]).as_numpy("price")[:, 0]
+        assert np.allclose(served, prices, rtol=1e-5)
+    fp32 = build_repository(tmp_path / "fp32", **exports, cpu_precision="fp32")
+    assert fp32["cpu_precision"] == {"tagger": "fp32", "price": "fp32"}
+    assert not list((tmp_path / "fp32").glob("*/1/model.int8.onnx"))
+    export_checkpoint(served_repository.price_checkpoint, tmp_path / "no-int8", ExportArgs(int8=False, parity_rows=8))
+    assert build_repository(tmp_path / "auto", price=tmp_path / "no-int8")["cpu_precision"] == {"price": "fp32"}
+    with pytest.raises(ExportError, match="no validated INT8 graphs.*--cpu-precision fp32"):
+        build_repository(tmp_path / "strict", price=tmp_path / "no-int8", cpu_precision="int8")
+
+
 def test_repository_refuses_nothing_to_serve_and_existing_output(served_repository, tmp_path):
     from shelfml.export.exporter import ExportError
 
@@ -215,7 +249,7 @@ def test_bls_decoding_equals_in_process_decoding(served_repository, tmp_path, cl
     shutil.copytree(served_repository.repo, repo, ignore=shutil.ignore_patterns("price*"))
     cpu = repo / "tagger" / "configs" / "cpu.pbtxt"
     config = read_config(cpu)
-    config.parameters["decoder"].string_value = "bls"
+    config.parameters["runner"].string_value = "bls"  # the stock (GPU) config's runner
     del config.model_warmup[:]  # as in the stock config: BLS cannot run before the server is ready
     write_config(cpu, config)
     expected = served_tags(client, TEXTS)

@@ -83,7 +83,9 @@ class OrtT5:
 
 def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str) -> MakeStep:
     """ONNX Runtime on a repository's leaf models' own files, in this process."""
-    sessions = [load_session(Path(repo) / name / "1" / "model.onnx") for name in (encoder_model, decoder_model)]
+    from shelfml.serving import leaf_file
+
+    sessions = [load_session(leaf_file(repo, name)) for name in (encoder_model, decoder_model)]
     return OrtT5(*sessions).make_step
 
 
