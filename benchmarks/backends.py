@@ -255,7 +255,8 @@ def tagger_backends(model, ort_runners: dict, hf_dir: Path | None, work_dir: Pat
 
 def price_batch(input_ids: np.ndarray, attention_mask: np.ndarray, cfg) -> dict:
     """:meth:`PriceRegressor.feeds` of text rows without pictures; a model with the neighbour feature gets
-    fixed neighbour features (the mean training price, similarity 0.8): retrieval is W6's."""
+    fixed neighbour features (the mean training price, similarity 0.8): retrieval is W6's; one with the wide
+    branch the mean training log price as its wide feature (the graph's cost does not depend on its value)."""
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if cfg.images:
         size = cfg.image["size"]
@@ -263,6 +264,8 @@ def price_batch(input_ids: np.ndarray, attention_mask: np.ndarray, cfg) -> dict:
                   "pixel_values": np.zeros((len(input_ids), 3, size, size), dtype=np.float32)}
     if cfg.neighbours:
         batch["neighbour_features"] = np.tile(np.float32([cfg.target_mean, 0.8]), (len(input_ids), 1))
+    if cfg.wide:
+        batch["wide_features"] = np.full((len(input_ids), 1), cfg.target_mean, np.float32)
     return batch
 
 

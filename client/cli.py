@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
-from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL,
+from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URLS, PROTOCOLS,
                                    AsyncShelfmlClient, ClientError, InvalidRequestError, ShelfmlClient)
 from shelfml.cli_help import Parser, add_version, fail, read_lines
 from shelfml.labels import format_path
@@ -235,7 +235,7 @@ def _texts(values: list[str]) -> list[str]:
 
 def cmd_tag(a: argparse.Namespace) -> int:
     texts = _texts(a.texts)
-    with ShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size) as client:
+    with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for text, r in zip(texts, client.tag(texts)):
             print(json.dumps({"text": text, "label": format_path(r.path), "path": list(r.path),
                               "brand": r.brand, "confidence": round(r.confidence, 6)}, ensure_ascii=False))
@@ -247,7 +247,7 @@ def cmd_price(a: argparse.Namespace) -> int:
     if a.image and len(a.image) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
     images = [p or None for p in a.image] if a.image else None
-    with ShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size) as client:
+    with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for i, (text, r) in enumerate(zip(texts, client.price(texts, images))):
             print(json.dumps({"text": text, "image": images[i] if images else None, "price": round(r.price, 2),
                               "has_image": r.has_image}, ensure_ascii=False))
@@ -262,8 +262,8 @@ def cmd_batch(a: argparse.Namespace) -> int:
     out = Path(a.out)
 
     async def go() -> BatchSummary:
-        async with AsyncShelfmlClient(a.url, timeout_s=a.timeout, retries=a.retries, batch_size=a.batch_size,
-                                      concurrency=a.concurrency) as client:
+        async with AsyncShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, concurrency=a.concurrency,
+                                      protocol=a.protocol) as client:
             return await run_batch(rows, out, header, make_predict(client, a.task), a.batch_size,
                                    a.concurrency, progress=not a.no_progress)
 
@@ -278,9 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     def common(parser: argparse.ArgumentParser, keep: bool) -> None:
         """The connection flags, accepted before and after the sub-command (after it wins)."""
         default = (lambda value: value) if keep else (lambda value: argparse.SUPPRESS)
-        parser.add_argument("--url", default=default(os.environ.get("SHELFML_URL", DEFAULT_URL)),
-                            help="the server's gRPC address host:port (default: $SHELFML_URL, else "
-                                 f"{DEFAULT_URL})")
+        parser.add_argument("--url", default=default(os.environ.get("SHELFML_URL")),
+                            help="the server's address host:port (default: $SHELFML_URL, else "
+                                 f"{DEFAULT_URLS['grpc']} for gRPC, {DEFAULT_URLS['http']} for HTTP)")
+        parser.add_argument("--protocol", choices=PROTOCOLS,
+                            default=default(os.environ.get("SHELFML_PROTOCOL", "grpc")), help="gRPC, or HTTP/REST (KServe v2 JSON + binary tensors) (default: $SHELFML_PROTOCOL, "
+                                 "else grpc)")
         parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT_S),
                             help=f"seconds per request, retries included (default: {DEFAULT_TIMEOUT_S:g})")
         parser.add_argument("--retries", type=int, default=default(DEFAULT_RETRIES),

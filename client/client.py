@@ -1,4 +1,5 @@
-"""gRPC clients for the served ``tagger`` and ``price`` models (sync and asyncio, ``tritonclient.grpc``).
+"""Clients for the served ``tagger`` and ``price`` models (sync and asyncio) over gRPC (``tritonclient.grpc``,
+the default) or HTTP/REST (``tritonclient.http``, the KServe v2 protocol: ``protocol="http"``).
 
 Model names, input and output names and dtypes come from ``TAGGER_SERVICE`` / ``PRICE_SERVICE`` in
 :mod:`export.contract`; the label format (``a > b > c``) from :mod:`shelfml.labels`. Both clients split a call
@@ -32,7 +33,9 @@ from shelfml.labels import parse_path
 
 Image = Union[str, os.PathLike, bytes, None]  # a picture file path, its encoded bytes, or none
 
-DEFAULT_URL = "localhost:8001"
+PROTOCOLS = ("grpc", "http")
+DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}  # Triton's default ports
+DEFAULT_URL = DEFAULT_URLS["grpc"]
 DEFAULT_TIMEOUT_S = 60.0  # per request: a batch of 64 tagged on a shared 2-core CPU takes seconds
 DEFAULT_RETRIES = 4  # UNAVAILABLE retries per request: 0.5 + 1 + 2 + 4 s of backoff
 DEFAULT_BACKOFF_S = 0.5
@@ -88,13 +91,25 @@ def server_timeout_us(seconds_left: float) -> int:
 
 def transient(e: InferenceServerException) -> bool:
     """Worth retrying: the server is starting, restarting or shedding load, or a model is unloading."""
-    status = status_name(e)
-    return status == "UNAVAILABLE" or (status == "NOT_FOUND" and "no available versions" in (e.message() or ""))
+    return status_name(e) == "UNAVAILABLE" or "no available versions" in (e.message() or "")
+
+
+HTTP_STATUS = {"400": "INVALID_ARGUMENT", "404": "NOT_FOUND", "408": "DEADLINE_EXCEEDED", "409": "ALREADY_EXISTS",
+               "500": "INTERNAL", "501": "UNIMPLEMENTED", "503": "UNAVAILABLE", "504": "DEADLINE_EXCEEDED"}
 
 
 def status_name(e: InferenceServerException) -> str:
-    """``"StatusCode.INVALID_ARGUMENT"`` -> ``"INVALID_ARGUMENT"`` (tritonclient keeps grpc's str)."""
-    return str(e.status() or "").rsplit(".", 1)[-1]
+    """The gRPC status name of either protocol's error: ``"StatusCode.INVALID_ARGUMENT"`` (tritonclient keeps
+    grpc's str) or HTTP's ``"400"`` -> ``"INVALID_ARGUMENT"``."""
+    status = str(e.status() or "").rsplit(".", 1)[-1]
+    return HTTP_STATUS.get(status, status)
+
+
+def connection_error(e: OSError) -> InferenceServerException:
+    """An HTTP transport failure as the error gRPC reports for it: a timeout is DEADLINE_EXCEEDED, a refused
+    or dropped connection UNAVAILABLE (retried)."""
+    status = "DEADLINE_EXCEEDED" if isinstance(e, TimeoutError) else "UNAVAILABLE"
+    return InferenceServerException(msg=f"{type(e).__name__}: {e}", status=status)
 
 
 def _error(e: InferenceServerException, model: str, attempts: int) -> ClientError:
@@ -137,8 +152,9 @@ def _texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def build_inputs(spec: GraphSpec, columns: dict[str, list]) -> list:
-    """One ``InferInput`` per column, named and typed by ``spec`` (strings UTF-8 encoded, shape (rows, 1))."""
+def build_inputs(spec: GraphSpec, columns: dict[str, list], lib=grpcclient) -> list:
+    """One ``InferInput`` per column (``lib``: ``tritonclient.grpc`` or ``.http``), named and typed by ``spec``
+    (strings UTF-8 encoded, shape (rows, 1))."""
     inputs = []
     for name, values in columns.items():
         tensor = spec.tensor(name)
@@ -148,14 +164,14 @@ def build_inputs(spec: GraphSpec, columns: dict[str, list]) -> list:
             array[:, 0] = values
         else:
             array = np.asarray(values, dtype=tensor.numpy_dtype).reshape(len(values), 1)
-        inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        inp = lib.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         inp.set_data_from_numpy(array)
         inputs.append(inp)
     return inputs
 
 
-def requested_outputs(spec: GraphSpec) -> list:
-    return [grpcclient.InferRequestedOutput(name) for name in spec.output_names]
+def requested_outputs(spec: GraphSpec, lib=grpcclient) -> list:
+    return [lib.InferRequestedOutput(name) for name in spec.output_names]
 
 
 def _column(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
@@ -212,13 +228,49 @@ def _rows(columns: dict[str, list]) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _connect(protocol: str, url: str, timeout_s: float, aio: bool):
+    """(the tritonclient module whose InferInput the requests use, a connected client)."""
+    if protocol == "grpc":
+        return grpcclient, (grpcaio if aio else grpcclient).InferenceServerClient(url)
+    if protocol != "http":
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    import tritonclient.http as httpclient
+
+    if aio:
+        import tritonclient.http.aio as httpaio
+
+        return httpclient, httpaio.InferenceServerClient(url, conn_timeout=timeout_s)
+    return httpclient, httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+
+
 class _Settings:
-    def __init__(self, url: str, timeout_s: float, retries: int, batch_size: int, backoff_s: float):
+    def __init__(self, url: str, timeout_s: float, retries: int, batch_size: int, backoff_s: float, protocol: str,
+                 aio: bool):
         assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
         assert retries >= 0, f"retries must be >= 0, got {retries}"
         self.url, self.timeout_s, self.retries, self.batch_size, self.backoff_s = (
             url, timeout_s, retries, batch_size, backoff_s)
+        self.protocol = protocol
+        self._lib, self._client = _connect(protocol, url, timeout_s, aio)
         self._max_batch: dict[str, int] = {}
+
+    def client_timeout(self, left: float) -> dict:
+        """The per-call client deadline: a keyword of every gRPC call; HTTP sets it once, on the connection."""
+        return {"client_timeout": left} if self.protocol == "grpc" else {}
+
+    def config_call(self, model: str, left: float):
+        kw = {"as_json": True} if self.protocol == "grpc" else {}
+        return self._client.get_model_config(model, **kw, **self.client_timeout(left))
+
+    def infer_call(self, spec: GraphSpec, chunk: dict[str, list], left: float):
+        return self._client.infer(spec.name, build_inputs(spec, chunk, self._lib),
+                                  outputs=requested_outputs(spec, self._lib), timeout=server_timeout_us(left),
+                                  **self.client_timeout(left))
+
+    def learn_limit(self, model: str, config: dict) -> int:
+        """The model's ``max_batch_size`` from its config (gRPC wraps it in ``config``) -> rows per request."""
+        self._max_batch[model] = int(config.get("config", config).get("max_batch_size", 0))
+        return self.rows_per_request(model)
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter (0.5x-1.5x), so shed clients do not come back in step."""
@@ -247,10 +299,10 @@ class _Settings:
 class ShelfmlClient(_Settings):
     """Synchronous client: ``tag(texts)``, ``price(texts, images)``; requests run one after another."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
-                 batch_size: int = DEFAULT_BATCH_SIZE, backoff_s: float = DEFAULT_BACKOFF_S):
-        super().__init__(url, timeout_s, retries, batch_size, backoff_s)
-        self._client = grpcclient.InferenceServerClient(url)
+    def __init__(self, url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
+                 batch_size: int = DEFAULT_BATCH_SIZE, backoff_s: float = DEFAULT_BACKOFF_S, protocol: str = "grpc"):
+        super().__init__(url or DEFAULT_URLS.get(protocol, DEFAULT_URL), timeout_s, retries, batch_size, backoff_s,
+                         protocol, aio=False)
 
     def close(self) -> None:
         self._client.close()
@@ -263,10 +315,11 @@ class ShelfmlClient(_Settings):
 
     def ready(self, *models: str) -> bool:
         """Server ready (with strict readiness: every model), and each named model ready; False if unreachable."""
+        kw = self.client_timeout(self.timeout_s)
         try:
-            return bool(self._client.is_server_ready(client_timeout=self.timeout_s)) and all(
-                self._client.is_model_ready(m, client_timeout=self.timeout_s) for m in models)
-        except InferenceServerException:
+            return bool(self._client.is_server_ready(**kw)) and all(self._client.is_model_ready(m, **kw)
+                                                                    for m in models)
+        except (InferenceServerException, OSError):
             return False
 
     def wait_ready(self, timeout_s: float = 60.0, *models: str) -> None:
@@ -281,7 +334,10 @@ class ShelfmlClient(_Settings):
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             try:
-                return fn(self.remaining(deadline, model))
+                try:
+                    return fn(self.remaining(deadline, model))
+                except OSError as e:  # HTTP's transport errors (gRPC reports them as statuses)
+                    raise connection_error(e) from None
             except InferenceServerException as e:
                 wait = self.retry_after(e, attempt, deadline)
                 if wait is None:
@@ -290,19 +346,15 @@ class ShelfmlClient(_Settings):
 
     def _limit(self, model: str) -> int:
         if model not in self._max_batch:
-            config = self._call(model, lambda left: self._client.get_model_config(
-                model, as_json=True, client_timeout=left))
-            self._max_batch[model] = int(config["config"].get("max_batch_size", 0))
+            return self.learn_limit(model, self._call(model, lambda left: self.config_call(model, left)))
         return self.rows_per_request(model)
 
     def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:
         if _rows(columns) == 0:
             return []
-        results, outputs = [], requested_outputs(spec)
+        results = []
         for chunk in chunks(columns, self._limit(spec.name)):
-            inputs = build_inputs(spec, chunk)
-            result = self._call(spec.name, lambda left: self._client.infer(
-                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=server_timeout_us(left)))
+            result = self._call(spec.name, lambda left: self.infer_call(spec, chunk, left))
             results += parse(result, _rows(chunk))
         return results
 
@@ -317,11 +369,12 @@ class AsyncShelfmlClient(_Settings):
     """asyncio client: same calls as :class:`ShelfmlClient`, awaited; a call's requests run concurrently
     (at most ``concurrency`` in flight)."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
-                 batch_size: int = DEFAULT_BATCH_SIZE, backoff_s: float = DEFAULT_BACKOFF_S, concurrency: int = 4):
-        super().__init__(url, timeout_s, retries, batch_size, backoff_s)
+    def __init__(self, url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
+                 batch_size: int = DEFAULT_BATCH_SIZE, backoff_s: float = DEFAULT_BACKOFF_S, concurrency: int = 4,
+                 protocol: str = "grpc"):
         assert concurrency >= 1, f"concurrency must be >= 1, got {concurrency}"
-        self._client = grpcaio.InferenceServerClient(url)
+        super().__init__(url or DEFAULT_URLS.get(protocol, DEFAULT_URL), timeout_s, retries, batch_size, backoff_s,
+                         protocol, aio=True)
         self._slots = asyncio.Semaphore(concurrency)
 
     async def close(self) -> None:
@@ -334,14 +387,15 @@ class AsyncShelfmlClient(_Settings):
         await self.close()
 
     async def ready(self, *models: str) -> bool:
+        kw = self.client_timeout(self.timeout_s)
         try:
-            if not await self._client.is_server_ready(client_timeout=self.timeout_s):
+            if not await self._client.is_server_ready(**kw):
                 return False
             for m in models:
-                if not await self._client.is_model_ready(m, client_timeout=self.timeout_s):
+                if not await self._client.is_model_ready(m, **kw):
                     return False
             return True
-        except InferenceServerException:
+        except (InferenceServerException, OSError):
             return False
 
     async def wait_ready(self, timeout_s: float = 60.0, *models: str) -> None:
@@ -355,7 +409,10 @@ class AsyncShelfmlClient(_Settings):
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             try:
-                return await fn(self.remaining(deadline, model))
+                try:
+                    return await fn(self.remaining(deadline, model))
+                except OSError as e:  # HTTP's transport errors (aiohttp's connection errors, timeouts)
+                    raise connection_error(e) from None
             except InferenceServerException as e:
                 wait = self.retry_after(e, attempt, deadline)
                 if wait is None:
@@ -364,16 +421,12 @@ class AsyncShelfmlClient(_Settings):
 
     async def _limit(self, model: str) -> int:
         if model not in self._max_batch:
-            config = await self._call(model, lambda left: self._client.get_model_config(
-                model, as_json=True, client_timeout=left))
-            self._max_batch[model] = int(config["config"].get("max_batch_size", 0))
+            return self.learn_limit(model, await self._call(model, lambda left: self.config_call(model, left)))
         return self.rows_per_request(model)
 
     async def _one(self, spec: GraphSpec, chunk: dict[str, list], parse) -> list:
-        inputs, outputs = build_inputs(spec, chunk), requested_outputs(spec)
         async with self._slots:
-            result = await self._call(spec.name, lambda left: self._client.infer(
-                spec.name, inputs, outputs=outputs, client_timeout=left, timeout=server_timeout_us(left)))
+            result = await self._call(spec.name, lambda left: self.infer_call(spec, chunk, left))
         return parse(result, _rows(chunk))
 
     async def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:

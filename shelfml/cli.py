@@ -43,7 +43,7 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str | None = "synthe
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default, help="'synthetic', 'flipkart', or a table: .csv, .csv.gz or .xlsx"
                    + ("" if default else " (default: the data recorded in the checkpoint)"))
-    g.add_argument("--text-col", help="CSV column holding the title")
+    g.add_argument("--text-col", help="table column holding the title (default for a table: 'title')")
     g.add_argument("--levels", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
                    help="CSV label columns, top level first: col1,col2[,col3[,col4]]")
     g.add_argument("--path-col", help="or: one CSV column holding the whole category path")
@@ -123,8 +123,9 @@ def tagger_args(a: argparse.Namespace):
 
 def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retrieval enrichment")
-    g.add_argument("--retrieval", type=int, default=0, metavar="K",
+    g.add_argument("--neighbours", dest="retrieval", type=int, default=0, metavar="K",
                    help="append the K nearest training products to each input (0: off); needs --retrieval-index")
+    g.add_argument("--retrieval", dest="retrieval", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     g.add_argument("--retrieval-index", metavar="DIR", help="index directory from `shelfml index build`")
     g.add_argument("--retrieval-fields", default=["labels", "brands"],
                    type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
@@ -142,6 +143,8 @@ def add_price_model_arguments(g: argparse._ArgumentGroup, prefix: str = "") -> N
     g.add_argument(f"--{prefix}max-length", type=int, default=128 if not prefix else 64, help="text tokens")
     g.add_argument(f"--{prefix}freeze-layers", type=int, default=0,
                    help="freeze the embeddings and the N bottom encoder layers (-1: the whole encoder)")
+    g.add_argument(f"--{prefix}no-wide", action="store_true",
+                   help="without the wide branch (a TF-IDF ridge whose log price the head corrects; on by default)")
 
 
 def add_price_arguments(p: argparse.ArgumentParser) -> None:
@@ -171,7 +174,7 @@ def price_args(a: argparse.Namespace):
     return PriceArgs(encoder=a.encoder, pooling=a.pooling, loss=a.loss, max_length=a.max_length, hidden=a.hidden,
                      dropout=a.dropout, freeze_layers=a.freeze_layers, images=a.images, vision_model=a.vision_model,
                      mixup=a.mixup, neighbours=a.neighbours, retrieval_index=a.retrieval_index, mlflow=a.mlflow,
-                     split_seed=a.split_seed, val_limit=a.val_limit, train=train_config(a))
+                     split_seed=a.split_seed, val_limit=a.val_limit, wide=not a.no_wide, train=train_config(a))
 
 
 def pipeline_price_args(a: argparse.Namespace):
@@ -180,7 +183,7 @@ def pipeline_price_args(a: argparse.Namespace):
 
     return PriceArgs(encoder=a.price_encoder, pooling=a.price_pooling, loss=a.price_loss,
                      max_length=a.price_max_length, freeze_layers=a.price_freeze_layers, split_seed=a.split_seed,
-                     val_limit=500, train=train_config(a, prefix="price_"))
+                     val_limit=500, wide=not a.price_no_wide, train=train_config(a, prefix="price_"))
 
 
 def print_metrics(title: str, metrics: dict) -> None:
@@ -257,7 +260,9 @@ def cmd_baseline(a: argparse.Namespace) -> None:
     metrics = family(a.task).hook("baseline")(data_spec(a), split_seed=a.split_seed)
     print_metrics(f"TF-IDF {a.task} baseline on test", metrics)
     if a.out:
-        write_json(Path(a.out), metrics)
+        if Path(a.out).is_file():
+            raise FileExistsError(f"--out {a.out} is a file: it names a folder (metrics.json is written into it)")
+        write_json(Path(a.out) / "metrics.json", metrics)
     print(json.dumps(metrics, default=str))
 
 
@@ -312,10 +317,13 @@ def cmd_bench(a: argparse.Namespace) -> int | None:
 
     if a.reliability:
         return cmd_reliability(a)
+    if a.serving_config:
+        return cmd_serving_config(a)
     from shelfml.benchmarks import run_bench
 
     exports = {k: Path(v) for k, v in (("tagger", a.tagger_export), ("price", a.price_export)) if v}
-    results = run_bench(Path(a.out), checkpoint=a.checkpoint and Path(a.checkpoint),
+    checkpoint = a.checkpoint or a.checkpoint_flag
+    results = run_bench(Path(a.out), checkpoint=checkpoint and Path(checkpoint),
                         price_checkpoint=a.price_checkpoint and Path(a.price_checkpoint), quick=a.quick,
                         exports=exports, grpc_url=a.url, perf_analyzer=a.perf_analyzer,
                         reference=False if a.no_reference else None, force=a.force,
@@ -323,6 +331,20 @@ def cmd_bench(a: argparse.Namespace) -> int | None:
     verdict = {True: "pass", False: "fail", None: "n/a"}
     print_metrics(f"{a.out}: goals", {f"{g['id']} {g['model']}": verdict[g["passed"]] for g in results["goals"]})
     print(json.dumps({"out": a.out, "goals": results["goals"], "elapsed_s": results["elapsed_s"]}))
+
+
+def cmd_serving_config(a: argparse.Namespace) -> None:
+    """``shelfml bench --serving-config --tagger-export DIR``: the measurement behind the CPU config's defaults."""
+    from shelfml.benchmarks.serving_config import sweep, table
+    from shelfml.data import DataSpec, load_catalog
+
+    if not a.tagger_export:
+        raise FileNotFoundError("--serving-config needs --tagger-export DIR (a `shelfml export` of a tagger)")
+    out = Path(a.out if a.out != "runs/bench" else "runs/serving-config")
+    texts = load_catalog(DataSpec(synthetic_rows=2000)).inputs()
+    results = sweep(Path(a.tagger_export), out, texts, requests=200 if a.quick else 1000,
+                    concurrency=(1, 8) if a.quick else (1, 8, 64), repeats=1 if a.quick else 3)
+    print("\n".join(table(results)))
 
 
 def cmd_reliability(a: argparse.Namespace) -> int:
@@ -340,12 +362,26 @@ def cmd_reliability(a: argparse.Namespace) -> int:
     return 0 if results["ok"] else 1
 
 
-def cmd_repository(a: argparse.Namespace) -> None:
-    from shelfml.model_repository.build import QueuePolicy, build_repository
+def _sizes(text: str) -> tuple[int, ...]:
+    """'8,16,32' -> (8, 16, 32); every size >= 1."""
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if any(v < 1 for v in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
 
+
+def cmd_repository(a: argparse.Namespace) -> None:
+    from shelfml.model_repository.build import Batching, QueuePolicy, build_repository
+
+    if a.instances < 1:
+        raise UsageError(f"--instances must be >= 1, got {a.instances}")
     queue = QueuePolicy(a.queue_limit, a.queue_timeout) if a.queue_limit else None
     info = build_repository(Path(a.out), tagger=a.tagger and Path(a.tagger), price=a.price and Path(a.price),
-                            runtime=a.runtime, force=a.force, queue=queue, cpu_precision=a.cpu_precision)
+                            runtime=a.runtime, force=a.force, queue=queue, cpu_precision=a.cpu_precision,
+                            batching=Batching(a.instances, a.preferred_batch))
     print(json.dumps(info))
 
 
@@ -477,6 +513,10 @@ def _packaging_commands(sub) -> None:
                         "costs ~0.5 s on 1-2%% of requests at low load with Triton 2.51, see the README)")
     p.add_argument("--queue-timeout", type=float, default=30.0,
                    help="with --queue-limit: seconds a request may wait before it is refused unrun")
+    p.add_argument("--instances", type=int, default=1,
+                   help="instances of each model in the CPU configs (measured: 1 is fastest on 2 cores, see the README)")
+    p.add_argument("--preferred-batch", default="8,16,32,64", type=_sizes,
+                   help="the CPU configs' preferred batch sizes ('' for none)")
     p.set_defaults(func=cmd_repository)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "
@@ -518,7 +558,7 @@ def _data_commands(sub) -> None:
     p.add_argument("--task", default="tagger", choices=["tagger", "price"], help="which baseline")
     add_data_arguments(p)
     p.add_argument("--split-seed", type=int, default=0, help="seed of the grouped train/validation/test split")
-    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--out", help="folder to write metrics.json into")
     p.set_defaults(func=cmd_baseline)
 
     index = sub.add_parser("index", help="retrieval indexes (MiniLM + FAISS)").add_subparsers(dest="action",
@@ -547,7 +587,8 @@ def _data_commands(sub) -> None:
 def _bench_command(sub) -> None:
     p = sub.add_parser("bench", help="benchmark backends x workloads (W1-W4): JSON, Markdown report, plots")
     p.add_argument("--out", default="runs/bench", help="output directory (results.json, report.md, *.png)")
-    p.add_argument("--checkpoint", help="trained tagger checkpoint (W1, W2, W4 and the constrained tagger)")
+    p.add_argument("checkpoint", nargs="?", help="trained tagger checkpoint (W1, W2, W4 and the constrained tagger)")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", help=argparse.SUPPRESS)  # the old spelling
     p.add_argument("--price-checkpoint", help="trained price checkpoint (W3)")
     p.add_argument("--tagger-export", help="the tagger checkpoint's ONNX export (default: exported into --out)")
     p.add_argument("--price-export", help="the price checkpoint's ONNX export (default: exported into --out)")
@@ -563,6 +604,10 @@ def _bench_command(sub) -> None:
                         "gRPC and HTTP, bounded work, load, overload, SIGKILL/SIGTERM, corrupt artifacts); "
                         "writes reliability.json and reliability.md into --out (default runs/reliability)")
     p.add_argument("--repository", help="the model repository the reliability suite serves")
+    p.add_argument("--serving-config", action="store_true",
+                   help="instead: measure the CPU configuration variants (precision, instances, dynamic batching) "
+                        "of --tagger-export on the real server; writes serving_config.json and .md into --out "
+                        "(default runs/serving-config)")
     p.set_defaults(func=cmd_bench)
 
 

@@ -27,6 +27,7 @@ from shelfml.labels import MAX_LEVELS, MIN_LEVELS, Label, Taxonomy, clean_value
 from shelfml.prices import parse_prices
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_TEXT_COL = "title"  # a table's title column unless --text-col names another (as in shelfml-client)
 MAX_DESCRIPTION_CHARS = 300
 FLIPKART_FILE = "flipkart_ecommerce_20k/flipkart_ecommerce_20k.csv.gz"
 
@@ -226,8 +227,6 @@ def _load_csv(spec: DataSpec, target: str) -> Catalog:
     if not path.is_file():
         raise DataError(f"data source {spec.source!r} is not 'synthetic', 'flipkart' or an existing table file "
                         "(.csv, .csv.gz, .xlsx)")
-    if not spec.text_col:
-        raise DataError(f"{path}: --text-col is required for a table source")
     if spec.levels and spec.path_col:
         raise DataError(f"{path}: pass either --levels or --path-col, not both")
     if target == LEVELS and not (spec.levels or spec.path_col):
@@ -236,10 +235,15 @@ def _load_csv(spec: DataSpec, target: str) -> Catalog:
     if target == PRICE and not spec.price_col:
         raise DataError(f"{path}: --price-col is required for the price task")
     raw = read_table(path, spec.encoding, spec.skip_rows)
+    text_col = spec.text_col or DEFAULT_TEXT_COL
+    if text_col not in raw.columns:
+        raise DataError(f"{path}: no title column {text_col!r} (--text-col"
+                        f"{'' if spec.text_col else ', default ' + repr(DEFAULT_TEXT_COL)}); its columns: "
+                        f"{list(raw.columns)}")
     levels = spec.levels or []
     if spec.path_col:
         raw, levels = split_path_column(raw, spec.path_col, spec.path_sep, str(path), spec.allow_short_paths)
-    mapping = dict(text=spec.text_col, desc=spec.desc_col, levels=levels, brand=spec.brand_col,
+    mapping = dict(text=text_col, desc=spec.desc_col, levels=levels, brand=spec.brand_col,
                    price=spec.price_col, image=spec.image_col)
     base = path.parent
     if spec.image_col and spec.image_col in raw:

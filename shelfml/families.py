@@ -57,7 +57,7 @@ FAMILIES: dict[str, Family] = {
                     exporter="shelfml.price.export:PriceExport", evaluate="shelfml.evaluate:evaluate_price",
                     predict="shelfml.price.regressor:predict_records",
                     baseline="shelfml.training.baseline:baseline_price",
-                    bench="shelfml.benchmarks.profiles:PRICE_BENCH", asset_dirs=("encoder", "vision")),
+                    bench="shelfml.benchmarks.profiles:PRICE_BENCH", asset_dirs=("encoder", "vision", "wide")),
 }
 
 

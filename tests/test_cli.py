@@ -105,10 +105,14 @@ def test_train_with_a_bad_csv_names_the_column(tmp_path):
 
 
 def test_baseline_prints_the_same_metrics(tmp_path):
-    proc = shelfml("baseline", "--rows", 600, "--out", tmp_path / "b.json")
-    metrics = json.loads((tmp_path / "b.json").read_text())
+    proc = shelfml("baseline", "--rows", 600, "--out", tmp_path / "b")
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert json.loads(proc.stdout.splitlines()[-1])["item_accuracy"] == metrics["item_accuracy"]
     assert metrics["invalid_path_rate"] == 0.0 and 0.2 < metrics["level_accuracy"]["supergroup"] <= 1.0
+    (tmp_path / "file.json").write_text("{}")  # --out names a folder everywhere: a file there is refused, kept
+    proc = shelfml("baseline", "--rows", 600, "--out", tmp_path / "file.json", check=False)
+    assert proc.returncode == 2 and "is a file: it names a folder" in proc.stderr
+    assert (tmp_path / "file.json").read_text() == "{}"
 
 
 def test_pipeline_trains_exports_serves_and_reports_every_stage(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import re
 import time
 
@@ -244,6 +245,34 @@ def test_sync_and_async_clients_agree_on_the_served_models(served):
     async_tags, async_prices = asyncio.run(both())
     assert async_tags == tags
     assert [p.price for p in async_prices] == pytest.approx([p.price for p in prices], rel=1e-4)
+
+
+def test_http_clients_give_the_grpc_answers(served, tmp_path, capsys):
+    """``protocol="http"`` (tritonclient.http, sync and asyncio) and ``shelfml-client --protocol http``: the same
+    tags and prices as gRPC; HTTP errors get the gRPC-named exceptions."""
+    url = served.server.http_url
+    with ShelfmlClient(served.grpc_url, batch_size=4) as grpc:
+        tags, prices = grpc.tag(TEXTS), grpc.price(TEXTS)
+    with ShelfmlClient(url, batch_size=4, protocol="http") as http:
+        assert http.ready("tagger", "price")
+        assert http.tag(TEXTS) == tags
+        assert [p.price for p in http.price(TEXTS)] == pytest.approx([p.price for p in prices], rel=1e-6)
+        with pytest.raises(InvalidRequestError, match=r"tagger: the server rejected the request: .*text\[0\] is empty"):
+            http.tag([""])
+
+    async def both():
+        async with AsyncShelfmlClient(url, batch_size=3, concurrency=3, protocol="http") as client:
+            return await client.tag(TEXTS), await client.price(TEXTS)
+
+    async_tags, async_prices = asyncio.run(both())
+    assert async_tags == tags and [p.price for p in async_prices] == pytest.approx([p.price for p in prices], rel=1e-6)
+    assert cli.main(["tag", "--protocol", "http", "--url", url, TEXTS[0]]) == 0
+    assert json.loads(capsys.readouterr().out)["brand"] == tags[0].brand
+    down = ShelfmlClient(f"localhost:{free_port()}", retries=1, backoff_s=0.1, timeout_s=5, protocol="http")
+    with pytest.raises(ServerUnavailableError, match="after 2 attempt"):
+        down.tag(["steel bottle"])
+    assert down.ready() is False
+    down.close()
 
 
 def test_batch_end_to_end_resumes_against_the_server(served, tmp_path):

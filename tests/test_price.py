@@ -356,3 +356,48 @@ def test_cli_trains_minilm_evaluates_and_runs_the_baseline(tmp_path, capsys):
     assert json.loads(shelfml(capsys, "predict", ckpt, "steel water bottle 1 l"))["price"] > 0
     baseline = json.loads(shelfml(capsys, "baseline", "--task", "price", "--rows", 300).splitlines()[-1])
     assert "Ridge" in baseline["model"] and 0 < baseline["smape"] < 200
+
+
+# ---------------------------------------------------------------------------------------------
+# The wide branch
+
+
+def test_wide_ridge_is_fitted_out_of_fold_and_round_trips(tmp_path):
+    from shelfml.price.wide import WideRidge
+
+    catalog = load_catalog(DataSpec(synthetic_rows=600), task="price")
+    train, val = catalog.subset(np.arange(500)), catalog.subset(np.arange(500, 600))
+    wide, oof = WideRidge.fit(train.inputs(), to_log(train.frame["price"]), val.inputs(), val.frame["price"].to_numpy(),
+                              train.frame["text"].tolist())
+    in_sample = wide.predict(train.inputs())
+    truth = train.frame["price"].to_numpy()
+    assert smape(truth, from_log(oof)) > smape(truth, from_log(in_sample)) + 1  # held-out rows: honestly worse
+    assert smape(val.frame["price"].to_numpy(), from_log(wide.predict(val.inputs()))) < 70
+    assert wide.fit_info.alpha in (0.1, 0.3, 1.0, 3.0) and wide.fit_info.features == len(wide.ids) > 100
+    wide.save(tmp_path / "wide")
+    again = WideRidge.load(tmp_path / "wide")
+    assert np.array_equal(again.predict(val.inputs()), wide.predict(val.inputs()))
+    a, b = wide.predict(["Acme shampoo 100 ml", "Acme shampoo 1 L"])  # a size word moves the price
+    assert a != b
+
+
+def test_the_head_starts_at_the_wide_prediction(tiny_encoder):
+    """With the wide branch, a fresh model predicts exactly the wide log price (the head's last layer starts at
+    zero); training moves it from there."""
+    cfg = PriceConfig(wide=True, target_mean=4.0, max_length=16)
+    regressor = build_regressor(cfg, tiny_encoder, wide=types.SimpleNamespace(predict=lambda texts: None))
+    feeds = regressor.feeds(["red mug", "blue kettle 1 l"], wide_features=np.float32([[2.5], [6.25]]))
+    out = regressor.model.eval()(**to_torch(feeds)).log_price
+    assert out.detach().numpy() == pytest.approx([2.5, 6.25], rel=1e-5)
+    with pytest.raises(AssertionError, match="wide branch"):
+        regressor.model(**{k: v for k, v in to_torch(feeds).items() if k != "wide_features"})
+
+
+def test_a_wide_checkpoint_serves_its_branch_from_text(price_checkpoint):
+    """The default recipe has the wide branch: saved in the checkpoint, loaded with it, computed from text."""
+    manifest = read_manifest(price_checkpoint)
+    assert manifest["model"]["wide"] and manifest["wide"]["dir"] == "wide"
+    regressor = PriceRegressor.load(price_checkpoint)
+    feeds = regressor.feeds(["red item model 1", "blue item model 7"])
+    assert feeds["wide_features"].shape == (2, 1)
+    assert np.allclose(feeds["wide_features"][:, 0], regressor.wide.predict(["red item model 1", "blue item model 7"]))

@@ -15,7 +15,8 @@ from tritonclient.utils import InferenceServerException
 from shelfml.price.contract import PRICE_SERVICE
 from shelfml.tagger.contract import TAGGER_SERVICE
 from shelfml.labels import LEVEL_SEP
-from shelfml.model_repository.build import RUNTIMES, QueuePolicy, build_repository, read_config, write_config
+from shelfml.model_repository.build import (RUNTIMES, Batching, QueuePolicy, build_repository, read_config,
+                                            write_config)
 from shelfml.serving import RequestError, check_numpy, decode_texts, run_isolated
 from shelfml.price import PriceRegressor
 from shelfml.tagger import Tagger
@@ -76,6 +77,16 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
             assert (policy.max_queue_size, policy.default_timeout_microseconds) == (100, 5_000_000)
             assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
     assert sorted(repo["models"]) == sorted([*LEAVES, "tagger", "price"])
+    tuned = build_repository(tmp_path / "tuned", **served_repository.exports, runtime=runtime,
+                             batching=Batching(instances=2, preferred=(8, 16, 128), max_queue_delay_us=2000))
+    assert tuned["cpu_batching"] == {"instances": 2, "preferred": [8, 16, 128], "max_queue_delay_us": 2000}
+    for model in tuned["models"]:
+        cpu = read_config(tmp_path / "tuned" / model / "configs" / "cpu.pbtxt")
+        assert [g.count for g in cpu.instance_group] == [2]
+        assert list(cpu.dynamic_batching.preferred_batch_size) == [8, 16]  # 128 > max_batch_size 64: left out
+        assert cpu.dynamic_batching.max_queue_delay_microseconds == 2000
+        stock = read_config(tmp_path / "tuned" / model / "config.pbtxt")  # the GPU configs keep their settings
+        assert [g.count for g in stock.instance_group] == [1] and not stock.dynamic_batching.preferred_batch_size
 
 
 @pytest.mark.parametrize("spec", [TAGGER_SERVICE, PRICE_SERVICE], ids=["tagger", "price"])
@@ -127,6 +138,15 @@ def test_repository_refuses_nothing_to_serve_and_existing_output(served_reposito
         build_repository(tmp_path / "r")
     with pytest.raises(FileExistsError, match="--force"):
         build_repository(served_repository.repo, **served_repository.exports)
+
+
+def test_the_wrong_tasks_export_is_a_one_line_error(served_repository, tmp_path, capsys):
+    from shelfml.cli import main
+
+    code = main(["repository", "--tagger", str(served_repository.exports["price"]), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a price export, not a tagger export" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------------

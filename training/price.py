@@ -39,6 +39,7 @@ class PriceArgs:
     vision_model: str | None = None  # local CLIP checkpoint; otherwise a small CLIP vision tower from scratch
     mixup: float = 0.0  # MixUp alpha (0: off)
     neighbours: int = 0  # K of the neighbour price feature (0: off); needs retrieval_index
+    wide: bool = True  # the wide branch: the head corrects a TF-IDF ridge's log price (shelfml.price.wide)
     retrieval_index: str | None = None  # `shelfml index build` directory (built from the training split)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mlflow: str | None = None  # local MLflow file store (off when None)
@@ -121,7 +122,22 @@ def _neighbour_feature(args: PriceArgs, parts: dict) -> tuple[object, np.ndarray
     return retriever, neighbour_price_features(retriever, neighbours)
 
 
-def _train_loader(regressor, train, args: PriceArgs, neighbour_features: np.ndarray | None) -> DataLoader:
+def _wide_branch(args: PriceArgs, train, val) -> tuple[object, np.ndarray | None]:
+    """(the wide branch fitted on the training split, its out-of-fold log prices of the training rows), or
+    (None, None) with ``--no-wide``."""
+    if not args.wide:
+        return None, None
+    from shelfml.price.wide import WideRidge
+
+    wide, oof = WideRidge.fit(train.inputs(), to_log(train.frame["price"]), val.inputs(), val.frame["price"].to_numpy(),
+                              train.frame["text"].tolist())
+    print(f"shelfml: wide branch: ridge alpha {wide.fit_info.alpha} on {wide.fit_info.features:,} hashed n-grams "
+          f"(validation SMAPE {wide.fit_info.validation_smape[str(wide.fit_info.alpha)]:.2f})", file=sys.stderr)
+    return wide, oof
+
+
+def _train_loader(regressor, train, args: PriceArgs, neighbour_features: np.ndarray | None,
+                  wide_features: np.ndarray | None = None) -> DataLoader:
     """Batches of the regressor's feeds (augmented pictures) + log1p labels, bucketed by token length."""
     texts, images = train.inputs(), train.frame["image"].tolist()
     log_prices = to_log(train.frame["price"])
@@ -130,7 +146,8 @@ def _train_loader(regressor, train, args: PriceArgs, neighbour_features: np.ndar
 
     def collate(idx: list[int]) -> dict:
         feeds = regressor.feeds([texts[i] for i in idx], [images[i] for i in idx],
-                                None if neighbour_features is None else neighbour_features[idx], augment, rng)
+                                None if neighbour_features is None else neighbour_features[idx], augment, rng,
+                                None if wide_features is None else wide_features[idx])
         return {**to_torch(feeds), "labels": torch.as_tensor(log_prices[idx], dtype=torch.float32)}
 
     lengths = [int(mask.sum()) for mask in regressor.tokenizer.batch(texts, regressor.cfg.max_length)[1]]
@@ -160,6 +177,7 @@ def _manifest(spec: DataSpec, catalog, split, args: PriceArgs, regressor, encode
         "retrieval": ({"format": {"k": args.neighbours, "feature": "price", "inputs": list(PRICE_FEATURES)},
                        "index": retriever.describe(), "exclude_same_title_at_training": True}
                       if retriever is not None else None),
+        "wide": regressor.wide and {"dir": "wide", **asdict(regressor.wide.fit_info)},
         "parameters": {"total": sum(p.numel() for p in model.parameters()),
                        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
         "training": {**asdict(args), "train": args.train.to_dict()},
@@ -177,12 +195,14 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     if args.val_limit:
         val = val.subset(np.arange(min(len(val), args.val_limit)))
     retriever, neighbour_features = _neighbour_feature(args, parts)
+    wide, wide_features = _wide_branch(args, train, parts["validation"])
     encoder = args.encoder or default_encoder()
     cfg = PriceConfig(pooling=resolve_pooling(encoder, args.pooling), loss=args.loss, hidden=args.hidden,
                       dropout=args.dropout, max_length=args.max_length, images=args.images, mixup_alpha=args.mixup,
-                      neighbours=args.neighbours, target_mean=float(to_log(train.frame["price"]).mean()))
-    regressor = build_regressor(cfg, encoder, args.vision_model, args.freeze_layers, retriever)
-    loader = _train_loader(regressor, train, args, neighbour_features)
+                      neighbours=args.neighbours, wide=wide is not None,
+                      target_mean=float(to_log(train.frame["price"]).mean()))
+    regressor = build_regressor(cfg, encoder, args.vision_model, args.freeze_layers, retriever, wide)
+    loader = _train_loader(regressor, train, args, neighbour_features, wide_features)
     image_counts = {}
     if args.images:
         image_counts = {name: regressor.store.count(p.frame["image"]) for name, p in (("train", train),

@@ -63,6 +63,7 @@ class PriceConfig:
     attention_heads: int = 8  # text-to-image cross-attention
     mixup_alpha: float = 0.0  # MixUp of fused features and log targets in training; 0 = off
     neighbours: int = 0  # K of the neighbour price feature (0: off; needs the retrieval index it trained with)
+    wide: bool = False  # the wide branch (shelfml.price.wide): the head corrects a TF-IDF ridge's log price
     target_mean: float = 0.0  # mean log1p(price) of the training rows: the head's starting point
 
     def __post_init__(self) -> None:

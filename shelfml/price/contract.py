@@ -1,5 +1,5 @@
 """The price model's I/O contract as data: one graph from text (+ a picture slot per row and a
-has-picture mask) (+ the neighbour price features) to price, the served ``price`` model, and the
+has-picture mask) (+ the neighbour price features) (+ the wide branch's log price) to price, the served ``price`` model, and the
 shape ranges. Export, parity, TensorRT, ``config.pbtxt``, the server and the client read these.
 """
 
@@ -12,13 +12,15 @@ NEIGHBOUR_FEATURES = 2  # median neighbour log1p price (NaN: unknown), top simil
 BERT_KEEP_FP32: tuple[str, ...] = (r"LayerNorm", r"Softmax")  # the MiniLM encoder's FP16-sensitive nodes
 
 
-def price_spec(images: bool, image_size: int | None = None, neighbours: bool = False) -> GraphSpec:
+def price_spec(images: bool, image_size: int | None = None, neighbours: bool = False, wide: bool = False) -> GraphSpec:
     inputs = (TensorSpec("input_ids", "int64", (BATCH, SEQ)), TensorSpec("attention_mask", "int64", (BATCH, SEQ)))
     if images:
         inputs += (TensorSpec("pixel_values", "float32", (BATCH, 3, image_size, image_size)),
                    TensorSpec("image_mask", "bool", (BATCH, 1)))
     if neighbours:
         inputs += (TensorSpec("neighbour_features", "float32", (BATCH, NEIGHBOUR_FEATURES)),)
+    if wide:
+        inputs += (TensorSpec("wide_features", "float32", (BATCH, 1)),)  # the wide branch's log1p(price)
     return GraphSpec(name="price_regressor", file="model.onnx", atol=1e-3, inputs=inputs, keep_fp32=BERT_KEEP_FP32,
                      outputs=(TensorSpec("price", "float32", (BATCH, 1)),))
 

@@ -17,7 +17,6 @@ the ``shelfml.json`` manifest. Only training, export and benchmarks import this 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +50,11 @@ def price_loss(log_pred: torch.Tensor, log_true: torch.Tensor, name: str, eps: f
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
 
 
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y (y >= 1e-3: written without expm1, which ONNX lacks)."""
+    return y + torch.log(1 - torch.exp(-y))
+
+
 @dataclass
 class PriceOutput:
     log_price: torch.Tensor  # (batch,) predicted log1p(price)
@@ -80,11 +84,16 @@ class PriceModel(nn.Module, PyTorchModelHubMixin, library_name="shelfml", tags=[
             features = 2 * width + 1  # text, image-attended text, has-image flag
         if cfg.neighbours:
             features += 3  # neighbour log price (centred, 0 when unknown), top similarity, unknown flag
+        if cfg.wide:
+            features += 1  # the wide branch's log price, centred
         self.head = nn.Sequential(nn.Linear(features, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.hidden, 1))
-        with torch.no_grad():  # start at the mean training price: softplus(b) = target_mean
-            mean = max(cfg.target_mean, 1e-3)
-            self.head[-1].bias.fill_(mean + math.log(-math.expm1(-mean)))
+        with torch.no_grad():
+            if cfg.wide:  # start at the wide branch's prediction: the head learns the correction
+                self.head[-1].weight.zero_()
+                self.head[-1].bias.zero_()
+            else:  # start at the mean training price: softplus(b) = target_mean
+                self.head[-1].bias.fill_(_inverse_softplus(torch.tensor(max(cfg.target_mean, 1e-3))).item())
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.cfg.pooling == "cls":
@@ -132,20 +141,30 @@ class PriceModel(nn.Module, PyTorchModelHubMixin, library_name="shelfml", tags=[
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_mask: torch.Tensor | None = None, neighbour_features: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, dense: bool = False) -> PriceOutput:
+                labels: torch.Tensor | None = None, dense: bool = False,
+                wide_features: torch.Tensor | None = None) -> PriceOutput:
         """The feeds of :meth:`shelfml.price.regressor.PriceRegressor.feeds` (``labels``: log1p prices);
-        ``neighbour_features`` ([B, 2], see :meth:`neighbour_inputs`) when the model has the neighbour feature."""
+        ``neighbour_features`` ([B, 2], see :meth:`neighbour_inputs`) when the model has the neighbour feature,
+        ``wide_features`` ([B, 1], the wide branch's log1p price) when it has the wide branch."""
         feats = self.features(input_ids, attention_mask, pixel_values, image_mask, dense)
         if self.cfg.neighbours:
             assert neighbour_features is not None, "this model was trained with the neighbour price feature"
             feats = torch.cat([feats, self.neighbour_inputs(neighbour_features.to(feats.dtype))], dim=1)
+        base = None
+        if self.cfg.wide:
+            assert wide_features is not None, "this model has the wide branch: pass wide_features"
+            wide = wide_features.reshape(-1, 1).to(feats.dtype).clamp(min=0, max=MAX_LOG_PRICE)
+            feats = torch.cat([feats, wide - self.cfg.target_mean], dim=1)
+            base = _inverse_softplus(wide[:, 0].float().clamp(min=1e-3))
         if self.training and labels is not None and self.cfg.mixup_alpha > 0:
             alpha = torch.tensor(self.cfg.mixup_alpha)
             lam = float(torch.distributions.Beta(alpha, alpha).sample())
             perm = torch.randperm(len(feats), device=feats.device)
             feats = lam * feats + (1 - lam) * feats[perm]
             labels = lam * labels + (1 - lam) * labels[perm]
-        log_price = F.softplus(self.head(feats).squeeze(-1).float())  # log1p(price) >= 0
+            base = None if base is None else lam * base + (1 - lam) * base[perm]
+        raw = self.head(feats).squeeze(-1).float()
+        log_price = F.softplus(raw if base is None else base + raw)  # log1p(price) >= 0
         loss = None if labels is None else price_loss(log_price, labels.float(), self.cfg.loss, self.cfg.smape_eps)
         return PriceOutput(log_price=log_price, loss=loss)
 
@@ -227,16 +246,17 @@ def freeze_encoder(encoder: nn.Module, layers: int) -> None:
 
 
 def build_regressor(cfg: PriceConfig, encoder_dir: str | Path | None = None, vision_dir: str | Path | None = None,
-                    freeze_layers: int = 0, retriever=None) -> PriceRegressor:
+                    freeze_layers: int = 0, retriever=None, wide=None) -> PriceRegressor:
     """A fresh regressor around a pretrained local encoder (and a vision tower when ``cfg.images``;
-    ``retriever``: the index of the neighbour feature when ``cfg.neighbours``)."""
+    ``retriever``: the index of the neighbour feature when ``cfg.neighbours``; ``wide``: the fitted wide branch
+    when ``cfg.wide``)."""
     tokenizer, encoder = load_encoder(encoder_dir)
     freeze_encoder(encoder, freeze_layers)
     vision = None
     if cfg.images:
         vision, spec = load_vision(vision_dir)
         cfg.image = spec.to_dict()
-    return PriceRegressor(PriceModel(cfg, encoder, vision), tokenizer, cfg=cfg, retriever=retriever)
+    return PriceRegressor(PriceModel(cfg, encoder, vision), tokenizer, cfg=cfg, retriever=retriever, wide=wide)
 
 
 def load_price_model(ckpt: Path, cfg: PriceConfig, device: str = "cpu") -> PriceModel:

@@ -23,11 +23,14 @@ class PriceGraph(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, *rest):
-        """``rest``: pixel_values and image_mask (image branch), then neighbour_features (neighbour feature)."""
-        m = self.model
-        pixel_values, image_mask = rest[:2] if m.cfg.images else (None, None)
-        neighbours = rest[-1] if m.cfg.neighbours else None
-        log_price = m(input_ids, attention_mask, pixel_values, image_mask, neighbours, dense=True).log_price
+        """``rest``: pixel_values and image_mask (image branch), neighbour_features (neighbour feature),
+        wide_features (wide branch), in that order."""
+        m, rest = self.model, list(rest)
+        pixel_values, image_mask = (rest.pop(0), rest.pop(0)) if m.cfg.images else (None, None)
+        neighbours = rest.pop(0) if m.cfg.neighbours else None
+        wide = rest.pop(0) if m.cfg.wide else None
+        log_price = m(input_ids, attention_mask, pixel_values, image_mask, neighbours, dense=True,
+                      wide_features=wide).log_price
         return (torch.exp(log_price.clamp(max=MAX_LOG_PRICE)) - 1).clamp(min=0)[:, None]  # ONNX has no Expm1
 
 
@@ -35,7 +38,7 @@ def export_price(model: PriceModel, out_dir: Path, opset: int = OPSET) -> dict[s
     """model.onnx: the regressor from token ids (+ pictures) to price."""
     model = eager_copy(model)
     cfg = model.cfg
-    spec = price_spec(cfg.images, cfg.image["size"] if cfg.images else None, bool(cfg.neighbours))
+    spec = price_spec(cfg.images, cfg.image["size"] if cfg.images else None, bool(cfg.neighbours), cfg.wide)
     vocab = model.text_encoder.config.vocab_size
     ids = torch.randint(1000 if vocab > 2000 else 2, vocab, (2, 9))
     mask = torch.ones_like(ids)
@@ -46,5 +49,7 @@ def export_price(model: PriceModel, out_dir: Path, opset: int = OPSET) -> dict[s
         example += (torch.randn(2, 3, size, size), torch.tensor([[True], [False]]))
     if cfg.neighbours:
         example += (torch.tensor([[6.5, 0.9], [float("nan"), 0.2]]),)
+    if cfg.wide:
+        example += (torch.tensor([[6.2], [0.4]]),)
     export_graph(PriceGraph(model).eval(), spec, example, out_dir / spec.file, opset)
     return {"model": spec}

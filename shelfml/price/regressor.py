@@ -28,7 +28,7 @@ class PriceRegressor:
     """A trained price model with its tokenizer and picture store: batched prediction in input order."""
 
     def __init__(self, model, tokenizer, store: ImageStore | None = None, cfg: PriceConfig | None = None,
-                 retriever=None) -> None:
+                 retriever=None, wide=None) -> None:
         """``tokenizer``: a :class:`TextTokenizer`, or a transformers fast tokenizer (training; kept for saving)."""
         self.source_tokenizer = None if isinstance(tokenizer, TextTokenizer) else tokenizer
         self.model = model
@@ -37,6 +37,8 @@ class PriceRegressor:
         self.store = store or ImageStore(ImageSpec.from_dict(self.cfg.image))
         self.retriever = retriever  # shelfml.retrieval.Retriever: the index of the neighbour feature
         assert bool(self.cfg.neighbours) == (retriever is not None), "the neighbour feature needs its index"
+        self.wide = wide  # shelfml.price.wide.WideRidge: the wide branch, when cfg.wide
+        assert self.cfg.wide == (wide is not None), "the wide branch needs its ridge (wide/)"
 
     def save_files(self, out: Path) -> None:
         """Weights + encoder config/tokenizer (+ vision config): what :meth:`load` needs."""
@@ -44,6 +46,10 @@ class PriceRegressor:
 
         assert self.source_tokenizer is not None, "only a regressor built for training saves its files"
         save_price_model(self.model, self.source_tokenizer, out)
+        if self.wide is not None:
+            from shelfml.price.wide import WIDE_DIR
+
+            self.wide.save(Path(out) / WIDE_DIR)
 
     @classmethod
     def load(cls, ckpt: Path, device: str = "cpu", weights: bool = True, retrieval_index: Path | None = None,
@@ -59,12 +65,17 @@ class PriceRegressor:
 
             retriever = checkpoint_retriever(manifest["retrieval"], ckpt, retrieval_index, embedder=embedder)
         cfg = PriceConfig.from_dict(manifest["model"])
+        wide = None
+        if cfg.wide:
+            from shelfml.price.wide import WIDE_DIR, WideRidge
+
+            wide = WideRidge.load(ckpt / WIDE_DIR)
         model = None
         if weights:
             from shelfml.price.model import load_price_model
 
             model = load_price_model(ckpt, cfg, device)
-        return cls(model, load_tokenizer(ckpt / ENCODER_DIR), cfg=cfg, retriever=retriever)
+        return cls(model, load_tokenizer(ckpt / ENCODER_DIR), cfg=cfg, retriever=retriever, wide=wide)
 
     # -- feeds --------------------------------------------------------------------------------
 
@@ -90,9 +101,9 @@ class PriceRegressor:
 
     def feeds(self, texts: Sequence[str], images: Sequence[str | bytes] | None = None,
               neighbour_features: np.ndarray | None = None, augment: AugmentConfig | None = None,
-              rng: np.random.Generator | None = None) -> Feeds:
-        """The contract's inputs for one batch; the neighbour features computed here unless given (training
-        passes leakage-free ones)."""
+              rng: np.random.Generator | None = None, wide_features: np.ndarray | None = None) -> Feeds:
+        """The contract's inputs for one batch; the neighbour and wide features computed here unless given
+        (training passes leakage-free ones)."""
         ids, mask = self.tokenizer.batch(texts, self.cfg.max_length)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.cfg.images:
@@ -102,6 +113,10 @@ class PriceRegressor:
             if neighbour_features is None:
                 neighbour_features = self.neighbour_features(texts)
             feeds["neighbour_features"] = np.asarray(neighbour_features, dtype=np.float32).reshape(len(texts), -1)
+        if self.cfg.wide:
+            if wide_features is None:
+                wide_features = self.wide.predict(texts)
+            feeds["wide_features"] = np.asarray(wide_features, dtype=np.float32).reshape(len(texts), 1)
         return feeds
 
     # -- prediction ---------------------------------------------------------------------------
