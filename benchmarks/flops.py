@@ -39,7 +39,9 @@ def t5_gflops(model, input_ids: np.ndarray, attention_mask: np.ndarray, steps: i
 
 @torch.inference_mode()
 def price_gflops(model, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
-    """One forward of the price model (text only) on one batch."""
-    ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
-    total, _ = _count(lambda: model(input_ids=ids, attention_mask=mask))
+    """One forward of the price model (text only: the feeds of ``price_batch``) on one batch."""
+    from shelfml.benchmarks.backends import price_batch
+
+    feeds = {k: torch.from_numpy(v) for k, v in price_batch(input_ids, attention_mask, model.cfg).items()}
+    total, _ = _count(lambda: model(**feeds))
     return {"total": total, "per_request": total / len(input_ids), "batch": len(input_ids)}

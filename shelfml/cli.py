@@ -194,7 +194,8 @@ def print_metrics(title: str, metrics: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if isinstance(value, dict) and key in ("level_accuracy", "latency", "images", "with_image"):
+        if isinstance(value, dict) and key in ("level_accuracy", "latency", "images", "with_image",
+                                               "wide_branch_alone"):
             for k, v in value.items():
                 table.add_row(f"{key}.{k}", f"{v:.4f}" if isinstance(v, float) else str(v))
         elif key == "smape_by_decile":

@@ -118,6 +118,11 @@ def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test"
         if with_image.any():
             metrics["with_image"] = {k: v for k, v in price_metrics(gold[with_image], pred[with_image]).items()
                                      if k != "smape_by_decile"}
+    if regressor.wide is not None:  # the ablation: what the head adds to the wide branch it starts from
+        from shelfml.price import from_log
+
+        metrics["wide_branch_alone"] = {"smape": price_metrics(gold, from_log(regressor.wide.predict(rows.inputs())))
+                                        ["smape"]}
     metrics.update(split=split, source=rows.source, skipped=rows.skipped or manifest["data"].get("skipped", {}),
                    latency={"backend": "eager-pytorch-cpu", "batch_size": batch_size, "seconds": round(seconds, 3),
                             "ms_per_item": round(1000 * seconds / len(rows), 3)})

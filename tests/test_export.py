@@ -230,7 +230,8 @@ def test_corrupt_or_replaced_graphs_are_refused(tagger_export, tmp_path):
 def test_price_export_with_images_reports_price_deltas(image_price_checkpoint, tmp_path):
     manifest = export_checkpoint(image_price_checkpoint, tmp_path / "price", ExportArgs(int8_max_drop=100.0))
     assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx"}
-    assert [t["name"] for t in manifest["graphs"]["model"]["inputs"]][2:] == ["pixel_values", "image_mask"]
+    assert [t["name"] for t in manifest["graphs"]["model"]["inputs"]][2:] == ["pixel_values", "image_mask",
+                                                                              "wide_features"]
     fp32, int8 = manifest["parity"]["onnx-fp32"], manifest["parity"]["onnx-int8"]
     assert fp32["max_rel_price_diff"] < 1e-4 and abs(fp32["smape_delta_points"]) < 1e-2
     assert int8["rows"] == fp32["rows"] > 0 and "smape_delta_points" in int8

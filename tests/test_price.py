@@ -365,20 +365,25 @@ def test_cli_trains_minilm_evaluates_and_runs_the_baseline(tmp_path, capsys):
 def test_wide_ridge_is_fitted_out_of_fold_and_round_trips(tmp_path):
     from shelfml.price.wide import WideRidge
 
-    catalog = load_catalog(DataSpec(synthetic_rows=600), task="price")
-    train, val = catalog.subset(np.arange(500)), catalog.subset(np.arange(500, 600))
+    catalog = load_catalog(DataSpec(synthetic_rows=800), task="price")
+    train, val = catalog.subset(np.arange(650)), catalog.subset(np.arange(650, 800))
+    labels = train.labels()
     wide, oof = WideRidge.fit(train.inputs(), to_log(train.frame["price"]), val.inputs(), val.frame["price"].to_numpy(),
-                              train.frame["text"].tolist())
-    in_sample = wide.predict(train.inputs())
+                              train.frame["text"].tolist(), {"path": [lab.path for lab in labels],
+                                                             "brand": [lab.brand for lab in labels]})
+    assert wide.fit_info.blocks == ["quantities", "n-grams", "path", "brand"]
     truth = train.frame["price"].to_numpy()
-    assert smape(truth, from_log(oof)) > smape(truth, from_log(in_sample)) + 1  # held-out rows: honestly worse
-    assert smape(val.frame["price"].to_numpy(), from_log(wide.predict(val.inputs()))) < 70
-    assert wide.fit_info.alpha in (0.1, 0.3, 1.0, 3.0) and wide.fit_info.features == len(wide.ids) > 100
+    assert smape(truth, from_log(oof)) > smape(truth, from_log(wide.predict(train.inputs()))) + 1  # held out: worse
+    val_smape = smape(val.frame["price"].to_numpy(), from_log(wide.predict(val.inputs())))
+    assert val_smape == pytest.approx(wide.fit_info.validation_smape, abs=0.01)  # prediction = what was chosen
     wide.save(tmp_path / "wide")
     again = WideRidge.load(tmp_path / "wide")
     assert np.array_equal(again.predict(val.inputs()), wide.predict(val.inputs()))
-    a, b = wide.predict(["Acme shampoo 100 ml", "Acme shampoo 1 L"])  # a size word moves the price
-    assert a != b
+    small, large = wide.predict(["Green Harbor Herbal Shampoo 100 ml", "Green Harbor Herbal Shampoo 1 L"])
+    assert large > small  # more of the same product costs more: the quantity block
+    unlabelled, _ = WideRidge.fit(train.inputs(), to_log(train.frame["price"]), val.inputs(),
+                                  val.frame["price"].to_numpy(), train.frame["text"].tolist())
+    assert unlabelled.fit_info.blocks == ["quantities", "n-grams"] and unlabelled.fit_info.text_weight == 1.0
 
 
 def test_the_head_starts_at_the_wide_prediction(tiny_encoder):
@@ -393,7 +398,7 @@ def test_the_head_starts_at_the_wide_prediction(tiny_encoder):
         regressor.model(**{k: v for k, v in to_torch(feeds).items() if k != "wide_features"})
 
 
-def test_a_wide_checkpoint_serves_its_branch_from_text(price_checkpoint):
+def test_a_wide_checkpoint_serves_its_branch_from_text(price_checkpoint, tmp_path):
     """The default recipe has the wide branch: saved in the checkpoint, loaded with it, computed from text."""
     manifest = read_manifest(price_checkpoint)
     assert manifest["model"]["wide"] and manifest["wide"]["dir"] == "wide"
@@ -401,3 +406,5 @@ def test_a_wide_checkpoint_serves_its_branch_from_text(price_checkpoint):
     feeds = regressor.feeds(["red item model 1", "blue item model 7"])
     assert feeds["wide_features"].shape == (2, 1)
     assert np.allclose(feeds["wide_features"][:, 0], regressor.wide.predict(["red item model 1", "blue item model 7"]))
+    metrics = evaluate_price(price_checkpoint, limit=20, out=tmp_path / "eval")
+    assert metrics["wide_branch_alone"]["smape"] >= 0 and metrics["smape"] >= 0

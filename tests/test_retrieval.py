@@ -431,7 +431,7 @@ def test_served_models_retrieve_inside_the_server(retrieval_checkpoint, neighbou
     price = json.loads((neighbour_price_export / "export.json").read_text())
     assert price["parity"]["onnx-fp32"]["max_rel_price_diff"] < 1e-3, price["parity"]
     assert price["parity"]["embedder"]["neighbours_identical"] == 1.0
-    assert [t["name"] for t in price["graphs"]["model"]["inputs"]][-1] == "neighbour_features"
+    assert [t["name"] for t in price["graphs"]["model"]["inputs"]][-2:] == ["neighbour_features", "wide_features"]
     assert price["tensorrt_check"]["model"]["ok"] and price["shape_ranges"]["embedder_sequence"][2] == 64
     build_repository(tmp_path / "repo", tagger=tmp_path / "export", price=neighbour_price_export)
     for model in ("tagger", "price"):
@@ -546,8 +546,8 @@ def test_repository_refuses_two_embedders_of_different_weights(neighbour_price_e
     manifest = json.loads((neighbour_price_export / "export.json").read_text())
     ranges = ShapeRanges.from_dict(manifest["shape_ranges"])
     leaves: dict = {}
-    assert _embedder_leaf(tmp_path / "repo", neighbour_price_export, manifest, ranges, "onnxruntime", leaves) == {
+    assert _embedder_leaf(tmp_path / "repo", neighbour_price_export, manifest, ranges, "onnxruntime", leaves, True) == {
         "embedder_model": "embedder"}  # same weights: the existing leaf is reused
     manifest["graphs"]["embedder"]["encoder"] = {**manifest["graphs"]["embedder"]["encoder"], "digest": "0" * 16}
     with pytest.raises(ExportError, match="retrieval embedder .* differs from the one already in the repository"):
-        _embedder_leaf(tmp_path / "repo", neighbour_price_export, manifest, ranges, "onnxruntime", leaves)
+        _embedder_leaf(tmp_path / "repo", neighbour_price_export, manifest, ranges, "onnxruntime", leaves, True)

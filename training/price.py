@@ -129,10 +129,13 @@ def _wide_branch(args: PriceArgs, train, val) -> tuple[object, np.ndarray | None
         return None, None
     from shelfml.price.wide import WideRidge
 
+    labels = train.labels()
     wide, oof = WideRidge.fit(train.inputs(), to_log(train.frame["price"]), val.inputs(), val.frame["price"].to_numpy(),
-                              train.frame["text"].tolist())
-    print(f"shelfml: wide branch: ridge alpha {wide.fit_info.alpha} on {wide.fit_info.features:,} hashed n-grams "
-          f"(validation SMAPE {wide.fit_info.validation_smape[str(wide.fit_info.alpha)]:.2f})", file=sys.stderr)
+                              train.frame["text"].tolist(), {"path": [lab.path for lab in labels],
+                                                             "brand": [lab.brand for lab in labels]})
+    info = wide.fit_info
+    print(f"shelfml: wide branch: ridge on {', '.join(info.blocks)} (alpha {info.alpha}, n-gram weight "
+          f"{info.text_weight}): validation SMAPE {info.validation_smape:.2f}", file=sys.stderr)
     return wide, oof
 
 

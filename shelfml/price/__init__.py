@@ -3,11 +3,13 @@
 - :mod:`~shelfml.price.contract`: its graph and served model as data
 - :mod:`~shelfml.price.config`: configuration, the price transform, file names; no torch
 - :mod:`~shelfml.price.regressor`: :class:`PriceRegressor`, the ONE feeds builder, any backend; no torch
+- :mod:`~shelfml.price.wide`: the wide branch (classifiers' path and brand, sizes and packs, n-grams -> ridge); no torch
 - :mod:`~shelfml.price.model`: the PyTorch model (encoder + image branch + head), building and loading
 - :mod:`~shelfml.price.onnx`: the ONNX wrapper module
 - :mod:`~shelfml.price.runners`: the ONNX Runtime backend, no torch
 - :mod:`~shelfml.price.service`: what the served ``price`` model does, no torch
 - :mod:`~shelfml.price.export`: the export stage's hooks
+- :mod:`~shelfml.price.hf`: its Hugging Face model card
 """
 
 import importlib
