@@ -618,7 +618,7 @@ def _pipeline_command(sub) -> None:
     add_train_arguments(p)
     g = p.add_argument_group("pipeline price model (small: text only, short inputs)")
     add_price_model_arguments(g, prefix="price-")
-    g.add_argument("--price-epochs", type=int, default=2, help="price model: passes over the training split")
+    g.add_argument("--price-epochs", type=int, default=1, help="price model: passes over the training split")
     g.add_argument("--price-lr", type=float, default=5e-4, help="price model: peak learning rate")
     g.add_argument("--price-max-steps", type=int, help="price model: stop after this many steps")
     g.add_argument("--skip-price", action="store_true", help="train and report the tagger only")

@@ -57,11 +57,12 @@ class Catalog:
     def taxonomy(self) -> Taxonomy:
         return Taxonomy.from_labels(self.level_names, self.labels())
 
-    def report_skipped(self) -> None:
-        """Tell the user (stderr) which rows were left out, and why."""
+    def report_skipped(self) -> "Catalog":
+        """Tell the user (stderr) which rows were left out, and why; returns the catalog."""
         if self.skipped:
             reasons = "; ".join(f"{n:,} {reason}" for reason, n in self.skipped.items())
             print(f"shelfml: {self.source}: skipped {sum(self.skipped.values()):,} rows: {reasons}", file=sys.stderr)
+        return self
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "Catalog":
         return Catalog(self.frame.iloc[np.asarray(index)].reset_index(drop=True), self.level_names, self.source)

@@ -191,8 +191,7 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     """Train, keep the best validation checkpoint (lowest SMAPE) in ``out``, and return its manifest."""
     ensure_writable(out, force)
     torch.manual_seed(args.train.seed)
-    catalog = load_catalog(spec, task="price")
-    catalog.report_skipped()
+    catalog = load_catalog(spec, task="price").report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
     train, val = parts["train"], parts["validation"]
     if args.val_limit:

@@ -111,8 +111,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     """Train, keep the best validation checkpoint in ``out``, and return its manifest."""
     ensure_writable(out, force)
     torch.manual_seed(args.train.seed)
-    catalog = load_catalog(spec, task="tagger")
-    catalog.report_skipped()
+    catalog = load_catalog(spec, task="tagger").report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
     taxonomy = catalog.taxonomy()
     tokenizer, model = _model(args, parts)
