@@ -31,8 +31,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig,
 
 from shelfml.checkpoint import CheckpointError
 from shelfml.images import ImageSpec
-from shelfml.price.config import (ENCODER_DIR, HF_MODEL_TYPE, LOSSES, MAX_LOG_PRICE, SMALL_VISION, VISION_DIR, WEIGHTS, PriceConfig,
-                                  default_encoder)
+from shelfml.price.config import (ENCODER_DIR, HF_MODEL_TYPE, LOSSES, MAX_LOG_PRICE, SMALL_VISION, VISION_DIR,
+                                  WEIGHTS, PriceConfig, default_encoder)
 from shelfml.price.regressor import PriceRegressor
 
 
@@ -67,7 +67,8 @@ class PriceModel(nn.Module, PyTorchModelHubMixin, library_name="shelfml", tags=[
     Hugging Face's ``PyTorchModelHubMixin``: ``PriceModel.from_pretrained(checkpoint)`` (a local folder, or a
     Hub repository) and ``save_pretrained(folder)`` read and write the checkpoint's model files
     (``config.json`` = the :class:`PriceConfig` with ``model_type: shelfml-price``, weights, ``encoder/``
-    and ``vision/`` configs); the tokenizer is ``AutoTokenizer.from_pretrained(checkpoint / "encoder")``."""
+    and ``vision/`` configs); the tokenizer is ``AutoTokenizer.from_pretrained(checkpoint / "encoder")`` and the
+    wide branch (``wide/``, numpy) is read by :meth:`PriceRegressor.load`, which predicts from text."""
 
     def __init__(self, cfg: PriceConfig, text_encoder: nn.Module, vision: CLIPVisionModel | None = None) -> None:
         super().__init__()
