@@ -60,8 +60,8 @@ def sweep(tagger_export: Path, out: Path, texts: list[str], requests: int = 1000
     """Every variant measured ``repeats`` times, interleaved (one server at a time); results written into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     repos = {}
-    for v in variants:
-        repos[v.name] = out / "work" / v.name.split(" (")[0].replace(", ", "-").replace(" ", "_").replace("/", "_")
+    for i, v in enumerate(variants):
+        repos[v.name] = out / "work" / f"variant-{i}"
         build_repository(repos[v.name], tagger=tagger_export, cpu_precision=v.precision, batching=v.batching,
                          force=True)
     rounds = {v.name: [] for v in variants}

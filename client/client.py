@@ -262,9 +262,13 @@ class _Settings:
         kw = {"as_json": True} if self.protocol == "grpc" else {}
         return self._client.get_model_config(model, **kw, **self.client_timeout(left))
 
-    def infer_call(self, spec: GraphSpec, chunk: dict[str, list], left: float):
-        return self._client.infer(spec.name, build_inputs(spec, chunk, self._lib),
-                                  outputs=requested_outputs(spec, self._lib), timeout=server_timeout_us(left),
+    def request(self, spec: GraphSpec, chunk: dict[str, list]) -> tuple[list, list]:
+        """(inputs, requested outputs) of one chunk: built once, sent again by every retry."""
+        return build_inputs(spec, chunk, self._lib), requested_outputs(spec, self._lib)
+
+    def infer_call(self, spec: GraphSpec, request: tuple[list, list], left: float):
+        inputs, outputs = request
+        return self._client.infer(spec.name, inputs, outputs=outputs, timeout=server_timeout_us(left),
                                   **self.client_timeout(left))
 
     def learn_limit(self, model: str, config: dict) -> int:
@@ -354,7 +358,8 @@ class ShelfmlClient(_Settings):
             return []
         results = []
         for chunk in chunks(columns, self._limit(spec.name)):
-            result = self._call(spec.name, lambda left: self.infer_call(spec, chunk, left))
+            request = self.request(spec, chunk)
+            result = self._call(spec.name, lambda left: self.infer_call(spec, request, left))
             results += parse(result, _rows(chunk))
         return results
 
@@ -425,8 +430,9 @@ class AsyncShelfmlClient(_Settings):
         return self.rows_per_request(model)
 
     async def _one(self, spec: GraphSpec, chunk: dict[str, list], parse) -> list:
+        request = self.request(spec, chunk)
         async with self._slots:
-            result = await self._call(spec.name, lambda left: self.infer_call(spec, chunk, left))
+            result = await self._call(spec.name, lambda left: self.infer_call(spec, request, left))
         return parse(result, _rows(chunk))
 
     async def _infer(self, spec: GraphSpec, columns: dict[str, list], parse) -> list:

@@ -213,13 +213,15 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
             print(f"shelfml: {name} images: {describe_counts(counts)}", file=sys.stderr)
     val_texts, val_images, val_prices = val.inputs(), val.frame["image"].tolist(), val.frame["price"].to_numpy()
     val_neighbours = regressor.neighbour_features(val_texts) if retriever is not None else None
+    val_wide = wide.predict(val_texts) if wide is not None else None  # once, not every epoch
     manifest = _manifest(spec, catalog, split, args, regressor, encoder, image_counts)
     epochs = itertools.count(1)
     with tracking(args.mlflow, Path(out).name, manifest["training"]) as log:
 
         def validate(m: torch.nn.Module) -> dict:
             metrics = price_metrics(val_prices, regressor.predict(val_texts, val_images, batch_size=64,
-                                                                neighbour_features=val_neighbours))
+                                                                neighbour_features=val_neighbours,
+                                                                wide_features=val_wide))
             metrics.pop("smape_by_decile")
             metrics["score"] = -metrics["smape"]
             log(metrics, next(epochs))

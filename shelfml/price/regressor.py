@@ -123,10 +123,10 @@ class PriceRegressor:
 
     def predict(self, texts: Sequence[str], images: Sequence[str | bytes] | None = None, batch_size: int = 64,
                 progress: bool = False, run: Run | None = None,
-                neighbour_features: np.ndarray | None = None) -> np.ndarray:
+                neighbour_features: np.ndarray | None = None, wide_features: np.ndarray | None = None) -> np.ndarray:
         """Prices (expm1 of the predicted log1p, clipped at 0), in input order. ``run`` is a backend taking
-        :meth:`feeds` and returning prices (eager PyTorch by default); ``neighbour_features``: precomputed
-        :meth:`neighbour_features` of ``texts``."""
+        :meth:`feeds` and returning prices (eager PyTorch by default); ``neighbour_features``, ``wide_features``:
+        precomputed :meth:`neighbour_features` / wide-branch log prices of ``texts`` (validation every epoch)."""
         assert images is None or len(images) == len(texts), f"{len(texts)} texts but {len(images)} images"
         if run is None:
             assert self.model is not None, "this regressor has no PyTorch weights: pass a backend's run"
@@ -146,7 +146,8 @@ class PriceRegressor:
         for start in starts:
             idx = order[start : start + batch_size]
             feeds = self.feeds([texts[i] for i in idx], None if images is None else [images[i] for i in idx],
-                               None if neighbours is None else neighbours[idx])
+                               None if neighbours is None else neighbours[idx],
+                               wide_features=None if wide_features is None else wide_features[idx])
             out[idx] = run(feeds)
         return out
 
