@@ -238,7 +238,8 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
         write_config(folder / name, config)
 
 
-def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str, int8: bool) -> None:
+def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str, int8: bool,
+                   options: dict | None = None) -> None:
     """A family's leaves (its graphs, plus the shared embedder of a retrieval model) and its python model."""
     ranges = ShapeRanges.from_dict(manifest["shape_ranges"])
     leaves, params = {}, {}
@@ -246,15 +247,23 @@ def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, ru
         spec = _leaf(repo, export_dir, manifest["graphs"][key], ranges, runtime, int8)
         leaves[spec.name], params[param] = spec, spec.name
     params |= _embedder_leaf(repo, export_dir, manifest, ranges, runtime, leaves, int8)
+    if options:  # the served model's own options (e.g. the tagger's thresholds), checked by the family
+        if fam.serve_parameters is None:
+            raise ExportError(f"the {fam.task} model takes no serving options, got {sorted(options)}")
+        try:
+            params |= fam.hook("serve_parameters")(export_dir / ASSETS, **options)
+        except ValueError as e:
+            raise ExportError(f"{fam.service.name}: {e}") from None
     _service(repo, export_dir, fam.service, fam.model_source, leaves, ranges.ranges["batch"][2], **params)
 
 
 def build_repository(repo: Path, tagger: Path | None = None, price: Path | None = None,
                      runtime: str = "onnxruntime", force: bool = False, queue: QueuePolicy | None = None,
-                     cpu_precision: str = "auto", batching: Batching = Batching()) -> dict:
+                     cpu_precision: str = "auto", batching: Batching = Batching(),
+                     options: dict[str, dict] | None = None) -> dict:
     """Write the repository for the given exports (atomically); ``queue``: a load-shedding policy on every
-    model; ``cpu_precision``: see :func:`cpu_int8`; ``batching``: of the CPU configs. Returns repository.json's
-    content."""
+    model; ``cpu_precision``: see :func:`cpu_int8`; ``batching``: of the CPU configs; ``options``: per task, its
+    served model's options (the family's ``serve_parameters``). Returns repository.json's content."""
     if tagger is None and price is None:
         raise ExportError("nothing to serve: pass a tagger export, a price export, or both")
     exports = {"tagger": tagger, "price": price}
@@ -268,7 +277,8 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
 
     def save(tmp: Path) -> None:
         for task, manifest in manifests.items():
-            _family_models(tmp, Path(exports[task]), manifest, family(task), runtime, int8[task])
+            _family_models(tmp, Path(exports[task]), manifest, family(task), runtime, int8[task],
+                           {k: v for k, v in (options or {}).get(task, {}).items() if v is not None})
         for path in sorted(tmp.glob("*/config.pbtxt")) + sorted(tmp.glob("*/configs/*.pbtxt")):
             config = read_config(path)
             if queue is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -108,14 +109,25 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prior", action="store_true",
                    help="no lexical label prior in the decode loop (default: on, its weight fitted on validation)")
     g.add_argument("--prior-k", type=int, default=20, help="lexical neighbours the label prior is built from")
+    add_precision_argument(g)
     add_optimisation_arguments(g, epochs=15, lr=3e-3, patience=3)  # from scratch; ~3e-4 with --model
+
+
+def add_precision_argument(g) -> None:
+    g.add_argument("--target-precision", type=float, default=0.95,
+                   help="per-level confidence thresholds chosen on validation so that accepted prefixes reach this "
+                   "precision (stored in the checkpoint; the served model backs off to the deepest level that meets "
+                   "its threshold)")
 
 
 def tagger_args(a: argparse.Namespace):
     from shelfml.training.tagger import TaggerArgs
 
+    if not 0.0 < a.target_precision < 1.0:
+        raise UsageError(f"--target-precision must be between 0 and 1, got {a.target_precision}")
+
     return TaggerArgs(shape=a.shape, model=a.model, vocab_size=a.vocab_size, brand_mode=a.brand_mode,
-                      prior=not a.no_prior, prior_k=a.prior_k,
+                      prior=not a.no_prior, prior_k=a.prior_k, target_precision=a.target_precision,
                       split_seed=a.split_seed, train=train_config(a), retrieval=getattr(a, "retrieval", 0),
                       retrieval_index=getattr(a, "retrieval_index", None),
                       retrieval_fields=getattr(a, "retrieval_fields", ["labels", "brands"]))
@@ -236,10 +248,30 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     ckpt, out = Path(a.checkpoint), a.out and Path(a.out)
     fam = family(read_manifest(ckpt)["task"])
-    metrics = fam.hook("evaluate")(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit,
-                                   **_family_options(fam, a))
+    evaluate = fam.hook("evaluate")
+    options = _family_options(fam, a)
+    if "baseline" in inspect.signature(evaluate).parameters:  # a family that compares itself with its baseline
+        options["baseline"] = not a.no_baseline
+    metrics = evaluate(ckpt, data_spec(a), a.split, out, a.batch_size, a.eval_limit, **options)
     print_metrics(f"{a.checkpoint} on {a.split}", metrics)
     print(json.dumps(metrics, default=str))
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from shelfml.checkpoint import read_manifest, update_manifest
+    from shelfml.evaluate import evaluation_rows
+    from shelfml.training.tagger import fit_calibration
+
+    ckpt = Path(a.checkpoint)
+    if not 0.0 < a.target_precision < 1.0:
+        raise UsageError(f"--target-precision must be between 0 and 1, got {a.target_precision}")
+    rows, same = evaluation_rows(read_manifest(ckpt, task="tagger"), None, "validation")
+    if not same:
+        raise DataError(f"{ckpt}: its catalog has changed since training; its validation split cannot be rebuilt")
+    rows = rows.subset(range(min(a.rows, len(rows))))
+    calibration = fit_calibration(ckpt, rows.inputs(), rows.labels(), a.target_precision)
+    update_manifest(ckpt, calibration=calibration)
+    print(json.dumps(calibration["validation"]))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
@@ -382,7 +414,8 @@ def cmd_repository(a: argparse.Namespace) -> None:
     queue = QueuePolicy(a.queue_limit, a.queue_timeout) if a.queue_limit else None
     info = build_repository(Path(a.out), tagger=a.tagger and Path(a.tagger), price=a.price and Path(a.price),
                             runtime=a.runtime, force=a.force, queue=queue, cpu_precision=a.cpu_precision,
-                            batching=Batching(a.instances, a.preferred_batch))
+                            batching=Batching(a.instances, a.preferred_batch),
+                            options={"tagger": {"thresholds": a.thresholds, "top_k": a.top_k}})
     print(json.dumps(info))
 
 
@@ -435,6 +468,7 @@ def add_checkpoint_use_arguments(p: argparse.ArgumentParser) -> None:
                    help="tagger: the label prior's weight instead of the fitted one (0: the T5 alone)")
     p.add_argument("--prior-only", action="store_true",
                    help="tagger: decode with the label prior alone (zero logits; the ablation of the T5)")
+    p.add_argument("--top-k", type=int, help="tagger: paths returned per product, with their probabilities (default 3)")
     p.add_argument("--retrieval-index",
                    help="checkpoint trained with retrieval: another copy of its index (default: the one inside it)")
 
@@ -470,8 +504,17 @@ def _checkpoint_commands(sub) -> None:
                    help="the split of the checkpoint's data to score")
     p.add_argument("--out", help="folder for metrics.json and predictions.csv (default: CKPT/eval-SPLIT)")
     p.add_argument("--eval-limit", type=int, help="score only the first N rows of the split")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="tagger: leave out the TF-IDF baseline's calibrated confidence (fitted on the training split)")
     add_checkpoint_use_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="tagger: refit the per-level calibration and thresholds of a checkpoint "
+                       "on its validation split (training does this; for a checkpoint trained without it)")
+    p.add_argument("checkpoint")
+    add_precision_argument(p)
+    p.add_argument("--rows", type=int, default=5000, help="validation rows to decode")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("predict", help="tag or price texts (arguments, --file, or stdin) as JSON lines")
     p.add_argument("checkpoint")
@@ -518,6 +561,9 @@ def _packaging_commands(sub) -> None:
                    help="instances of each model in the CPU configs (measured: 1 is fastest on 2 cores, see the README)")
     p.add_argument("--preferred-batch", default="8,16,32,64", type=_sizes,
                    help="the CPU configs' preferred batch sizes ('' for none)")
+    p.add_argument("--thresholds", help="tagger: per-level confidence thresholds, top level first ('0.9,0.8,0.7'), "
+                   "instead of the ones calibrated at training time")
+    p.add_argument("--top-k", type=int, help="tagger: paths returned per product (default 3)")
     p.set_defaults(func=cmd_repository)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "

@@ -205,18 +205,47 @@ class Prediction:
     label: Label
     confidence: float  # probability of the emitted label among valid continuations, step by step
     token_ids: list[int]
+    level_probs: tuple[float, ...] = ()  # per taxonomy level: probability of the predicted path through it
+    brand_prob: float = 1.0  # probability of the brand given the path
+    alternatives: tuple[tuple[tuple[str, ...], float], ...] = ()  # top-k paths with their probabilities
+    branches: list[tuple[float, list[int]]] = field(default_factory=list, repr=False)  # (bound, prefix) to complete
+
+
+def row_scores(row: _RowState, logits: np.ndarray, cum, prior, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(allowed tokens, their scores) of one row at one step: the logits of the tokens the constraint allows,
+    plus the label prior's weighted log mass (``cum``: :meth:`LabelConstraint.cumulative` of ``prior``)."""
+    if cum is None:
+        allowed = row.allowed()
+        return allowed, logits[allowed]
+    weight = prior.weight if row.path is None else prior.brand_weight
+    allowed, log_mass = row.allowed_with_prior(cum[0][b], cum[1][b])
+    return allowed, logits[allowed] + np.float32(weight) * log_mass.astype(np.float32)
+
+
+def _log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores.astype(np.float64) - scores.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _prior_cum(constraint: LabelConstraint, prior):
+    return constraint.cumulative(prior) if prior is not None and (prior.weight or prior.brand_weight) else None
 
 
 def greedy_decode(
-    step: StepFn, texts: Sequence[str], constraint: LabelConstraint, max_new_tokens: int = 64, prior=None
+    step: StepFn, texts: Sequence[str], constraint: LabelConstraint, max_new_tokens: int = 64, prior=None,
+    branches: int = 0,
 ) -> list[Prediction]:
     """Greedy decoding of one batch under the taxonomy constraint (``prior``: a :class:`shelfml.prior.PriorBatch`
-    of these rows, whose log mass is added to the allowed tokens' logits with its weight)."""
+    of these rows, whose log mass is added to the allowed tokens' logits with its weight). Each prediction
+    carries the probability of its path through every level (the chain rule: the product of the step
+    probabilities up to the separator that closes the level) and, with ``branches`` > 0, the best places to leave
+    the greedy path (:func:`complete_branches` turns them into alternative paths)."""
     codec = constraint.codec
     rows = constraint.start(texts)
-    cum = constraint.cumulative(prior) if prior is not None and (prior.weight or prior.brand_weight) else None
+    cum = _prior_cum(constraint, prior)
     tokens = np.full((len(rows), 1), codec.pad_id, dtype=np.int64)  # T5 decoder start = pad
-    logprob = np.zeros(len(rows))
+    steps: list[list[float]] = [[] for _ in rows]  # log probability of each emitted token
+    found: list[list[tuple[float, list[int]]]] = [[] for _ in rows]
     emitted: list[list[int]] = [[] for _ in rows]
     for _ in range(max_new_tokens):
         if all(r.done for r in rows):
@@ -226,24 +255,75 @@ def greedy_decode(
             if row.done:
                 tokens[b, 0] = codec.pad_id
                 continue
-            if cum is None:
-                allowed = row.allowed()
-                scores = logits[b, allowed]
-            else:
-                weight = prior.weight if row.path is None else prior.brand_weight
-                allowed, log_mass = row.allowed_with_prior(cum[0][b], cum[1][b])
-                scores = logits[b, allowed] + np.float32(weight) * log_mass.astype(np.float32)
+            allowed, scores = row_scores(row, logits[b], cum, prior, b)
+            logp = _log_softmax(scores)
             best = int(np.argmax(scores))
             token = int(allowed[best])
-            logprob[b] -= np.log(np.exp(scores - scores[best]).sum())  # log-softmax over allowed tokens
+            if branches and row.path is None and len(allowed) > 1:
+                done_so_far = sum(steps[b])
+                for j in np.argsort(-logp)[: branches + 1]:
+                    if j != best:
+                        found[b].append((done_so_far + float(logp[j]), emitted[b] + [int(allowed[j])]))
+            steps[b].append(float(logp[best]))
             row.advance(token)
             emitted[b].append(token)
             tokens[b, 0] = token
     unfinished = [b for b, r in enumerate(rows) if not r.done]
     assert not unfinished, f"rows {unfinished} did not finish in {max_new_tokens} tokens; raise max_new_tokens"
-    return [
-        Prediction(Label(r.path, r.brand), float(np.exp(lp)), ids) for r, lp, ids in zip(rows, logprob, emitted)
-    ]
+    depth = len(constraint.taxonomy.levels)
+    out = []
+    for r, logps, ids, options in zip(rows, steps, emitted, found):
+        label = Label(r.path, r.brand)
+        cumulative = np.cumsum(logps)
+        ends = codec.level_ends(label.path)
+        levels = [float(np.exp(cumulative[e - 1])) for e in ends]
+        levels += levels[-1:] * (depth - len(levels))  # a short path: its deeper levels are the path itself
+        path_logp = cumulative[ends[-1] - 1]
+        out.append(Prediction(label, float(np.exp(cumulative[-1])), ids, tuple(levels),
+                              float(np.exp(cumulative[-1] - path_logp)),
+                              branches=sorted(options, key=lambda o: -o[0])[:branches]))
+    return out
+
+
+def complete_branches(step: StepFn, texts: Sequence[str], prefixes: Sequence[Sequence[int]],
+                      constraint: LabelConstraint, max_new_tokens: int = 64, prior=None) -> list[tuple[tuple[str, ...], float]]:
+    """Each row forced through its token prefix, then decoded greedily until its path is complete: the path and
+    its probability under the same constrained scores as :func:`greedy_decode` (``step`` and ``prior`` are of
+    these rows: a row per prefix)."""
+    codec = constraint.codec
+    rows = constraint.start(texts)
+    cum = _prior_cum(constraint, prior)
+    tokens = np.full((len(rows), 1), codec.pad_id, dtype=np.int64)
+    logprob = np.zeros(len(rows))
+    for s in range(max_new_tokens):
+        if all(r.path is not None for r in rows):
+            break
+        logits = np.asarray(step(tokens), dtype=np.float32)
+        for b, row in enumerate(rows):
+            if row.path is not None:
+                tokens[b, 0] = codec.pad_id
+                continue
+            allowed, scores = row_scores(row, logits[b], cum, prior, b)
+            logp = _log_softmax(scores)
+            if s < len(prefixes[b]):
+                (hits,) = np.nonzero(allowed == prefixes[b][s])
+                assert len(hits) == 1, f"prefix token {prefixes[b][s]} is outside the constraint"
+                j = int(hits[0])
+            else:
+                j = int(np.argmax(scores))
+            logprob[b] += logp[j]
+            row.advance(int(allowed[j]))
+            tokens[b, 0] = allowed[j]
+    assert all(r.path is not None for r in rows), f"a path did not finish in {max_new_tokens} tokens"
+    return [(r.path, float(np.exp(lp))) for r, lp in zip(rows, logprob)]
+
+
+def top_paths(pred: Prediction, completed: Sequence[tuple[tuple[str, ...], float]], k: int) -> tuple:
+    """The prediction's path (its probability: the deepest level's) and the completed branches, best first, k at
+    most. Every candidate leaves the greedy path at a different place, so they are distinct paths and their
+    probabilities sum to at most 1."""
+    candidates = [(pred.label.path, pred.level_probs[-1] if pred.level_probs else pred.confidence), *completed]
+    return tuple(sorted(candidates, key=lambda c: -c[1])[:k])
 
 
 def max_target_length(codec: TargetCodec, taxonomy: Taxonomy) -> int:

@@ -80,11 +80,63 @@ def tagger_report(out: Path, frame: pd.DataFrame, gold: Sequence[Label], pred: S
     lines += ["", "## Confidence: coverage and accuracy", "", "![coverage](coverage.png)", ""] + _table(
         ["confidence >=", "coverage", "accuracy"],
         [(t, v["coverage"], v["accuracy"] if v["accuracy"] is not None else "-") for t, v in curve.items()])
+    if "confidence" in metrics:
+        lines += ["", *_confidence_section(out, metrics["confidence"], frame, gold, pred, plt)]
     lines += ["", *_worst_categories(gold, pred), "", *_confusion(out, gold, pred, plt), "",
               *_training_curves(out, manifest.get("history") or [], plt)]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _confidence_section(out: Path, conf: dict, frame: pd.DataFrame, gold: Sequence[Label], pred: Sequence[Label],
+                        plt) -> list[str]:
+    """Calibration per level (table + reliability diagram), coverage and precision at the thresholds and the
+    coverage-precision curve, the tagger's beside the baseline's."""
+    from shelfml.confidence import prefix_correct
+
+    levels = list(conf["levels"])
+    probs = np.array([[float(v) for v in row.split(";")] for row in frame["level_probability"]])
+    correct = prefix_correct(gold, pred, len(levels))
+    base = conf.get("baseline")
+    base_rows = base.pop("rows") if base else None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for i, name in enumerate(levels):
+        bins = conf["levels"][name]["reliability"]
+        axes[0].plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=name)
+        order = np.argsort(-probs[:, i], kind="stable")
+        kept = np.arange(1, len(order) + 1)
+        axes[1].plot(kept / len(order), np.cumsum(correct[order, i]) / kept, label=f"tagger {name}")
+        if base_rows:
+            bp, bc = np.array(base_rows["probabilities"])[:, i], np.array(base_rows["correct"])[:, i]
+            order = np.argsort(-bp, kind="stable")
+            axes[1].plot(kept / len(order), np.cumsum(bc[order]) / kept, "--", label=f"baseline {name}")
+    axes[0].plot([0, 1], [0, 1], "k:", lw=0.8)
+    axes[0].set(xlabel="calibrated probability (bin mean)", ylabel="accuracy", title="reliability (test)")
+    axes[1].set(xlabel="coverage (most probable first)", ylabel="precision", title="coverage vs precision",
+                ylim=(max(0.0, float(correct.mean(axis=0).min()) - 0.1), 1.005))
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=110)
+    plt.close(fig)
+    header = ["level", "ECE before", "ECE after", "Brier after", "threshold", "coverage", "precision",
+              "baseline coverage", "baseline precision"]
+    rows = []
+    for name, v in conf["levels"].items():
+        b = base["levels"][name]["at_threshold"] if base else {}
+        rows.append((name, v["ece_before"], v["ece_after"], v["brier_after"], v["at_threshold"]["threshold"],
+                     v["at_threshold"]["coverage"], v["at_threshold"]["precision"] or "-",
+                     b.get("coverage", "-"), b.get("precision") or "-"))
+    curve = [(f"{name} @ {t}", v["coverage_at_precision"][t],
+              base["levels"][name]["coverage_at_precision"][t] if base else "-")
+             for name, v in conf["levels"].items() for t in v["coverage_at_precision"]]
+    return [f"## Confidence: calibrated per level (thresholds for precision {conf['target_precision']} on validation)",
+            "", "![calibration](calibration.png)", "", *_table(header, rows), "",
+            f"Back-off answers (a path of at least one level) for {conf['backoff_answers']:.3f} of products "
+            f"(precision {conf['backoff_precision']:.3f}); abstains on the full path for {conf['abstain_rate']:.3f}; "
+            f"top-{conf['top_k']} path accuracy {conf['top_k_path_accuracy']:.3f}.", "",
+            *_table(["level @ precision", "coverage (tagger)", "coverage (baseline)"], curve)]
 
 
 def _worst_categories(gold: Sequence[Label], pred: Sequence[Label], worst: int = 10, min_items: int = 3) -> list[str]:

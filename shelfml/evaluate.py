@@ -26,10 +26,16 @@ def evaluation_rows(manifest: dict, spec: DataSpec | None, split: str) -> tuple[
     same = catalog.fingerprint() == manifest["data"]["fingerprint"]
     if split == "all":
         return catalog, same
+    parts = catalog_parts(manifest, catalog, same)
+    return parts[split], same
+
+
+def catalog_parts(manifest: dict, catalog: Catalog, same: bool) -> dict[str, Catalog]:
+    """The train/validation/test parts of ``catalog`` split as the checkpoint's own data was."""
     parts, info = split_catalog(catalog, seed=manifest["split"]["seed"], fractions=tuple(manifest["split"]["fractions"]))
     if same:
         assert info.test_fingerprint == manifest["split"]["test_fingerprint"], "split is not reproducible"
-    return parts[split], same
+    return parts
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -55,10 +61,12 @@ def _write_results(ckpt: Path, manifest: dict, metrics: dict, frame: pd.DataFram
 def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,
                     batch_size: int = 64, limit: int | None = None, brand_mode: str | None = None,
                     retrieval_index: Path | None = None, prior_weight: float | None = None,
-                    prior_only: bool = False) -> dict:
-    """Per-level, path, brand and item accuracy (+ latency); ``prior_weight`` overrides the label prior's fitted
-    weight (0: the T5 alone) and ``prior_only`` decodes with the prior alone: the ablations (not recorded)."""
-    from shelfml.tagger.predict import Tagger, prior_only_step_factory
+                    prior_only: bool = False, top_k: int | None = None, baseline: bool = True) -> dict:
+    """Per-level, path, brand and item accuracy (+ latency), the confidence (calibration, coverage and precision at
+    the thresholds, back-off; beside the TF-IDF baseline's own unless ``baseline`` is False) and top-k path accuracy;
+    ``prior_weight`` overrides the label prior's fitted weight (0: the T5 alone) and ``prior_only`` decodes with the
+    prior alone: the ablations (not recorded)."""
+    from shelfml.tagger.predict import TOP_K, Tagger, prior_only_step_factory
 
     manifest = read_manifest(ckpt, task="tagger")
     rows, same_data = evaluation_rows(manifest, spec, split)
@@ -67,7 +75,7 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
     tagger = Tagger.load(ckpt, brand_mode=brand_mode, retrieval_index=retrieval_index)
     make_step = prior_only_step_factory(len(tagger.tokenizer)) if prior_only else None
     preds, seconds = tagger.timed_predict(rows.inputs(), batch_size=batch_size, progress=True, make_step=make_step,
-                                          prior_weight=prior_weight)
+                                          prior_weight=prior_weight, top_k=top_k or TOP_K)
     gold = rows.labels()
     metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)
     metrics["brand_split"] = brand_split(gold, [p.label for p in preds], rows.inputs(), set(tagger.taxonomy.brands))
@@ -86,10 +94,38 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
     })
     metrics["coverage"] = coverage_curve(frame["confidence"].to_numpy(float), frame["correct"].to_numpy(bool))
+    metrics["confidence"] = _confidence(tagger, rows, preds, manifest, spec, split, baseline)
+    frame["level_probability"] = [";".join(f"{p:.4g}" for p in row)
+                                  for row in metrics["confidence"].pop("probabilities")]
     record = same_data and split == "test" and not limit and not ablation
     labels = [p.label for p in preds]
     return _write_results(ckpt, manifest, metrics, frame, out, record=record,
                           report=lambda o: tagger_report(o, frame, gold, labels, metrics, manifest))
+
+
+def _confidence(tagger, rows: Catalog, preds, manifest: dict, spec: DataSpec | None, split: str,
+                baseline: bool) -> dict:
+    """The tagger's confidence metrics on the scored rows, its top-k path accuracy, and the baseline's on the same
+    split (fitted on the checkpoint's training split, calibrated on its validation split)."""
+    from shelfml.confidence import confidence_metrics, decide, prefix_correct
+
+    levels, gold = tagger.taxonomy.levels, rows.labels()
+    raw = np.array([p.level_probs for p in preds], dtype=float)
+    correct = prefix_correct(gold, [p.label for p in preds], len(levels))
+    out = confidence_metrics(raw, correct, levels, [len(p.label.path) for p in preds], tagger.calibration)
+    out.update(calibrated=tagger.calibration is not None,
+               thresholds=tagger.calibration.thresholds if tagger.calibration else None,
+               top_k=len(preds[0].alternatives),
+               top_k_path_accuracy=float(np.mean([g.path in [a for a, _ in p.alternatives] for g, p in zip(gold, preds)])),
+               probabilities=decide(preds, levels, tagger.calibration).probabilities.tolist())
+    if baseline and split in SPLITS:
+        from shelfml.training.baseline import baseline_confidence
+
+        catalog = load_catalog(spec or DataSpec.from_dict(manifest["data"]["spec"]), task="tagger")
+        parts = catalog_parts(manifest, catalog, catalog.fingerprint() == manifest["data"]["fingerprint"])
+        target = tagger.calibration.target_precision if tagger.calibration else 0.95
+        out["baseline"] = baseline_confidence(parts["train"], parts["validation"], rows, target)
+    return out
 
 
 def evaluate_price(ckpt: Path, spec: DataSpec | None = None, split: str = "test", out: Path | None = None,

@@ -34,6 +34,7 @@ class Family:
     bench: str  # "module:NAME" of its BenchProfile (``shelfml bench``)
     asset_dirs: tuple[str, ...] = field(default=())  # checkpoint sub-folders the runtime needs
     options: tuple[str, ...] = field(default=())  # family-only CLI options its evaluate/predict take
+    serve_parameters: str | None = None  # "module:function" (assets, **options) -> its served model's parameters
 
     def hook(self, name: str):
         """One of the named hooks (``exporter`` is instantiated), imported only now."""
@@ -52,7 +53,8 @@ FAMILIES: dict[str, Family] = {
                      predict="shelfml.tagger.predict:predict_records",
                      baseline="shelfml.training.baseline:baseline_tagger",
                      bench="shelfml.benchmarks.profiles:TAGGER_BENCH", asset_dirs=("lexical",),
-                     options=("brand_mode", "prior_weight", "prior_only")),
+                     options=("brand_mode", "prior_weight", "prior_only", "top_k"),
+                     serve_parameters="shelfml.tagger.service:served_parameters"),
     "price": Family("price", "price", PRICE_SERVICE, "price.py", {"model": "regressor_model"},
                     exporter="shelfml.price.export:PriceExport", evaluate="shelfml.evaluate:evaluate_price",
                     predict="shelfml.price.regressor:predict_records",

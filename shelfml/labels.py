@@ -116,6 +116,15 @@ class TargetCodec:
             ids += (self.level_sep if i else []) + self._ids(value)
         return ids + self.brand_sep
 
+    def level_ends(self, path: Sequence[str]) -> list[int]:
+        """Per level, the number of target tokens up to and including the separator that closes it: the level is
+        decided there (a value's tokens may begin another value's)."""
+        ends, count = [], 0
+        for i, value in enumerate(path):
+            count += len(self._ids(value)) + len(self.level_sep if i < len(path) - 1 else self.brand_sep)
+            ends.append(count)
+        return ends
+
     def brand_ids(self, brand: str) -> list[int]:
         """Ids of the brand followed by end-of-sequence."""
         return self._ids(brand) + [self.eos_id]

@@ -86,3 +86,68 @@ def baseline_price(spec: DataSpec, split_seed: int = 0, alphas: tuple[float, ...
                    latency={"batch_size": len(test), "seconds": round(seconds, 3),
                             "ms_per_item": round(1000 * seconds / len(test), 3)})
     return metrics
+
+
+def _level_probabilities(probs: np.ndarray, class_paths: list[tuple[str, ...]], depth: int) -> np.ndarray:
+    """[rows, depth]: per level, the probability of the predicted (most probable) class's path through that level,
+    the sum over the classes that share it (a short path's deeper levels: that path alone)."""
+    best = probs.argmax(axis=1)
+    out = np.zeros((len(probs), depth))
+    for i in range(depth):
+        keys = [p[: i + 1] if i < len(p) else (*p, "") for p in class_paths]
+        ids = {k: n for n, k in enumerate(dict.fromkeys(keys))}
+        member = np.zeros((len(class_paths), len(ids)))
+        member[np.arange(len(keys)), [ids[k] for k in keys]] = 1.0
+        by_prefix = probs @ member
+        own = np.array([ids[keys[j]] for j in best])
+        out[:, i] = by_prefix[np.arange(len(probs)), own]
+    return out
+
+
+def _softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
+    z = scores / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def baseline_confidence(train, validation, test, target_precision: float,
+                        temperatures: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> dict:
+    """The TF-IDF + LinearSVC baseline with its own calibrated per-level probabilities (``shelfml evaluate``'s
+    comparison): a softmax of the path classifier's decision values (temperature by validation log loss), per-level
+    prefix probabilities, then the same calibration and thresholds as the tagger, fitted on validation."""
+    from shelfml.confidence import LevelCalibration, confidence_metrics, prefix_correct
+
+    features = tfidf_features()
+    x_train = features.fit_transform(train.inputs())
+    names = [format_path(lab.path) for lab in train.labels()]
+    path_of = {format_path(lab.path): lab.path for lab in train.labels()}
+    clf = LinearSVC(C=0.5).fit(x_train, names)
+    class_paths = [path_of[c] for c in clf.classes_]
+    levels = train.taxonomy().levels
+    depth = len(levels)
+
+    def scored(part):
+        scores = clf.decision_function(features.transform(part.inputs()))
+        return scores.reshape(len(part), -1) if scores.ndim == 2 else np.stack([-scores, scores], axis=1)
+
+    val_scores, test_scores = scored(validation), scored(test)
+    index = {c: j for j, c in enumerate(clf.classes_)}
+    gold_val = np.array([index.get(format_path(lab.path), -1) for lab in validation.labels()])
+    known = gold_val >= 0
+    losses = {t: float(-np.log(np.maximum(_softmax(val_scores[known], t)[np.arange(known.sum()), gold_val[known]],
+                                          1e-12)).mean()) for t in temperatures}
+    temperature = min(losses, key=losses.get)
+
+    def per_level(part, scores):
+        probs = _softmax(scores, temperature)
+        preds = [Label(class_paths[j], "") for j in probs.argmax(axis=1)]
+        return _level_probabilities(probs, class_paths, depth), prefix_correct(part.labels(), preds, depth), preds
+
+    raw_val, correct_val, _ = per_level(validation, val_scores)
+    calibration, _ = LevelCalibration.fit(raw_val, correct_val, levels, target_precision)
+    raw, correct, preds = per_level(test, test_scores)
+    metrics = confidence_metrics(raw, correct, levels, [len(p.path) for p in preds], calibration)
+    metrics.update(model="tfidf-word1-2+char2-5 LinearSVC, softmax of its decision values", temperature=temperature,
+                   thresholds=calibration.thresholds, rows={"probabilities": calibration.apply(raw).tolist(),
+                                                            "correct": correct.tolist()})  # for the report's curve
+    return metrics

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
+from shelfml.confidence import TARGET_PRECISION, LevelCalibration, prefix_correct
 from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
 from shelfml.decoding import BRAND_MODES
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, format_target
@@ -41,10 +42,14 @@ class TaggerArgs:
     prior: bool = True  # the lexical label prior in the decode loop (its weight fitted on validation)
     prior_k: int = 20  # lexical neighbours the prior is built from
     prior_weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # the validation search's grid
+    target_precision: float = TARGET_PRECISION  # per-level thresholds chosen on validation for this precision
+    calibration_rows: int = 5000  # validation rows decoded to fit the calibration
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         assert self.brand_mode in BRAND_MODES, f"brand_mode must be one of {BRAND_MODES}"
+        if not 0.0 < self.target_precision < 1.0:
+            raise ValueError(f"--target-precision must be between 0 and 1, got {self.target_precision}")
 
 
 def _collate(tagger: Tagger):
@@ -166,7 +171,28 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     if prior is not None:
         manifest["prior"] = fit_prior(out, val_inputs, val_labels, args.prior_weights)
         update_manifest(out, prior=manifest["prior"])
+    calibration_rows = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.calibration_rows)))
+    manifest["calibration"] = fit_calibration(out, calibration_rows.inputs(), calibration_rows.labels(),
+                                              args.target_precision)
+    update_manifest(out, calibration=manifest["calibration"])
     return manifest
+
+
+def fit_calibration(ckpt: Path, texts: list[str], labels: list, target_precision: float = TARGET_PRECISION) -> dict:
+    """Calibrate the per-level probabilities of the checkpoint's decoding (prior included) on validation rows and
+    choose the thresholds for ``target_precision``; returns the manifest entry (with its validation summary)."""
+    tagger = Tagger.load(ckpt)
+    preds = tagger.predict(texts, batch_size=64)
+    levels = tagger.taxonomy.levels
+    raw = np.array([p.level_probs for p in preds], dtype=float)
+    correct = prefix_correct(labels, [p.label for p in preds], len(levels))
+    calibration, summary = LevelCalibration.fit(raw, correct, levels, target_precision)
+    shown = ", ".join(f"{name} >= {t:.3f} ({summary['levels'][name]['method']}, ECE "
+                      f"{summary['levels'][name]['ece_before']:.3f} -> {summary['levels'][name]['ece_after']:.3f})"
+                      for name, t in zip(levels, calibration.thresholds))
+    print(f"shelfml: calibration on {len(texts)} validation rows, thresholds for precision {target_precision}: {shown}",
+          file=sys.stderr)
+    return {**calibration.to_dict(), "validation": summary}
 
 
 def fit_prior(ckpt: Path, texts: list[str], labels: list, weights: tuple[float, ...],

@@ -1,4 +1,5 @@
-"""Triton python model ``tagger``: text -> category path, brand and confidence.
+"""Triton python model ``tagger``: text -> category path, brand, confidence, calibrated per-level probabilities,
+back-off path, abstention and the top-k paths (parameters ``thresholds`` and ``top_k`` override the defaults).
 
 Tokenises the text and runs the project's one taxonomy-constrained greedy decode loop, whose step
 function calls the ``tagger_encoder``/``tagger_decoder`` leaves through BLS (``runner: bls``) or runs
@@ -18,7 +19,7 @@ class TritonPythonModel:
         from shelfml.integrity import verify
         from shelfml.serving import ServedMetrics, bls_runner, check_numpy, inprocess_runner
         from shelfml.tagger.runners import bls_step_factory, inprocess_step_factory
-        from shelfml.tagger.service import TaggerService
+        from shelfml.tagger.service import TOP_K, TaggerService
 
         check_numpy()
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
@@ -37,7 +38,9 @@ class TritonPythonModel:
             make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder])
             embed = embedder and bls_runner(pb_utils, embedder, "embedding")
         assets = here / args["model_version"] / params["assets"]
-        self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None)
+        self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None,
+                                     thresholds=params.get("thresholds") or None,
+                                     top_k=int(params.get("top_k") or TOP_K))
         self.input = config["input"][0]["name"]
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         self.metrics = ServedMetrics(pb_utils, args["model_name"])

@@ -60,7 +60,12 @@ TAGGER_SERVICE = GraphSpec(
     inputs=(TensorSpec("text", "bytes", (BATCH, 1)),),
     outputs=(TensorSpec("path", "bytes", (BATCH, 1)),  # "a > b > c"
              TensorSpec("brand", "bytes", (BATCH, 1)),  # "" when none
-             TensorSpec("confidence", "float32", (BATCH, 1))),
+             TensorSpec("confidence", "float32", (BATCH, 1)),  # probability of the whole label (uncalibrated)
+             TensorSpec("level_probability", "float32", (BATCH, "levels")),  # calibrated, per level, top first
+             TensorSpec("backoff_path", "bytes", (BATCH, 1)),  # deepest prefix meeting its thresholds; "" if none
+             TensorSpec("abstain", "bool", (BATCH, 1)),  # the whole path does not meet its threshold
+             TensorSpec("alternatives", "bytes", (BATCH, "top_k")),  # top-k paths, most probable first
+             TensorSpec("alternative_probability", "float32", (BATCH, "top_k"))),  # their probabilities
 )
 
 

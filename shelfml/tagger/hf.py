@@ -20,17 +20,17 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from shelfml.decoding import row_scores
 from shelfml.labels import BRAND_SEP, LEVEL_SEP
 from shelfml.tagger.predict import Tagger
 
 
 class TaxonomyLogitsProcessor(LogitsProcessor):
     """Every step: tokens outside the taxonomy trie (then the brand tries) get -inf, allowed ones the label
-    prior's weighted log mass added, exactly as :func:`shelfml.decoding.greedy_decode` scores them."""
+    prior's weighted log mass added, exactly as the decode loop scores them (:func:`shelfml.decoding.row_scores`)."""
 
     def __init__(self, tagger: Tagger, texts: Sequence[str], prior_weight: float | None = None) -> None:
         texts = [tagger.tokenizer.clip(t, tagger.max_input_tokens) for t in texts]
@@ -51,15 +51,8 @@ class TaxonomyLogitsProcessor(LogitsProcessor):
             if row.done:
                 out[b, self.pad_id] = 0.0
                 continue
-            if self.cum is None:
-                allowed = torch.from_numpy(row.allowed())
-                out[b, allowed] = scores[b, allowed]
-                continue
-            weight = self.prior.weight if row.path is None else self.prior.brand_weight
-            allowed, log_mass = row.allowed_with_prior(self.cum[0][b], self.cum[1][b])
-            index = torch.from_numpy(allowed)
-            bonus = torch.from_numpy((np.float32(weight) * log_mass.astype(np.float32)).astype(np.float32))
-            out[b, index] = scores[b, index] + bonus.to(scores.dtype)
+            allowed, values = row_scores(row, scores[b].float().cpu().numpy(), self.cum, self.prior, b)
+            out[b, torch.from_numpy(allowed)] = torch.from_numpy(values).to(scores.dtype)
         return out
 
 

@@ -15,11 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shelfml.checkpoint import read_manifest
-from shelfml.decoding import LabelConstraint, Prediction, StepFn, greedy_decode, max_target_length
+from shelfml.decoding import (LabelConstraint, Prediction, StepFn, complete_branches, greedy_decode,
+                               max_target_length, top_paths)
 from shelfml.labels import TargetCodec, Taxonomy
 from shelfml.text import TextTokenizer, load_tokenizer
 
 MAX_INPUT_TOKENS = 96
+TOP_K = 3  # paths a prediction record and the served model return per product
 
 MakeStep = Callable[[np.ndarray, np.ndarray], StepFn]  # (input_ids, attention_mask) -> step
 
@@ -28,14 +30,15 @@ class Tagger:
     """A trained tagger: tokenizer + taxonomy constraint + a backend's step function."""
 
     def __init__(self, model, tokenizer, taxonomy: Taxonomy, brand_mode: str = "known+copy",
-                 max_input_tokens: int = MAX_INPUT_TOKENS, enricher=None, prior=None) -> None:
+                 max_input_tokens: int = MAX_INPUT_TOKENS, enricher=None, prior=None, calibration=None) -> None:
         """``tokenizer``: a :class:`TextTokenizer` or a transformers fast tokenizer (copied into one);
-        ``prior``: a :class:`shelfml.prior.LabelPrior` the decode loop adds to the logits."""
+        ``prior``: a :class:`shelfml.prior.LabelPrior` the decode loop adds to the logits; ``calibration``: a
+        :class:`shelfml.confidence.LevelCalibration` of the per-level probabilities."""
         if not isinstance(tokenizer, TextTokenizer):
             tokenizer = TextTokenizer.from_transformers(tokenizer)
         self.model, self.tokenizer, self.taxonomy = model, tokenizer, taxonomy
         self.enricher = enricher  # shelfml.retrieval.Enricher: appends neighbours to each input
-        self.prior = prior
+        self.prior, self.calibration = prior, calibration
         self.max_input_tokens = max_input_tokens
         self.codec = TargetCodec(tokenizer)
         self.constraint = LabelConstraint(self.codec, taxonomy, brand_mode)
@@ -65,17 +68,25 @@ class Tagger:
             from shelfml.prior import LabelPrior
 
             prior = LabelPrior.load(Path(ckpt), manifest["prior"], taxonomy)
+        calibration = None
+        if manifest.get("calibration"):
+            from shelfml.confidence import LevelCalibration
+
+            calibration = LevelCalibration.from_dict(manifest["calibration"], taxonomy.levels)
         decode = manifest.get("decode", {})
         return cls(model, load_tokenizer(ckpt), taxonomy, brand_mode or decode.get("brand_mode", "known+copy"),
-                   decode.get("max_input_tokens", MAX_INPUT_TOKENS), enricher=enricher, prior=prior)
+                   decode.get("max_input_tokens", MAX_INPUT_TOKENS), enricher=enricher, prior=prior,
+                   calibration=calibration)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.tokenizer.batch(texts, self.max_input_tokens)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64, make_step: MakeStep | None = None,
-                progress: bool = False, prior_weight: float | None = None) -> list[Prediction]:
+                progress: bool = False, prior_weight: float | None = None, top_k: int = 1) -> list[Prediction]:
         """Constrained greedy predictions, in input order, for any backend (eager by default). The label
-        prior, when the model has one, is applied with its fitted weight (``prior_weight`` overrides it; 0: off)."""
+        prior, when the model has one, is applied with its fitted weight (``prior_weight`` overrides it; 0: off).
+        ``top_k`` > 1: each prediction also carries up to that many paths with their probabilities (the best
+        places to leave the greedy path, each completed greedily: one more decode of ``top_k - 1`` rows per text)."""
         if make_step is None:
             assert self.model is not None, "this tagger has no PyTorch weights: pass a backend's make_step"
             from shelfml.tagger.model import eager_step_factory
@@ -93,11 +104,33 @@ class Tagger:
         for start in batches:
             idx = order[start : start + batch_size]
             chunk = [texts[i] for i in idx]
-            step = make_step(*self.encode([inputs[i] for i in idx]))
+            encoded = self.encode([inputs[i] for i in idx])
             prior = self.prior_batch(chunk, prior_weight)
-            for i, pred in zip(idx, greedy_decode(step, chunk, self.constraint, self.max_new_tokens, prior)):
+            preds = greedy_decode(make_step(*encoded), chunk, self.constraint, self.max_new_tokens, prior,
+                                  branches=max(top_k - 1, 0))
+            if top_k > 1:
+                self._alternatives(preds, chunk, encoded, prior, make_step, batch_size, top_k)
+            for i, pred in zip(idx, preds):
                 out[i] = pred
         return out  # type: ignore[return-value]
+
+    def _alternatives(self, preds: list[Prediction], texts: list[str], encoded: tuple[np.ndarray, np.ndarray],
+                      prior, make_step: MakeStep, batch_size: int, top_k: int) -> None:
+        """Complete every prediction's branches (in batches of ``batch_size`` rows) and set its top-k paths."""
+        jobs = [(r, prefix) for r, p in enumerate(preds) for _, prefix in p.branches]
+        done: list[list] = [[] for _ in preds]
+        for start in range(0, len(jobs), batch_size):
+            part = jobs[start : start + batch_size]
+            rows = np.array([r for r, _ in part])
+            sub_prior = None if prior is None else type(prior)(prior.paths[rows], prior.brands[rows], prior.weight,
+                                                                 prior.brand_weight)
+            step = make_step(encoded[0][rows], encoded[1][rows])
+            completed = complete_branches(step, [texts[r] for r in rows], [p for _, p in part], self.constraint,
+                                          self.max_new_tokens, sub_prior)
+            for r, c in zip(rows, completed):
+                done[r].append(c)
+        for pred, completed in zip(preds, done):
+            pred.alternatives = top_paths(pred, completed, top_k)
 
     def prior_batch(self, texts: Sequence[str], weight: float | None = None):
         """The label prior of ``texts`` (the products' own texts), or None without a prior or at weight 0;
@@ -117,18 +150,26 @@ class Tagger:
 
 def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64, retrieval_index: Path | None = None,
                     brand_mode: str | None = None, prior_weight: float | None = None,
-                    prior_only: bool = False) -> list[dict]:
-    """``shelfml predict``: one JSON-ready record per text (label, each level, brand, confidence)."""
-    from shelfml.labels import format_target
+                    prior_only: bool = False, top_k: int | None = None) -> list[dict]:
+    """``shelfml predict``: one JSON-ready record per text (label, each level, brand, confidence, the calibrated
+    per-level probabilities, back-off path, abstention and the top-k paths)."""
+    from shelfml.confidence import decide
+    from shelfml.labels import format_path, format_target
 
     tagger = Tagger.load(Path(ckpt), brand_mode=brand_mode, retrieval_index=retrieval_index)
-    preds = tagger.predict(texts, batch_size=batch_size, prior_weight=prior_weight,
+    preds = tagger.predict(texts, batch_size=batch_size, prior_weight=prior_weight, top_k=top_k or TOP_K,
                            make_step=prior_only_step_factory(len(tagger.tokenizer)) if prior_only else None)
     levels = tagger.taxonomy.levels  # a short path leaves its last levels ""
+    decision = decide(preds, levels, tagger.calibration)
     return [{"text": text, "label": format_target(pred.label),
              **{name: pred.label.path[i] if i < len(pred.label.path) else "" for i, name in enumerate(levels)},
-             "brand": pred.label.brand, "confidence": float(f"{pred.confidence:.6g}")}
-            for text, pred in zip(texts, preds)]
+             "brand": pred.label.brand, "confidence": float(f"{pred.confidence:.6g}"),
+             "level_probability": {name: float(f"{p:.6g}") for name, p in zip(levels, probs)},
+             "backoff_path": format_path(pred.label.path[:depth]), "abstain": bool(abstain),
+             "alternatives": [{"path": format_path(path), "probability": float(f"{prob:.6g}")}
+                              for path, prob in pred.alternatives]}
+            for text, pred, probs, depth, abstain in zip(texts, preds, decision.probabilities, decision.backoff_depth,
+                                                         decision.abstain)]
 
 
 def prior_only_step_factory(vocab_size: int) -> MakeStep:
