@@ -153,7 +153,10 @@ async def run_batch(rows: Sequence[Row], out: Path, header: Sequence[str], predi
 
 
 def tag_fields(result) -> list[object]:
-    return [format_path(result.path), result.brand, f"{result.confidence:.6f}", ""]
+    alternatives = [{"path": format_path(path), "probability": round(prob, 6)} for path, prob in result.alternatives]
+    return [format_path(result.path), result.brand, f"{result.confidence:.6f}",
+            ";".join(f"{p:.6f}" for p in result.level_probability), format_path(result.backoff_path),
+            int(result.abstain), json.dumps(alternatives, ensure_ascii=False), ""]
 
 
 def price_fields(result) -> list[object]:
@@ -177,7 +180,8 @@ class BatchTask:
     images: bool = False  # takes --image-col
 
 
-BATCH_TASKS = {"tagger": BatchTask(("path", "brand", "confidence", "error"), _tag),
+TAG_COLUMNS = ("path", "brand", "confidence", "level_probability", "backoff_path", "abstain", "alternatives", "error")
+BATCH_TASKS = {"tagger": BatchTask(TAG_COLUMNS, _tag),
                "price": BatchTask(("price", "has_image", "error"), _price, images=True)}
 TASK_ALIASES = {"tag": "tagger"}  # the client's first spelling
 
@@ -238,7 +242,11 @@ def cmd_tag(a: argparse.Namespace) -> int:
     with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for text, r in zip(texts, client.tag(texts)):
             print(json.dumps({"text": text, "label": format_path(r.path), "path": list(r.path),
-                              "brand": r.brand, "confidence": round(r.confidence, 6)}, ensure_ascii=False))
+                              "brand": r.brand, "confidence": round(r.confidence, 6),
+                              "level_probability": [round(p, 6) for p in r.level_probability],
+                              "backoff_path": format_path(r.backoff_path), "abstain": r.abstain,
+                              "alternatives": [{"path": format_path(path), "probability": round(prob, 6)}
+                                               for path, prob in r.alternatives]}, ensure_ascii=False))
     return 0
 
 

@@ -46,7 +46,11 @@ DEFAULT_BATCH_SIZE = 32
 class TagResult:
     path: tuple[str, ...]  # one value per level, top first; () when the server returned no path
     brand: str  # "" when none
-    confidence: float
+    confidence: float  # the model's probability of the whole label (uncalibrated)
+    level_probability: tuple[float, ...] = ()  # calibrated, per level of the taxonomy, top first
+    backoff_path: tuple[str, ...] = ()  # the deepest prefix whose levels meet their thresholds; () when none does
+    abstain: bool = False  # the whole path does not meet its threshold
+    alternatives: tuple[tuple[tuple[str, ...], float], ...] = ()  # top-k paths and probabilities, best first
 
 
 @dataclass(frozen=True)
@@ -186,11 +190,24 @@ def _text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _matrix(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
+    array = result.as_numpy(name)
+    if array is None or array.shape[0] != rows:
+        got = None if array is None else array.shape
+        raise ClientError(f"{spec.name}: output {name!r} has shape {got}, expected {rows} rows", model=spec.name)
+    return array.reshape(rows, -1)
+
+
 def parse_tags(result, rows: int) -> list[TagResult]:
-    out = {n: _column(result, TAGGER_SERVICE, n, rows) for n in TAGGER_SERVICE.output_names}
-    paths = [_text(p) for p in out["path"]]
-    return [TagResult(parse_path(p), _text(b), float(c))
-            for p, b, c in zip(paths, out["brand"], out["confidence"])]
+    out = {n: _column(result, TAGGER_SERVICE, n, rows) for n in ("path", "brand", "confidence", "backoff_path",
+                                                                   "abstain")}
+    levels, paths, probs = (_matrix(result, TAGGER_SERVICE, n, rows) for n in
+                            ("level_probability", "alternatives", "alternative_probability"))
+    return [TagResult(parse_path(_text(p)), _text(b), float(c), tuple(float(v) for v in lp),
+                      parse_path(_text(bp)), bool(a),
+                      tuple((parse_path(_text(x)), float(y)) for x, y in zip(alt, alt_p) if _text(x)))
+            for p, b, c, bp, a, lp, alt, alt_p in zip(out["path"], out["brand"], out["confidence"], out["backoff_path"],
+                                                      out["abstain"], levels, paths, probs)]
 
 
 def parse_prices(result, rows: int) -> list[PriceResult]:

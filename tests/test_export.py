@@ -110,6 +110,11 @@ def test_constrained_decoding_through_onnx_runtime_equals_eager(tiny_checkpoint,
     assert [p.token_ids for p in onnx_preds] == [p.token_ids for p in eager]
     assert np.allclose([p.confidence for p in onnx_preds], [p.confidence for p in eager], atol=1e-4)
     assert all(p.label.path in tagger.taxonomy for p in onnx_preds)
+    ranked = [tagger.predict(texts[:12], batch_size=8, make_step=m, top_k=3) for m in (None, runner.make_step)]
+    assert np.allclose([p.level_probs for p in ranked[0]], [p.level_probs for p in ranked[1]], atol=1e-4)
+    assert [[a for a, _ in p.alternatives] for p in ranked[0]] == [[a for a, _ in p.alternatives] for p in ranked[1]]
+    assert np.allclose([[v for _, v in p.alternatives] for p in ranked[0]],
+                       [[v for _, v in p.alternatives] for p in ranked[1]], atol=1e-4)
 
 
 @pytest.mark.parametrize("with_images", [False, True], ids=["text", "text+images"])

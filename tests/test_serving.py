@@ -161,6 +161,59 @@ def test_served_tags_equal_in_process_eager_tags(served_repository, client):
     assert brands == [p.label.brand for p in eager]
 
 
+def test_served_confidence_equals_in_process_eager(served_repository, client):
+    """Calibrated per-level probabilities, back-off path, abstention and top-k paths: served == eager, and the
+    client library reads them."""
+    from shelfml.client.client import ShelfmlClient
+    from shelfml.confidence import decide
+
+    tagger = Tagger.load(served_repository.tagger_checkpoint)
+    eager = tagger.predict(TEXTS, top_k=3)
+    decision = decide(eager, tagger.taxonomy.levels, tagger.calibration)
+    result = client.infer("tagger", [text_input([t.encode() for t in TEXTS])])
+    assert np.allclose(result.as_numpy("level_probability"), decision.probabilities, atol=1e-4)
+    assert result.as_numpy("abstain")[:, 0].tolist() == decision.abstain.tolist()
+    assert [b[0].decode() for b in result.as_numpy("backoff_path")] == [
+        LEVEL_SEP.join(p.label.path[:d]) for p, d in zip(eager, decision.backoff_depth)]
+    served_alternatives = [[a.decode() for a in row if a] for row in result.as_numpy("alternatives")]
+    assert served_alternatives == [[LEVEL_SEP.join(a) for a, _ in p.alternatives] for p in eager]
+    probs = result.as_numpy("alternative_probability")
+    assert np.allclose([row[: len(p.alternatives)] for row, p in zip(probs, eager)],
+                       [[v for _, v in p.alternatives] for p in eager], atol=1e-4)
+    with ShelfmlClient(served_repository.grpc_url) as c:
+        tags = c.tag(TEXTS)
+    assert [t.abstain for t in tags] == decision.abstain.tolist()
+    assert [[a for a, _ in t.alternatives] for t in tags] == [[a for a, _ in p.alternatives] for p in eager]
+    assert all(len(t.level_probability) == len(tagger.taxonomy.levels) for t in tags)
+
+
+def test_thresholds_and_top_k_are_set_per_repository(served_repository, tmp_path):
+    """Thresholds of 0 accept every level (no abstention, the back-off path is the path); top_k 2 returns two
+    paths; bad thresholds are refused before anything is written."""
+    from shelfml.exports import ExportError
+    from shelfml.model_repository.server import TritonServer
+
+    export = served_repository.exports["tagger"]
+    with pytest.raises(ExportError, match="2 thresholds given for 3 levels"):
+        build_repository(tmp_path / "bad", tagger=export, options={"tagger": {"thresholds": "0.5,0.5"}})
+    assert not (tmp_path / "bad").exists()
+    import subprocess
+    import sys
+
+    cli = subprocess.run([sys.executable, "-m", "shelfml", "repository", "--tagger", str(export), "--out",
+                          str(tmp_path / "bad"), "--thresholds", "0.9,1.5,0.5"], capture_output=True, text=True)
+    assert cli.returncode == 2 and "thresholds must be within 0..1" in cli.stderr and not (tmp_path / "bad").exists()
+    build_repository(tmp_path / "repo", tagger=export, cpu_precision="fp32",
+                     options={"tagger": {"thresholds": "0,0,0", "top_k": 2}})
+    assert read_config(tmp_path / "repo" / "tagger" / "configs" / "cpu.pbtxt").parameters["thresholds"].string_value == "0,0,0"
+    with TritonServer(tmp_path / "repo", log_file=tmp_path / "triton.log") as server, \
+            grpcclient.InferenceServerClient(server.grpc_url) as c:
+        result = c.infer("tagger", [text_input([t.encode() for t in TEXTS])])
+    assert not result.as_numpy("abstain").any()
+    assert [b[0] for b in result.as_numpy("backoff_path")] == [p[0] for p in result.as_numpy("path")]
+    assert result.as_numpy("alternatives").shape == (len(TEXTS), 2)
+
+
 def test_the_readme_curl_example_returns_a_valid_tag(served_repository):
     """The README's KServe v2 HTTP JSON example, run with curl as written (the port substituted)."""
     if shutil.which("curl") is None:
@@ -273,9 +326,16 @@ def test_bls_decoding_equals_in_process_decoding(served_repository, tmp_path, cl
     del config.model_warmup[:]  # as in the stock config: BLS cannot run before the server is ready
     write_config(cpu, config)
     expected = served_tags(client, TEXTS)
+    request = [text_input([t.encode() for t in TEXTS])]
+    inprocess = client.infer("tagger", request)
     with TritonServer(repo, log_file=tmp_path / "triton.log") as server, \
             grpcclient.InferenceServerClient(server.grpc_url) as bls:
         assert served_tags(bls, TEXTS) == expected
+        through_bls = bls.infer("tagger", request)
+    for name in ("level_probability", "alternative_probability"):
+        assert np.allclose(through_bls.as_numpy(name), inprocess.as_numpy(name), atol=1e-5)
+    for name in ("backoff_path", "abstain", "alternatives"):
+        assert through_bls.as_numpy(name).tolist() == inprocess.as_numpy(name).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
