@@ -460,6 +460,15 @@ def _flat_parity(parity: dict) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+def _top_k(text: str) -> int:
+    from shelfml.tagger.predict import check_top_k
+
+    try:
+        return check_top_k(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if text.lstrip("-").isdigit() else f"not a whole number: {text!r}")
+
+
 def add_checkpoint_use_arguments(p: argparse.ArgumentParser) -> None:
     """How a trained checkpoint is run (evaluate, predict)."""
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch")
@@ -468,7 +477,7 @@ def add_checkpoint_use_arguments(p: argparse.ArgumentParser) -> None:
                    help="tagger: the label prior's weight instead of the fitted one (0: the T5 alone)")
     p.add_argument("--prior-only", action="store_true",
                    help="tagger: decode with the label prior alone (zero logits; the ablation of the T5)")
-    p.add_argument("--top-k", type=int, help="tagger: paths returned per product, with their probabilities (default 3)")
+    p.add_argument("--top-k", type=_top_k, help="tagger: paths returned per product, with their probabilities (default 3)")
     p.add_argument("--retrieval-index",
                    help="checkpoint trained with retrieval: another copy of its index (default: the one inside it)")
 
@@ -563,7 +572,7 @@ def _packaging_commands(sub) -> None:
                    help="the CPU configs' preferred batch sizes ('' for none)")
     p.add_argument("--thresholds", help="tagger: per-level confidence thresholds, top level first ('0.9,0.8,0.7'), "
                    "instead of the ones calibrated at training time")
-    p.add_argument("--top-k", type=int, help="tagger: paths returned per product (default 3)")
+    p.add_argument("--top-k", type=_top_k, help="tagger: paths returned per product (default 3)")
     p.set_defaults(func=cmd_repository)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "

@@ -319,11 +319,12 @@ def complete_branches(step: StepFn, texts: Sequence[str], prefixes: Sequence[Seq
 
 
 def top_paths(pred: Prediction, completed: Sequence[tuple[tuple[str, ...], float]], k: int) -> tuple:
-    """The prediction's path (its probability: the deepest level's) and the completed branches, best first, k at
-    most. Every candidate leaves the greedy path at a different place, so they are distinct paths and their
-    probabilities sum to at most 1."""
-    candidates = [(pred.label.path, pred.level_probs[-1] if pred.level_probs else pred.confidence), *completed]
-    return tuple(sorted(candidates, key=lambda c: -c[1])[:k])
+    """The prediction's path (its probability: the deepest level's) and the completed branches, most probable first,
+    k at most, the prediction always among them. Every candidate leaves the greedy path at a different place, so they
+    are distinct paths and their probabilities sum to at most 1."""
+    own = (pred.label.path, pred.level_probs[-1] if pred.level_probs else pred.confidence)
+    best = sorted(completed, key=lambda c: -c[1])[: k - 1]
+    return tuple(sorted([own, *best], key=lambda c: -c[1]))
 
 
 def max_target_length(codec: TargetCodec, taxonomy: Taxonomy) -> int:

@@ -70,10 +70,17 @@ def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, tmp_path):
         assert key in metrics
     assert metrics["invalid_path_rate"] == 0.0 and metrics["items"] == 20
     preds = pd.read_csv(tmp_path / "eval" / "predictions.csv")
-    assert list(preds.columns) == ["input", "gold", "predicted", "confidence", "correct"] and len(preds) == 20
+    assert list(preds.columns) == ["input", "gold", "predicted", "confidence", "correct", "level_probability"]
+    assert len(preds) == 20
     assert preds["correct"].mean() == pytest.approx(metrics["item_accuracy"])
     report = (tmp_path / "eval" / "report.md").read_text()  # the report and the pictures it links
-    for png in ("coverage.png", "confusion.png", "training.png"):
+    confidence = metrics["confidence"]
+    assert set(confidence["levels"]) == set(confidence["baseline"]["levels"]) == {"supergroup", "group", "module"}
+    for level in confidence["levels"].values():
+        assert {"ece_before", "ece_after", "brier_after", "at_threshold", "coverage_at_precision"} <= set(level)
+    assert 0 <= confidence["backoff_answers"] <= 1 and "rows" not in confidence["baseline"]  # per-row data stays out
+    assert "## Confidence: calibrated per level" in report
+    for png in ("coverage.png", "confusion.png", "training.png", "calibration.png"):
         assert f"]({png})" in report and (tmp_path / "eval" / png).stat().st_size > 1000
     assert metrics["paths"]["report"].endswith("report.md") and "## The " in report
     coverage = metrics["coverage"]

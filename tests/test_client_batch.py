@@ -291,3 +291,10 @@ def test_batch_end_to_end_resumes_against_the_server(served, tmp_path):
     assert frame["sku"].tolist() == [f"s{i}" for i in range(len(titles))]
     empty = frame[frame["sku"] == f"s{len(TEXTS)}"].iloc[0]
     assert (empty["error"] != "") or (empty["path"] != "")  # rejected with a reason, or a flagged result
+    assert list(frame.columns) == ["sku", "path", "brand", "confidence", "level_probability", "backoff_path",
+                                   "abstain", "alternatives", "error"]
+    for _, row in frame[frame["error"] == ""].iterrows():
+        probs = [float(v) for v in row["level_probability"].split(";")]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert row["path"] in [a["path"] for a in json.loads(row["alternatives"])]
+        assert row["abstain"] in ("0", "1") and row["path"].startswith(row["backoff_path"])

@@ -22,6 +22,7 @@ from shelfml.text import TextTokenizer, load_tokenizer
 
 MAX_INPUT_TOKENS = 96
 TOP_K = 3  # paths a prediction record and the served model return per product
+MAX_TOP_K = 16
 
 MakeStep = Callable[[np.ndarray, np.ndarray], StepFn]  # (input_ids, attention_mask) -> step
 
@@ -148,6 +149,13 @@ class Tagger:
         return preds, time.perf_counter() - start
 
 
+def check_top_k(top_k: int) -> int:
+    """A top-k as given by a person (ValueError naming the problem)."""
+    if not 1 <= int(top_k) <= MAX_TOP_K:
+        raise ValueError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+    return int(top_k)
+
+
 def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64, retrieval_index: Path | None = None,
                     brand_mode: str | None = None, prior_weight: float | None = None,
                     prior_only: bool = False, top_k: int | None = None) -> list[dict]:
@@ -157,7 +165,8 @@ def predict_records(ckpt: Path, texts: Sequence[str], batch_size: int = 64, retr
     from shelfml.labels import format_path, format_target
 
     tagger = Tagger.load(Path(ckpt), brand_mode=brand_mode, retrieval_index=retrieval_index)
-    preds = tagger.predict(texts, batch_size=batch_size, prior_weight=prior_weight, top_k=top_k or TOP_K,
+    preds = tagger.predict(texts, batch_size=batch_size, prior_weight=prior_weight,
+                           top_k=TOP_K if top_k is None else check_top_k(top_k),
                            make_step=prior_only_step_factory(len(tagger.tokenizer)) if prior_only else None)
     levels = tagger.taxonomy.levels  # a short path leaves its last levels ""
     decision = decide(preds, levels, tagger.calibration)

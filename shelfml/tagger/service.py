@@ -15,9 +15,7 @@ from shelfml.decoding import Prediction
 from shelfml.labels import format_path
 from shelfml.retrieval.embedder import served_embedder
 from shelfml.serving import Leaf
-from shelfml.tagger.predict import TOP_K, Tagger
-
-MAX_TOP_K = 16
+from shelfml.tagger.predict import TOP_K, Tagger, check_top_k
 
 
 def served_parameters(assets: Path, thresholds: str | None = None, top_k: int | None = None) -> dict[str, str]:
@@ -30,12 +28,6 @@ def served_parameters(assets: Path, thresholds: str | None = None, top_k: int | 
     if top_k is not None:
         params["top_k"] = str(check_top_k(top_k))
     return params
-
-
-def check_top_k(top_k: int) -> int:
-    if not 1 <= int(top_k) <= MAX_TOP_K:
-        raise ValueError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-    return int(top_k)
 
 
 class TaggerService:
