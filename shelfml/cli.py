@@ -572,7 +572,8 @@ def _packaging_commands(sub) -> None:
                    help="the CPU configs' preferred batch sizes ('' for none)")
     p.add_argument("--thresholds", help="tagger: per-level confidence thresholds, top level first ('0.9,0.8,0.7'), "
                    "instead of the ones calibrated at training time")
-    p.add_argument("--top-k", type=_top_k, help="tagger: paths returned per product (default 3)")
+    p.add_argument("--top-k", type=_top_k, help="tagger: paths the served model returns per product (default 1: the "
+                   "prediction; measured: 3 paths cost 2.5x the decode time of 1)")
     p.set_defaults(func=cmd_repository)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "

@@ -61,8 +61,11 @@ def reliability(prob: np.ndarray, correct: np.ndarray, bins: int = BINS) -> list
 
 def threshold_for_precision(prob: np.ndarray, correct: np.ndarray, target: float) -> float:
     """The lowest threshold whose accepted rows (probability >= it) reach ``target`` precision: the most
-    coverage at that precision. 1.0 when no threshold does (then only rows at probability 1 are accepted)."""
+    coverage at that precision; 0 when every row together does (nothing is held back), 1.0 when no threshold
+    does (then only rows at probability 1 are accepted)."""
     prob, correct = np.asarray(prob, float), np.asarray(correct, bool)
+    if correct.mean() >= target:
+        return 0.0
     order = np.argsort(-prob, kind="stable")
     values, hits = prob[order], np.cumsum(correct[order])
     last = np.r_[values[1:] != values[:-1], True]  # the last row of each run of equal values

@@ -154,6 +154,7 @@ def test_threshold_for_precision_takes_the_most_coverage_that_reaches_the_target
     assert threshold_for_precision(prob, correct, 0.8) == 0.8  # 4 of 5 right
     assert threshold_for_precision(prob, correct, 1.0) == 0.95  # ties at 0.9 are kept or dropped together
     assert threshold_for_precision(np.array([0.5]), np.array([False]), 0.9) == 1.0  # unreachable
+    assert threshold_for_precision(prob, correct, 0.5) == 0.0  # all rows together reach it: nothing held back
 
 
 def _preds(paths, levels):

@@ -168,7 +168,7 @@ def test_served_confidence_equals_in_process_eager(served_repository, client):
     from shelfml.confidence import decide
 
     tagger = Tagger.load(served_repository.tagger_checkpoint)
-    eager = tagger.predict(TEXTS, top_k=3)
+    eager = tagger.predict(TEXTS, top_k=1)  # the served default: the prediction alone (more: a repository option)
     decision = decide(eager, tagger.taxonomy.levels, tagger.calibration)
     result = client.infer("tagger", [text_input([t.encode() for t in TEXTS])])
     assert np.allclose(result.as_numpy("level_probability"), decision.probabilities, atol=1e-4)
@@ -212,6 +212,11 @@ def test_thresholds_and_top_k_are_set_per_repository(served_repository, tmp_path
     assert not result.as_numpy("abstain").any()
     assert [b[0] for b in result.as_numpy("backoff_path")] == [p[0] for p in result.as_numpy("path")]
     assert result.as_numpy("alternatives").shape == (len(TEXTS), 2)
+    eager = Tagger.load(served_repository.tagger_checkpoint).predict(TEXTS, top_k=2)
+    assert [[a.decode() for a in row if a] for row in result.as_numpy("alternatives")] == [
+        [LEVEL_SEP.join(a) for a, _ in p.alternatives] for p in eager]
+    assert np.allclose([row[: len(p.alternatives)] for row, p in zip(result.as_numpy("alternative_probability"), eager)],
+                       [[v for _, v in p.alternatives] for p in eager], atol=1e-4)
 
 
 def test_the_readme_curl_example_returns_a_valid_tag(served_repository):

@@ -168,14 +168,19 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
     manifest["history"] = fit(model, loader, validate, on_best, args.train)
     update_manifest(out, history=manifest["history"])
-    if prior is not None:
-        manifest["prior"] = fit_prior(out, val_inputs, val_labels, args.prior_weights)
-        update_manifest(out, prior=manifest["prior"])
-    calibration_rows = parts["validation"].subset(np.arange(min(len(parts["validation"]), args.calibration_rows)))
-    manifest["calibration"] = fit_calibration(out, calibration_rows.inputs(), calibration_rows.labels(),
-                                              args.target_precision)
-    update_manifest(out, calibration=manifest["calibration"])
+    _fit_decoding(out, manifest, args, parts["validation"], val if prior is not None else None)
     return manifest
+
+
+def _fit_decoding(out: Path, manifest: dict, args: TaggerArgs, validation: Catalog, prior_rows: Catalog | None) -> None:
+    """With the best checkpoint: the label prior's weights on ``prior_rows`` (None: no prior), then the per-level
+    calibration and thresholds on the validation split; both recorded in the manifest."""
+    if prior_rows is not None:
+        manifest["prior"] = fit_prior(out, prior_rows.inputs(), prior_rows.labels(), args.prior_weights)
+        update_manifest(out, prior=manifest["prior"])
+    rows = validation.subset(np.arange(min(len(validation), args.calibration_rows)))
+    manifest["calibration"] = fit_calibration(out, rows.inputs(), rows.labels(), args.target_precision)
+    update_manifest(out, calibration=manifest["calibration"])
 
 
 def fit_calibration(ckpt: Path, texts: list[str], labels: list, target_precision: float = TARGET_PRECISION) -> dict:

@@ -19,7 +19,7 @@ class TritonPythonModel:
         from shelfml.integrity import verify
         from shelfml.serving import ServedMetrics, bls_runner, check_numpy, inprocess_runner
         from shelfml.tagger.runners import bls_step_factory, inprocess_step_factory
-        from shelfml.tagger.service import TOP_K, TaggerService
+        from shelfml.tagger.service import SERVED_TOP_K, TaggerService
 
         check_numpy()
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
@@ -40,7 +40,7 @@ class TritonPythonModel:
         assets = here / args["model_version"] / params["assets"]
         self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None,
                                      thresholds=params.get("thresholds") or None,
-                                     top_k=int(params.get("top_k") or TOP_K))
+                                     top_k=int(params.get("top_k") or SERVED_TOP_K))
         self.input = config["input"][0]["name"]
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         self.metrics = ServedMetrics(pb_utils, args["model_name"])

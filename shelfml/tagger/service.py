@@ -15,7 +15,9 @@ from shelfml.decoding import Prediction
 from shelfml.labels import format_path
 from shelfml.retrieval.embedder import served_embedder
 from shelfml.serving import Leaf
-from shelfml.tagger.predict import TOP_K, Tagger, check_top_k
+from shelfml.tagger.predict import Tagger, check_top_k
+
+SERVED_TOP_K = 1  # paths per product by default: the prediction alone; each extra path costs a decode of its branch
 
 
 def served_parameters(assets: Path, thresholds: str | None = None, top_k: int | None = None) -> dict[str, str]:
@@ -32,7 +34,7 @@ def served_parameters(assets: Path, thresholds: str | None = None, top_k: int | 
 
 class TaggerService:
     def __init__(self, assets: Path, make_step, max_batch: int = 64, embed: Leaf | None = None,
-                 thresholds: str | None = None, top_k: int = TOP_K) -> None:
+                 thresholds: str | None = None, top_k: int = SERVED_TOP_K) -> None:
         """``embed``: the embedder leaf of a tagger trained with retrieval (its index is inside ``assets``;
         a checkpoint that needs an index and has none is refused at load); ``thresholds``: per-level thresholds
         replacing the calibrated ones (refused unless one per level, each in 0..1)."""
