@@ -140,8 +140,8 @@ class RejectingClient:
 def test_a_rejected_chunk_is_retried_row_by_row():
     predict = make_predict(RejectingClient(), "tag")
     got = asyncio.run(predict([Row("1", "ok"), Row("2", ""), Row("3", "fine")]))
-    assert got[0] == ["a > b", "x", "0.250000", ""] and got[2] == got[0]
-    assert got[1][:3] == ["", "", ""] and "empty text" in got[1][3]
+    assert got[0] == ["a > b", "x", "0.250000", "", "", 0, "[]", ""] and got[2] == got[0]
+    assert got[1][:7] == [""] * 7 and "empty text" in got[1][7]
     priced = asyncio.run(make_predict(RejectingClient(), "price")([Row("1", "a", "/p.jpg"), Row("2", "b")]))
     assert priced == [["10.0000", 1, ""], ["10.0000", 0, ""]]
 

@@ -109,15 +109,15 @@ class Tagger:
             prior = self.prior_batch(chunk, prior_weight)
             preds = greedy_decode(make_step(*encoded), chunk, self.constraint, self.max_new_tokens, prior,
                                   branches=max(top_k - 1, 0))
-            if top_k > 1:
-                self._alternatives(preds, chunk, encoded, prior, make_step, batch_size, top_k)
+            self._alternatives(preds, chunk, encoded, prior, make_step, batch_size, top_k)
             for i, pred in zip(idx, preds):
                 out[i] = pred
         return out  # type: ignore[return-value]
 
     def _alternatives(self, preds: list[Prediction], texts: list[str], encoded: tuple[np.ndarray, np.ndarray],
                       prior, make_step: MakeStep, batch_size: int, top_k: int) -> None:
-        """Complete every prediction's branches (in batches of ``batch_size`` rows) and set its top-k paths."""
+        """Complete every prediction's branches (in batches of ``batch_size`` rows; none at ``top_k`` 1) and set its
+        top-k paths (at 1: the prediction's own)."""
         jobs = [(r, prefix) for r, p in enumerate(preds) for _, prefix in p.branches]
         done: list[list] = [[] for _ in preds]
         for start in range(0, len(jobs), batch_size):
