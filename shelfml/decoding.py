@@ -13,6 +13,10 @@ Prior (optional, :mod:`shelfml.prior`): per row, probabilities of the paths and 
 gets ``weight * log(mass)`` added to its logit, the mass being the prior probability of every path (brand)
 under that child of the trie. The trie's leaves are numbered depth-first, so a node's subtree is one range of
 leaves and its mass is a difference of cumulative sums.
+
+Confidence: each prediction carries the probability of its path through every level (the chain rule over the
+step probabilities, exact under these constrained scores) and, when asked, the best places to leave the greedy
+path; :func:`complete_branches` decodes those into alternative paths with their exact probabilities.
 """
 
 from __future__ import annotations
