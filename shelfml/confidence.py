@@ -252,7 +252,8 @@ def confidence_metrics(raw: np.ndarray, correct: np.ndarray, levels: Sequence[st
                        calibration: LevelCalibration | None = None) -> dict:
     """What ``shelfml evaluate`` reports of the probabilities of one model on labelled rows: per level, ECE and
     Brier score before/after calibration, coverage and precision at the calibration's thresholds, the coverage
-    reachable at several precisions (most probable first), the reliability bins; the back-off and abstention rates."""
+    reachable at several precisions (most probable first), the reliability bins; the back-off and abstention rates;
+    ``rows``: the calibrated probabilities and correctness per row (for plots, not for a metrics file)."""
     calibration = calibration or identity(levels)
     decision = calibration.decide(raw, depths)
     probs = decision.probabilities
@@ -270,5 +271,6 @@ def confidence_metrics(raw: np.ndarray, correct: np.ndarray, levels: Sequence[st
     right = correct[rows, np.maximum(backoff, 1) - 1] & (backoff > 0)  # the back-off prefix is right
     out.update(backoff_answers=float((backoff > 0).mean()), abstain_rate=float(decision.abstain.mean()),
                backoff_precision=float(right.sum() / max((backoff > 0).sum(), 1)),
-               mean_backoff_depth=float(backoff.mean()))
+               mean_backoff_depth=float(backoff.mean()),
+               rows={"probabilities": probs.tolist(), "correct": correct.tolist()})  # per row: for curves, popped
     return out

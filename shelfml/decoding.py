@@ -249,6 +249,7 @@ def greedy_decode(
     cum = _prior_cum(constraint, prior)
     tokens = np.full((len(rows), 1), codec.pad_id, dtype=np.int64)  # T5 decoder start = pad
     steps: list[list[float]] = [[] for _ in rows]  # log probability of each emitted token
+    so_far = np.zeros(len(rows))  # their running sum (a branch's bound starts from it)
     found: list[list[tuple[float, list[int]]]] = [[] for _ in rows]
     emitted: list[list[int]] = [[] for _ in rows]
     for _ in range(max_new_tokens):
@@ -264,11 +265,11 @@ def greedy_decode(
             best = int(np.argmax(scores))
             token = int(allowed[best])
             if branches and row.path is None and len(allowed) > 1:
-                done_so_far = sum(steps[b])
                 for j in np.argsort(-logp)[: branches + 1]:
                     if j != best:
-                        found[b].append((done_so_far + float(logp[j]), emitted[b] + [int(allowed[j])]))
+                        found[b].append((so_far[b] + float(logp[j]), emitted[b] + [int(allowed[j])]))
             steps[b].append(float(logp[best]))
+            so_far[b] += float(logp[best])
             row.advance(token)
             emitted[b].append(token)
             tokens[b, 0] = token

@@ -55,8 +55,9 @@ def brand_split(gold: Sequence[Label], pred: Sequence[Label], inputs: Sequence[s
 
 
 def tagger_report(out: Path, frame: pd.DataFrame, gold: Sequence[Label], pred: Sequence[Label], metrics: dict,
-                  manifest: dict) -> Path:
-    """Write report.md and its PNGs for a tagger evaluation; returns the report's path."""
+                  manifest: dict, curves: dict | None = None) -> Path:
+    """Write report.md and its PNGs for a tagger evaluation; returns the report's path. ``curves``: per model
+    ("tagger", "baseline"), the calibrated probabilities and correctness per row and level."""
     plt = _plt()
     confidence, correct = frame["confidence"].to_numpy(float), frame["correct"].to_numpy(bool)
     curve = metrics["coverage"]
@@ -81,7 +82,7 @@ def tagger_report(out: Path, frame: pd.DataFrame, gold: Sequence[Label], pred: S
         ["confidence >=", "coverage", "accuracy"],
         [(t, v["coverage"], v["accuracy"] if v["accuracy"] is not None else "-") for t, v in curve.items()])
     if "confidence" in metrics:
-        lines += ["", *_confidence_section(out, metrics["confidence"], frame, gold, pred, plt)]
+        lines += ["", *_confidence_section(out, metrics["confidence"], curves or {}, plt)]
     lines += ["", *_worst_categories(gold, pred), "", *_confusion(out, gold, pred, plt), "",
               *_training_curves(out, manifest.get("history") or [], plt)]
     path = out / "report.md"
@@ -89,17 +90,13 @@ def tagger_report(out: Path, frame: pd.DataFrame, gold: Sequence[Label], pred: S
     return path
 
 
-def _confidence_section(out: Path, conf: dict, frame: pd.DataFrame, gold: Sequence[Label], pred: Sequence[Label],
-                        plt) -> list[str]:
+def _confidence_section(out: Path, conf: dict, curves: dict, plt) -> list[str]:
     """Calibration per level (table + reliability diagram), coverage and precision at the thresholds and the
     coverage-precision curve, the tagger's beside the baseline's."""
-    from shelfml.confidence import prefix_correct
-
     levels = list(conf["levels"])
-    probs = np.array([[float(v) for v in row.split(";")] for row in frame["level_probability"]])
-    correct = prefix_correct(gold, pred, len(levels))
+    probs, correct = (np.array(curves["tagger"][k]) for k in ("probabilities", "correct"))
     base = conf.get("baseline")
-    base_rows = base.pop("rows") if base else None
+    base_rows = curves.get("baseline")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for i, name in enumerate(levels):
         bins = conf["levels"][name]["reliability"]

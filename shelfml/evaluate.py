@@ -19,15 +19,23 @@ from shelfml.metrics import same_brand, tagger_metrics
 
 def evaluation_rows(manifest: dict, spec: DataSpec | None, split: str) -> tuple[Catalog, bool]:
     """The rows to score: the checkpoint's own split by default; returns (rows, same_data)."""
+    rows, _, same = evaluation_data(manifest, spec, split)
+    return rows, same
+
+
+def evaluation_data(manifest: dict, spec: DataSpec | None,
+                    split: str) -> tuple[Catalog, dict[str, Catalog] | None, bool]:
+    """(the rows to score, every part of the split they come from (None for ``all``), same_data): the catalog is
+    loaded once."""
     if split not in (*SPLITS, "all"):
         raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
     spec = spec or DataSpec.from_dict(manifest["data"]["spec"])
     catalog = load_catalog(spec, task=manifest["task"])
     same = catalog.fingerprint() == manifest["data"]["fingerprint"]
     if split == "all":
-        return catalog, same
+        return catalog, None, same
     parts = catalog_parts(manifest, catalog, same)
-    return parts[split], same
+    return parts[split], parts, same
 
 
 def catalog_parts(manifest: dict, catalog: Catalog, same: bool) -> dict[str, Catalog]:
@@ -69,7 +77,7 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
     from shelfml.tagger.predict import TOP_K, Tagger, prior_only_step_factory
 
     manifest = read_manifest(ckpt, task="tagger")
-    rows, same_data = evaluation_rows(manifest, spec, split)
+    rows, parts, same_data = evaluation_data(manifest, spec, split)
     if limit:
         rows = rows.subset(range(min(limit, len(rows))))
     tagger = Tagger.load(ckpt, brand_mode=brand_mode, retrieval_index=retrieval_index)
@@ -94,20 +102,22 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
         "correct": [g.path == p.label.path and same_brand(g.brand, p.label.brand) for g, p in zip(gold, preds)],
     })
     metrics["coverage"] = coverage_curve(frame["confidence"].to_numpy(float), frame["correct"].to_numpy(bool))
-    metrics["confidence"] = _confidence(tagger, rows, preds, manifest, spec, split, baseline)
-    frame["level_probability"] = [";".join(f"{p:.4g}" for p in row)
-                                  for row in metrics["confidence"].pop("probabilities")]
+    metrics["confidence"] = _confidence(tagger, rows, preds, parts if baseline else None)
+    curves = {"tagger": metrics["confidence"].pop("rows")}  # per-row data: the report's curves, not metrics.json
+    if "baseline" in metrics["confidence"]:
+        curves["baseline"] = metrics["confidence"]["baseline"].pop("rows")
+    frame["level_probability"] = [";".join(f"{p:.4g}" for p in row) for row in curves["tagger"]["probabilities"]]
     record = same_data and split == "test" and not limit and not ablation
     labels = [p.label for p in preds]
     return _write_results(ckpt, manifest, metrics, frame, out, record=record,
-                          report=lambda o: tagger_report(o, frame, gold, labels, metrics, manifest))
+                          report=lambda o: tagger_report(o, frame, gold, labels, metrics, manifest, curves))
 
 
-def _confidence(tagger, rows: Catalog, preds, manifest: dict, spec: DataSpec | None, split: str,
-                baseline: bool) -> dict:
-    """The tagger's confidence metrics on the scored rows, its top-k path accuracy, and the baseline's on the same
-    split (fitted on the checkpoint's training split, calibrated on its validation split)."""
-    from shelfml.confidence import confidence_metrics, decide, prefix_correct
+def _confidence(tagger, rows: Catalog, preds, parts: dict[str, Catalog] | None) -> dict:
+    """The tagger's confidence metrics on the scored rows and its top-k path accuracy; with ``parts`` (the split the
+    rows come from), the baseline's on the same rows (fitted on the training part, calibrated on the validation
+    part)."""
+    from shelfml.confidence import confidence_metrics, prefix_correct
 
     levels, gold = tagger.taxonomy.levels, rows.labels()
     raw = np.array([p.level_probs for p in preds], dtype=float)
@@ -116,13 +126,10 @@ def _confidence(tagger, rows: Catalog, preds, manifest: dict, spec: DataSpec | N
     out.update(calibrated=tagger.calibration is not None,
                thresholds=tagger.calibration.thresholds if tagger.calibration else None,
                top_k=len(preds[0].alternatives),
-               top_k_path_accuracy=float(np.mean([g.path in [a for a, _ in p.alternatives] for g, p in zip(gold, preds)])),
-               probabilities=decide(preds, levels, tagger.calibration).probabilities.tolist())
-    if baseline and split in SPLITS:
+               top_k_path_accuracy=float(np.mean([g.path in [a for a, _ in p.alternatives] for g, p in zip(gold, preds)])))
+    if parts is not None:
         from shelfml.training.baseline import baseline_confidence
 
-        catalog = load_catalog(spec or DataSpec.from_dict(manifest["data"]["spec"]), task="tagger")
-        parts = catalog_parts(manifest, catalog, catalog.fingerprint() == manifest["data"]["fingerprint"])
         target = tagger.calibration.target_precision if tagger.calibration else 0.95
         out["baseline"] = baseline_confidence(parts["train"], parts["validation"], rows, target)
     return out

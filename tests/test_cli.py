@@ -79,6 +79,7 @@ def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, tmp_path):
     for level in confidence["levels"].values():
         assert {"ece_before", "ece_after", "brier_after", "at_threshold", "coverage_at_precision"} <= set(level)
     assert 0 <= confidence["backoff_answers"] <= 1 and "rows" not in confidence["baseline"]  # per-row data stays out
+    assert "rows" not in confidence
     assert "## Confidence: calibrated per level" in report
     for png in ("coverage.png", "confusion.png", "training.png", "calibration.png"):
         assert f"]({png})" in report and (tmp_path / "eval" / png).stat().st_size > 1000

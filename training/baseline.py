@@ -22,18 +22,23 @@ def tfidf_features() -> FeatureUnion:
     ])
 
 
+def fit_path_classifier(train):
+    """(TF-IDF features fitted on ``train``, its matrix, a LinearSVC over whole paths, path name -> path)."""
+    features = tfidf_features()
+    x_train = features.fit_transform(train.inputs())
+    labels = train.labels()
+    clf = LinearSVC(C=0.5).fit(x_train, [format_path(lab.path) for lab in labels])
+    return features, x_train, clf, {format_path(lab.path): lab.path for lab in labels}
+
+
 def baseline_tagger(spec: DataSpec, split_seed: int = 0) -> dict:
     """One classifier over whole paths (so predictions are always valid paths) and one over brands."""
     catalog = load_catalog(spec, task="tagger")
     parts, split = split_catalog(catalog, seed=split_seed)
     train, test = parts["train"], parts["test"]
     start = time.perf_counter()
-    features = tfidf_features()
-    x_train = features.fit_transform(train.inputs())
-    train_labels = train.labels()
-    path_clf = LinearSVC(C=0.5).fit(x_train, [format_path(lab.path) for lab in train_labels])
-    paths = {format_path(lab.path): lab.path for lab in train_labels}
-    brands = [lab.brand for lab in train_labels]
+    features, x_train, path_clf, paths = fit_path_classifier(train)
+    brands = [lab.brand for lab in train.labels()]
     brand_clf = LinearSVC(C=0.5).fit(x_train, brands) if len(set(brands)) > 1 else None
     train_seconds = time.perf_counter() - start
 
@@ -117,11 +122,7 @@ def baseline_confidence(train, validation, test, target_precision: float,
     prefix probabilities, then the same calibration and thresholds as the tagger, fitted on validation."""
     from shelfml.confidence import LevelCalibration, confidence_metrics, prefix_correct
 
-    features = tfidf_features()
-    x_train = features.fit_transform(train.inputs())
-    names = [format_path(lab.path) for lab in train.labels()]
-    path_of = {format_path(lab.path): lab.path for lab in train.labels()}
-    clf = LinearSVC(C=0.5).fit(x_train, names)
+    features, _, clf, path_of = fit_path_classifier(train)
     class_paths = [path_of[c] for c in clf.classes_]
     levels = train.taxonomy().levels
     depth = len(levels)
@@ -148,6 +149,5 @@ def baseline_confidence(train, validation, test, target_precision: float,
     raw, correct, preds = per_level(test, test_scores)
     metrics = confidence_metrics(raw, correct, levels, [len(p.path) for p in preds], calibration)
     metrics.update(model="tfidf-word1-2+char2-5 LinearSVC, softmax of its decision values", temperature=temperature,
-                   thresholds=calibration.thresholds, rows={"probabilities": calibration.apply(raw).tolist(),
-                                                            "correct": correct.tolist()})  # for the report's curve
+                   thresholds=calibration.thresholds)
     return metrics
