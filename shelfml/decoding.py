@@ -1,207 +1,43 @@
 """One greedy, taxonomy-constrained decode loop shared by every backend.
 
-A backend hands :func:`greedy_decode` a *step* callable: given the last token of each row
-(int64, shape ``[batch, 1]``) it returns next-token logits (``[batch, vocab]``, numpy) and keeps
-its own cache (encoder outputs, past keys/values) in a closure. Eager PyTorch, ONNX Runtime and
-the Triton model differ only in that callable.
+A backend hands :func:`greedy_decode` a *step* callable: given the next tokens of each row (int64,
+``[batch, n]``, the same ``n >= 1`` for every row) it feeds them to the decoder and returns the logits after
+the last one (``[batch, vocab]``, numpy), keeping its own cache (encoder outputs, past keys/values) in a
+closure. Eager PyTorch, ONNX Runtime and the Triton model differ only in that callable.
 
-Constraint: a prefix trie over the token ids of every valid category path (shared by all rows),
-followed by a brand trie: the known brands, plus (``brand_mode="known+copy"``) word spans of the
-row's own title, so an unseen brand written in the title can still be produced.
+Constraint (:mod:`shelfml.constraint`): the taxonomy's path trie, then the brand tries (the known brands, plus in
+``known+copy`` mode word spans of the row's own title), compiled to arrays; each step gathers the allowed tokens of
+the whole batch, scores, picks and advances them with array operations.
 
-Prior (optional, :mod:`shelfml.prior`): per row, probabilities of the paths and brands; each allowed token
-gets ``weight * log(mass)`` added to its logit, the mass being the prior probability of every path (brand)
-under that child of the trie. The trie's leaves are numbered depth-first, so a node's subtree is one range of
-leaves and its mass is a difference of cumulative sums.
+Jump-forward: where the constraint allows exactly one continuation (the rest of a unique name, a separator, the
+end of sequence) the token is appended without a decision and fed to the decoder with the tokens before it in one
+call. Every call feeds the same number of tokens to each row, so in a batch a row with a longer forced run feeds
+the rest in the next calls (its logits in between are not used). The result is token-identical to one call per
+token (``jump_forward=False``); only the number of decoder calls changes.
+
+Prior (optional, :mod:`shelfml.prior`): per row, probabilities of the paths and brands; each allowed token gets
+``weight * log(mass)`` added to its logit, the mass being the prior probability of every path (brand) under that
+child of the trie (a difference of cumulative sums over the trie's depth-first leaf numbering).
 
 Confidence: each prediction carries the probability of its path through every level (the chain rule over the
-step probabilities, exact under these constrained scores) and, when asked, the best places to leave the greedy
-path; :func:`complete_branches` decodes those into alternative paths with their exact probabilities.
+step probabilities, exact under these constrained scores; a forced token has probability 1) and, when asked, the
+best places to leave the greedy path; :func:`complete_branches` decodes those into alternative paths with their
+exact probabilities.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
+from shelfml.constraint import BRAND_MODES, MAX_BRAND_TOKENS, ConstraintState, Edges, LabelConstraint
 from shelfml.labels import Label, TargetCodec, Taxonomy
 
 StepFn = Callable[[np.ndarray], np.ndarray]
-BRAND_MODES = ("known", "known+copy")
-COPY_MAX_WORDS = 3
-MAX_BRAND_TOKENS = 16  # copied spans longer than this are not offered
-
-
-@dataclass
-class TrieNode:
-    children: dict[int, "TrieNode"] = field(default_factory=dict)
-    value: object = None  # set on the node that ends a complete sequence
-    span: tuple[int, int] = (0, 0)  # depth-first leaf range of the subtree (set by :func:`number_leaves`)
-    _arrays: tuple | None = field(default=None, repr=False)
-
-    def insert(self, ids: Sequence[int], value: object) -> bool:
-        """Insert a sequence; returns False when another value already owns it."""
-        node = self
-        for i in ids:
-            node = node.children.setdefault(int(i), TrieNode())
-        if node.value is not None and node.value != value:
-            return False
-        node.value = value
-        return True
-
-
-    def child_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(child token ids, their leaf-range starts, ends), cached."""
-        if self._arrays is None:
-            tokens = sorted(self.children)
-            self._arrays = (np.array(tokens, dtype=np.int64),
-                            np.array([self.children[t].span[0] for t in tokens], dtype=np.int64),
-                            np.array([self.children[t].span[1] for t in tokens], dtype=np.int64))
-        return self._arrays
-
-    def find(self, ids: Sequence[int]) -> "TrieNode":
-        node = self
-        for i in ids:
-            node = node.children[int(i)]
-        return node
-
-
-def number_leaves(root: TrieNode) -> int:
-    """Number the leaves depth-first (children by token id); every node's ``span`` is its leaf range."""
-    count = 0
-    stack: list[tuple[TrieNode, bool]] = [(root, False)]
-    starts: dict[int, int] = {}
-    while stack:
-        node, done = stack.pop()
-        if done:
-            node.span = (starts[id(node)], count)
-            continue
-        starts[id(node)] = count
-        if not node.children:
-            count += 1
-            node.span = (count - 1, count)
-            continue
-        stack.append((node, True))
-        stack.extend((node.children[t], False) for t in sorted(node.children, reverse=True))
-    return count
-
-
-def _span_candidates(text: str) -> set[str]:
-    words = re.findall(r"[\w&'.+-]+", text)
-    return {" ".join(words[i : i + n]) for n in range(1, COPY_MAX_WORDS + 1) for i in range(len(words) - n + 1)}
-
-
-class LabelConstraint:
-    """Allowed next tokens for each row: path trie, then brand tries, then end."""
-
-    def __init__(self, codec: TargetCodec, taxonomy: Taxonomy, brand_mode: str = "known+copy") -> None:
-        if brand_mode not in BRAND_MODES:
-            raise ValueError(f"brand_mode must be one of {BRAND_MODES}, got {brand_mode!r}")
-        self.codec, self.taxonomy, self.brand_mode = codec, taxonomy, brand_mode
-        self.path_root = TrieNode()
-        self.collisions = [p for p in taxonomy.paths if not self.path_root.insert(codec.path_ids(p), p)]
-        self.brand_root = self._brand_trie([""] + taxonomy.brands)
-        self.n_path_leaves, self.n_brand_leaves = number_leaves(self.path_root), number_leaves(self.brand_root)
-        # the leaf of each taxonomy path / brand ("" first), where a prior's probability of it goes
-        self.path_leaf = np.array([self.path_root.find(codec.path_ids(p)).span[0] for p in taxonomy.paths])
-        brands = [""] + taxonomy.brands
-        self.brand_leaf = np.array([self.brand_root.find(ids).span[0] for ids in codec.brand_ids_many(brands)])
-
-    def cumulative(self, prior) -> tuple[np.ndarray, np.ndarray]:
-        """Per row, cumulative prior mass over the path leaves and the brand leaves (a leading 0)."""
-        def cum(probs: np.ndarray, leaf: np.ndarray, n: int) -> np.ndarray:
-            mass = np.zeros((len(probs), n + 1))
-            keep = leaf >= 0
-            np.add.at(mass, (slice(None), leaf[keep] + 1), probs[:, keep])
-            return np.cumsum(mass, axis=1)
-
-        return cum(prior.paths, self.path_leaf, self.n_path_leaves), cum(prior.brands, self.brand_leaf,
-                                                                         self.n_brand_leaves)
-
-    def _brand_trie(self, brands: Sequence[str], max_tokens: int | None = None) -> TrieNode:
-        root = TrieNode()
-        for brand, ids in zip(brands, self.codec.brand_ids_many(brands)):
-            if max_tokens is None or len(ids) <= max_tokens:
-                root.insert(ids, brand)
-        return root
-
-    def start(self, texts: Sequence[str]) -> list["_RowState"]:
-        """Fresh decode state for each input text."""
-        rows = []
-        for text in texts:
-            copy = self._brand_trie(sorted(_span_candidates(text)), MAX_BRAND_TOKENS) if self.brand_mode == "known+copy" else None
-            rows.append(_RowState(self, [self.path_root], copy))
-        return rows
-
-
-class _RowState:
-    """One row's place in the constraint: a node of the path trie, then nodes of the known-brand trie and of
-    the row's own copy trie (either may run out), then done."""
-
-    def __init__(self, constraint: LabelConstraint, nodes: list[TrieNode], copy_root: TrieNode | None) -> None:
-        self.c, self.copy_root = constraint, copy_root
-        self.path_node: TrieNode | None = nodes[0]
-        self.known: TrieNode | None = None
-        self.copy: TrieNode | None = None
-        self.path: tuple[str, ...] | None = None
-        self.brand: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.brand is not None
-
-    @property
-    def nodes(self) -> list[TrieNode]:
-        if self.path is None:
-            return [self.path_node]
-        return [n for n in (self.known, self.copy) if n is not None]
-
-    def allowed(self) -> np.ndarray:
-        nodes = self.nodes
-        if len(nodes) == 1:
-            return nodes[0].child_arrays()[0]
-        ids = set()
-        for node in nodes:
-            ids.update(node.children)
-        return np.fromiter(ids, dtype=np.int64, count=len(ids))
-
-    def allowed_with_prior(self, cum_path: np.ndarray, cum_brand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(allowed tokens, log prior mass of each): the mass of the paths (known brands) under each child; a
-        span only the title's copy trie offers gets one brand's share."""
-        if self.path is None:
-            tokens, starts, ends = self.path_node.child_arrays()
-            return tokens, np.log(np.maximum(cum_path[ends] - cum_path[starts], 1e-12))
-        mass: dict[int, float] = {}
-        if self.copy is not None:
-            share = 1.0 / max(self.c.n_brand_leaves, 1)
-            mass = dict.fromkeys(self.copy.children, share)
-        if self.known is not None:
-            tokens, starts, ends = self.known.child_arrays()
-            for t, v in zip(tokens.tolist(), (cum_brand[ends] - cum_brand[starts]).tolist()):
-                mass[t] = max(mass.get(t, 0.0), v)
-        tokens = np.fromiter(mass, dtype=np.int64, count=len(mass))
-        values = np.fromiter(mass.values(), dtype=np.float64, count=len(mass))
-        return tokens, np.log(np.maximum(values, 1e-12))
-
-    def advance(self, token: int) -> None:
-        if self.path is None:
-            node = self.path_node.children.get(token)
-            assert node is not None, f"token {token} is outside the constraint"
-            self.path_node = node
-            if not node.children:  # the path and its brand separator are complete
-                self.path, self.path_node = node.value, None
-                self.known, self.copy = self.c.brand_root, self.copy_root
-            return
-        known = self.known.children.get(token) if self.known is not None else None
-        copy = self.copy.children.get(token) if self.copy is not None else None
-        assert known is not None or copy is not None, f"token {token} is outside the constraint"
-        self.known, self.copy = known, copy
-        ended = [n.value for n in (known, copy) if n is not None and not n.children]
-        if ended:  # end-of-sequence emitted: brand complete
-            self.brand = ended[0]
+__all__ = ["BRAND_MODES", "LabelConstraint", "Prediction", "StepFn", "complete_branches", "edge_scores",
+           "greedy_decode", "max_target_length", "top_paths"]
 
 
 @dataclass
@@ -215,78 +51,166 @@ class Prediction:
     branches: list[tuple[float, list[int]]] = field(default_factory=list, repr=False)  # (bound, prefix) to complete
 
 
-def row_scores(row: _RowState, logits: np.ndarray, cum, prior, b: int) -> tuple[np.ndarray, np.ndarray]:
-    """(allowed tokens, their scores) of one row at one step: the logits of the tokens the constraint allows,
-    plus the label prior's weighted log mass (``cum``: :meth:`LabelConstraint.cumulative` of ``prior``)."""
+def edge_scores(state: ConstraintState, edges: Edges, logits: np.ndarray, cum, prior) -> np.ndarray:
+    """The score of every allowed edge: its token's logit (``logits``: ``[batch, vocab]``) plus the label prior's
+    weighted log mass (``cum``: :meth:`LabelConstraint.cumulative` of ``prior``; None: no prior). The one scoring
+    function of the decode loop, the branch completion and the Hugging Face logits processor."""
+    scores = logits[edges.row, edges.token]
     if cum is None:
-        allowed = row.allowed()
-        return allowed, logits[allowed]
-    weight = prior.weight if row.path is None else prior.brand_weight
-    allowed, log_mass = row.allowed_with_prior(cum[0][b], cum[1][b])
-    return allowed, logits[allowed] + np.float32(weight) * log_mass.astype(np.float32)
-
-
-def _log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores.astype(np.float64) - scores.max()
-    return shifted - np.log(np.exp(shifted).sum())
+        return scores
+    weight = np.where(edges.path >= 0, prior.weight, prior.brand_weight).astype(np.float32)
+    return scores + weight * state.log_mass(edges, cum).astype(np.float32)
 
 
 def _prior_cum(constraint: LabelConstraint, prior):
     return constraint.cumulative(prior) if prior is not None and (prior.weight or prior.brand_weight) else None
 
 
+@dataclass
+class _Run:
+    """One batch in progress: per row the decoder's input sequence (the start token, then every emitted token),
+    how much of it is known and fed, and each emitted token's log probability (0 for a forced one)."""
+
+    seq: np.ndarray  # int64 [rows, max_new + 1]
+    length: np.ndarray  # tokens of seq known
+    fed: np.ndarray  # tokens of seq fed to the decoder
+    logp: np.ndarray  # float64 [rows, max_new]
+    max_new: int
+
+    @classmethod
+    def start(cls, rows: int, max_new: int, start_id: int) -> "_Run":
+        seq = np.full((rows, max_new + 1), start_id, np.int64)
+        return cls(seq, np.ones(rows, np.int64), np.zeros(rows, np.int64), np.zeros((rows, max_new)), max_new)
+
+    def emit(self, state: ConstraintState, edges: Edges, picks: np.ndarray, logp: np.ndarray) -> None:
+        rows = edges.rows
+        over = rows[self.length[rows] > self.max_new]
+        if len(over):
+            raise RuntimeError(f"rows {over.tolist()} did not finish in {self.max_new} tokens; raise max_new_tokens")
+        self.seq[rows, self.length[rows]] = edges.token[picks]
+        self.logp[rows, self.length[rows] - 1] = logp
+        self.length[rows] += 1
+        state.advance(edges, picks)
+
+    def feed(self, finished: np.ndarray, width: int, pad_id: int) -> np.ndarray:
+        cols = np.minimum(self.fed[:, None] + np.arange(width), self.seq.shape[1] - 1)
+        tokens = np.take_along_axis(self.seq, cols, axis=1)
+        tokens[finished] = pad_id
+        return tokens
+
+    def emitted(self, b: int) -> list[int]:
+        return self.seq[b, 1 : self.length[b]].tolist()
+
+
+class _Loop:
+    """The decode loop of one batch (greedy, or through given token prefixes until the path is complete)."""
+
+    def __init__(self, step: StepFn, texts: Sequence[str], constraint: LabelConstraint, max_new_tokens: int,
+                 prior, branches: int = 0, prefixes: Sequence[Sequence[int]] | None = None,
+                 until_path: bool = False, jump_forward: bool = True) -> None:
+        self.step, self.constraint, self.prior = step, constraint, prior
+        self.state = constraint.start(texts)
+        self.cum = _prior_cum(constraint, prior)
+        self.run = _Run.start(len(texts), max_new_tokens, constraint.codec.pad_id)  # T5 decoder start = pad
+        self.branches, self.prefixes, self.until_path, self.jump = branches, prefixes, until_path, jump_forward
+        self.found: list[list[tuple[float, list[int]]]] = [[] for _ in texts]
+        self.calls = 0
+
+    def finished(self) -> np.ndarray:
+        return self.state.path_done if self.until_path else self.state.done
+
+    def decode(self) -> "_Loop":
+        run, pad = self.run, self.constraint.codec.pad_id
+        self.force(np.arange(self.state.n))
+        while not self.finished().all():
+            active = np.flatnonzero(~self.finished())
+            width = int((run.length[active] - run.fed[active]).min()) if self.jump else 1
+            logits = np.asarray(self.step(run.feed(self.finished(), width, pad)), dtype=np.float32)
+            self.calls += 1
+            run.fed[active] += width
+            deciding = active[run.fed[active] == run.length[active]]
+            if len(deciding):
+                self.decide(deciding, logits)
+                self.force(deciding[~self.finished()[deciding]])
+        return self
+
+    def force(self, rows: np.ndarray) -> None:
+        """Append every token the constraint forces (exactly one allowed continuation) to ``rows``."""
+        while len(rows):
+            edges = self.state.allowed(rows)
+            one = edges.counts == 1
+            if not one.any():
+                return
+            forced = edges._replace(rows=edges.rows[one], starts=edges.starts[one])
+            self._check_prefix(forced, forced.starts)
+            self.run.emit(self.state, forced, forced.starts, np.zeros(len(forced.rows)))
+            rows = forced.rows[~self.finished()[forced.rows]]
+
+    def decide(self, rows: np.ndarray, logits: np.ndarray) -> None:
+        """One scored choice for each of ``rows`` (ascending): the argmax of the constrained scores (the lowest
+        token on a tie), or the row's prefix token while it has one."""
+        edges = self.state.allowed(rows)
+        scores = edge_scores(self.state, edges, logits, self.cum, self.prior)
+        segment = np.repeat(np.arange(len(rows)), edges.counts)
+        top = np.maximum.reduceat(scores, edges.starts)
+        shifted = scores.astype(np.float64) - top[segment]
+        logp = shifted - np.log(np.add.reduceat(np.exp(shifted), edges.starts))[segment]
+        picks = np.minimum.reduceat(np.where(scores == top[segment], np.arange(len(scores)), len(scores)),
+                                    edges.starts)
+        if self.prefixes is not None:
+            inside = np.array([self.run.length[b] - 1 < len(self.prefixes[b]) for b in rows.tolist()], bool)
+            if inside.any():
+                sub = edges._replace(rows=rows[inside], starts=edges.starts[inside])
+                picks[inside] = self.state.find(sub, [self.prefixes[b][self.run.length[b] - 1] for b in sub.rows])
+        if self.branches:
+            self._record_branches(edges, logp, picks)
+        self.run.emit(self.state, edges, picks, logp[picks])
+
+    def _check_prefix(self, edges: Edges, picks: np.ndarray) -> None:
+        if self.prefixes is None:
+            return
+        for b, token in zip(edges.rows.tolist(), edges.token[picks].tolist()):
+            at = self.run.length[b] - 1
+            if at < len(self.prefixes[b]) and self.prefixes[b][at] != token:
+                raise ValueError(f"prefix token {self.prefixes[b][at]} of row {b} is outside the constraint")
+
+    def _record_branches(self, edges: Edges, logp: np.ndarray, picks: np.ndarray) -> None:
+        """The best places to leave the greedy path: per path-deciding row, its ``branches`` best other tokens, each
+        with the log probability of the prefix it starts (an upper bound of its completion's)."""
+        for i, b in enumerate(edges.rows.tolist()):
+            lo, count = int(edges.starts[i]), int(edges.counts[i])
+            if self.state.path_done[b] or count < 2:
+                continue
+            so_far, emitted = float(self.run.logp[b, : self.run.length[b] - 1].sum()), self.run.emitted(b)
+            for j in lo + np.argsort(-logp[lo : lo + count], kind="stable")[: self.branches + 1]:
+                if j != picks[i]:
+                    self.found[b].append((so_far + float(logp[j]), emitted + [int(edges.token[j])]))
+
+
 def greedy_decode(
     step: StepFn, texts: Sequence[str], constraint: LabelConstraint, max_new_tokens: int = 64, prior=None,
-    branches: int = 0,
+    branches: int = 0, jump_forward: bool = True,
 ) -> list[Prediction]:
     """Greedy decoding of one batch under the taxonomy constraint (``prior``: a :class:`shelfml.prior.PriorBatch`
     of these rows, whose log mass is added to the allowed tokens' logits with its weight). Each prediction
     carries the probability of its path through every level (the chain rule: the product of the step
     probabilities up to the separator that closes the level) and, with ``branches`` > 0, the best places to leave
-    the greedy path (:func:`complete_branches` turns them into alternative paths)."""
-    codec = constraint.codec
-    rows = constraint.start(texts)
-    cum = _prior_cum(constraint, prior)
-    tokens = np.full((len(rows), 1), codec.pad_id, dtype=np.int64)  # T5 decoder start = pad
-    steps: list[list[float]] = [[] for _ in rows]  # log probability of each emitted token
-    so_far = np.zeros(len(rows))  # their running sum (a branch's bound starts from it)
-    found: list[list[tuple[float, list[int]]]] = [[] for _ in rows]
-    emitted: list[list[int]] = [[] for _ in rows]
-    for _ in range(max_new_tokens):
-        if all(r.done for r in rows):
-            break
-        logits = np.asarray(step(tokens), dtype=np.float32)
-        for b, row in enumerate(rows):
-            if row.done:
-                tokens[b, 0] = codec.pad_id
-                continue
-            allowed, scores = row_scores(row, logits[b], cum, prior, b)
-            logp = _log_softmax(scores)
-            best = int(np.argmax(scores))
-            token = int(allowed[best])
-            if branches and row.path is None and len(allowed) > 1:
-                for j in np.argsort(-logp)[: branches + 1]:
-                    if j != best:
-                        found[b].append((so_far[b] + float(logp[j]), emitted[b] + [int(allowed[j])]))
-            steps[b].append(float(logp[best]))
-            so_far[b] += float(logp[best])
-            row.advance(token)
-            emitted[b].append(token)
-            tokens[b, 0] = token
-    unfinished = [b for b, r in enumerate(rows) if not r.done]
-    assert not unfinished, f"rows {unfinished} did not finish in {max_new_tokens} tokens; raise max_new_tokens"
+    the greedy path (:func:`complete_branches` turns them into alternative paths). ``jump_forward=False`` feeds
+    forced tokens one decoder call each (the same labels)."""
+    loop = _Loop(step, texts, constraint, max_new_tokens, prior, branches, jump_forward=jump_forward).decode()
+    codec, state, run = constraint.codec, loop.state, loop.run
     depth = len(constraint.taxonomy.levels)
     out = []
-    for r, logps, ids, options in zip(rows, steps, emitted, found):
-        label = Label(r.path, r.brand)
-        cumulative = np.cumsum(logps)
+    for b in range(state.n):
+        label = Label(state.path[b], state.brand[b])
+        cumulative = np.cumsum(run.logp[b, : run.length[b] - 1])
         ends = codec.level_ends(label.path)
         levels = [float(np.exp(cumulative[e - 1])) for e in ends]
         levels += levels[-1:] * (depth - len(levels))  # a short path: its deeper levels are the path itself
         path_logp = cumulative[ends[-1] - 1]
-        out.append(Prediction(label, float(np.exp(cumulative[-1])), ids, tuple(levels),
+        out.append(Prediction(label, float(np.exp(cumulative[-1])), run.emitted(b), tuple(levels),
                               float(np.exp(cumulative[-1] - path_logp)),
-                              branches=sorted(options, key=lambda o: -o[0])[:branches]))
+                              branches=sorted(loop.found[b], key=lambda o: -o[0])[:branches]))
     return out
 
 
@@ -295,32 +219,9 @@ def complete_branches(step: StepFn, texts: Sequence[str], prefixes: Sequence[Seq
     """Each row forced through its token prefix, then decoded greedily until its path is complete: the path and
     its probability under the same constrained scores as :func:`greedy_decode` (``step`` and ``prior`` are of
     these rows: a row per prefix)."""
-    codec = constraint.codec
-    rows = constraint.start(texts)
-    cum = _prior_cum(constraint, prior)
-    tokens = np.full((len(rows), 1), codec.pad_id, dtype=np.int64)
-    logprob = np.zeros(len(rows))
-    for s in range(max_new_tokens):
-        if all(r.path is not None for r in rows):
-            break
-        logits = np.asarray(step(tokens), dtype=np.float32)
-        for b, row in enumerate(rows):
-            if row.path is not None:
-                tokens[b, 0] = codec.pad_id
-                continue
-            allowed, scores = row_scores(row, logits[b], cum, prior, b)
-            logp = _log_softmax(scores)
-            if s < len(prefixes[b]):
-                (hits,) = np.nonzero(allowed == prefixes[b][s])
-                assert len(hits) == 1, f"prefix token {prefixes[b][s]} is outside the constraint"
-                j = int(hits[0])
-            else:
-                j = int(np.argmax(scores))
-            logprob[b] += logp[j]
-            row.advance(int(allowed[j]))
-            tokens[b, 0] = allowed[j]
-    assert all(r.path is not None for r in rows), f"a path did not finish in {max_new_tokens} tokens"
-    return [(r.path, float(np.exp(lp))) for r, lp in zip(rows, logprob)]
+    loop = _Loop(step, texts, constraint, max_new_tokens, prior, prefixes=prefixes, until_path=True).decode()
+    run = loop.run
+    return [(loop.state.path[b], float(np.exp(run.logp[b, : run.length[b] - 1].sum()))) for b in range(loop.state.n)]
 
 
 def top_paths(pred: Prediction, completed: Sequence[tuple[tuple[str, ...], float]], k: int) -> tuple:

@@ -99,6 +99,28 @@ def test_the_decoder_cache_grows_from_empty(t5_export):
     assert all(o.shape == (3, cfg.num_heads, 1, cfg.d_kv) for o in outputs[1:])
 
 
+def test_several_new_tokens_in_one_call_match_one_call_each_and_eager(t5_export):
+    """The decoder graph takes a run of tokens (jump-forward): the logits after the run and the grown cache equal
+    feeding the same tokens one call at a time, and the eager model's."""
+    model, out, specs = t5_export
+    runner = OrtT5(load_session(out / "encoder.onnx", specs["encoder"]), load_session(out / "decoder.onnx", specs["decoder"]))
+    ids, mask = padded_batch(model.config.vocab_size)
+    run = np.random.default_rng(1).integers(2, model.config.vocab_size, (3, 5)).astype(np.int64)
+    run[:, 0] = model.config.decoder_start_token_id
+    for make_step in (runner.make_step, eager_step_factory(model)):
+        one_by_one, at_once = make_step(ids, mask), make_step(ids, mask)
+        singles = [one_by_one(run[:, i : i + 1]) for i in range(run.shape[1])]
+        together = [at_once(run[:, :1]), at_once(run[:, 1:4]), at_once(run[:, 4:])]
+        assert np.abs(together[1] - singles[3]).max() < LOGIT_ATOL
+        assert np.abs(together[2] - singles[4]).max() < LOGIT_ATOL
+        nxt = np.argmax(singles[4], axis=-1)[:, None].astype(np.int64)  # the cache after both feeds is the same
+        assert np.abs(one_by_one(nxt) - at_once(nxt)).max() < LOGIT_ATOL
+    with torch.inference_mode():
+        eager = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                      decoder_input_ids=torch.from_numpy(run)).logits[:, -1].numpy()
+    assert np.abs(runner.make_step(ids, mask)(run) - eager).max() < LOGIT_ATOL
+
+
 def test_constrained_decoding_through_onnx_runtime_equals_eager(tiny_checkpoint, tmp_path, small_catalog):
     tagger = Tagger.load(tiny_checkpoint)
     specs = export_t5(tagger.model, tmp_path)

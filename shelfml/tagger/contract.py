@@ -1,5 +1,6 @@
-"""The tagger's I/O contract as data: the T5 encoder graph (once per request), the KV-cache decoder step
-(once per token, self-attention cache growing from 0), the served ``tagger`` model, and the shape ranges.
+"""The tagger's I/O contract as data: the T5 encoder graph (once per request), the KV-cache decoder step (once
+per decision: one new token or a run of forced ones; self-attention cache growing from 0), the served ``tagger``
+model, and the shape ranges.
 
 Export, parity checks (``atol``), the TensorRT builder (``keep_fp32``, ranges), ``config.pbtxt``
 generation, the server and the client read these.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from shelfml.contract import BATCH, GraphSpec, ShapeRanges, TensorSpec
 
-ENCODER_SEQ, PAST_SEQ = "encoder_sequence", "past_decoder_sequence"
+ENCODER_SEQ, PAST_SEQ, NEW_TOKENS = "encoder_sequence", "past_decoder_sequence", "new_decoder_tokens"
 # Node-name regexes TensorRT keeps in FP32 in an FP16 engine: T5 overflows FP16 in these.
 T5_KEEP_FP32: tuple[str, ...] = (
     r"DenseReluDense/wo/",  # FFN output projection
@@ -42,16 +43,17 @@ def t5_encoder_spec(config) -> GraphSpec:
 
 
 def t5_decoder_spec(config) -> GraphSpec:
-    """Last token + encoder mask + past (self and cross) -> logits and the grown self-attention past."""
+    """New tokens (one, or a forced run) + encoder mask + past (self and cross) -> the logits after the last
+    token and the self-attention past grown by the new tokens."""
     layers, heads, d_kv = config.num_decoder_layers, config.num_heads, config.d_kv
     return GraphSpec(
         name="tagger_decoder", file="decoder.onnx", atol=1e-3, keep_fp32=T5_KEEP_FP32,
-        inputs=(TensorSpec("input_ids", "int64", (BATCH, 1)),
+        inputs=(TensorSpec("input_ids", "int64", (BATCH, NEW_TOKENS)),
                 TensorSpec("encoder_attention_mask", "int64", (BATCH, ENCODER_SEQ)))
         + _kv("past_key_values", layers, heads, d_kv, "decoder", PAST_SEQ)
         + _kv("past_key_values", layers, heads, d_kv, "encoder", ENCODER_SEQ),
         outputs=(TensorSpec("logits", "float32", (BATCH, 1, config.vocab_size)),)
-        + _kv("present", layers, heads, d_kv, "decoder", "past_decoder_sequence + 1"),
+        + _kv("present", layers, heads, d_kv, "decoder", f"{PAST_SEQ} + {NEW_TOKENS}"),
     )
 
 
@@ -72,4 +74,5 @@ TAGGER_SERVICE = GraphSpec(
 def tagger_ranges(max_input_tokens: int, max_new_tokens: int, max_batch: int = 64) -> ShapeRanges:
     return ShapeRanges({BATCH: (1, min(8, max_batch), max_batch),
                         ENCODER_SEQ: (1, min(64, max_input_tokens), max_input_tokens),
-                        PAST_SEQ: (0, max(1, max_new_tokens // 2), max_new_tokens)})
+                        PAST_SEQ: (0, max(1, max_new_tokens // 2), max_new_tokens),
+                        NEW_TOKENS: (1, 1, max_new_tokens)})

@@ -20,39 +20,42 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from shelfml.decoding import row_scores
+from shelfml.decoding import edge_scores
 from shelfml.labels import BRAND_SEP, LEVEL_SEP
 from shelfml.tagger.predict import Tagger
 
 
 class TaxonomyLogitsProcessor(LogitsProcessor):
     """Every step: tokens outside the taxonomy trie (then the brand tries) get -inf, allowed ones the label
-    prior's weighted log mass added, exactly as the decode loop scores them (:func:`shelfml.decoding.row_scores`)."""
+    prior's weighted log mass added, exactly as the decode loop scores them (:func:`shelfml.decoding.edge_scores`)."""
 
     def __init__(self, tagger: Tagger, texts: Sequence[str], prior_weight: float | None = None) -> None:
         texts = [tagger.tokenizer.clip(t, tagger.max_input_tokens) for t in texts]
-        self.constraint, self.rows = tagger.constraint, tagger.constraint.start(texts)
+        self.constraint, self.state = tagger.constraint, tagger.constraint.start(texts)
         self.prior = tagger.prior_batch(texts, prior_weight)
         use = self.prior is not None and (self.prior.weight or self.prior.brand_weight)
         self.cum = self.constraint.cumulative(self.prior) if use else None
         self.pad_id, self.started = tagger.constraint.codec.pad_id, False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        state = self.state
         if self.started:  # the token generate chose last step
-            for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-                if not row.done:
-                    row.advance(int(token))
+            rows = np.flatnonzero(~state.done)
+            if len(rows):
+                edges = state.allowed(rows)
+                state.advance(edges, state.find(edges, input_ids[rows, -1].cpu().numpy()))
         self.started = True
         out = torch.full_like(scores, -float("inf"))
-        for b, row in enumerate(self.rows):
-            if row.done:
-                out[b, self.pad_id] = 0.0
-                continue
-            allowed, values = row_scores(row, scores[b].float().cpu().numpy(), self.cum, self.prior, b)
-            out[b, torch.from_numpy(allowed)] = torch.from_numpy(values).to(scores.dtype)
+        out[torch.from_numpy(state.done), self.pad_id] = 0.0
+        rows = np.flatnonzero(~state.done)
+        if len(rows):
+            edges = state.allowed(rows)
+            values = edge_scores(state, edges, scores.float().cpu().numpy(), self.cum, self.prior)
+            out[torch.from_numpy(edges.row), torch.from_numpy(edges.token)] = torch.from_numpy(values).to(scores.dtype)
         return out
 
 

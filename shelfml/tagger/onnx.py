@@ -1,7 +1,9 @@
 """The tagger's ONNX graphs: T5 becomes two graphs, the encoder (run once per request; it also
-projects every decoder layer's cross-attention keys/values) and one decoder step with a self-attention
-cache that grows from length 0. The decoder step is written out from the model's own modules (no
-``Cache`` objects), so the graph is plain MatMul/Softmax/Concat that ONNX Runtime and TensorRT both take.
+projects every decoder layer's cross-attention keys/values) and a decoder step with a self-attention
+cache that grows from length 0. A step takes one or several new tokens (jump-forward feeds the tokens the
+taxonomy forces in one call), with the causal mask inside them, and returns the logits after the last. The
+step is written out from the model's own modules (no ``Cache`` objects), so the graph is plain
+MatMul/Softmax/Concat that ONNX Runtime and TensorRT both take.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def _split_heads(x: torch.Tensor, heads: int, d_kv: int) -> torch.Tensor:
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scaling: float) -> torch.Tensor:
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling + bias
-    out = torch.matmul(F.softmax(scores.float(), dim=-1).to(v.dtype), v)  # [B, H, 1, d_kv]
+    out = torch.matmul(F.softmax(scores.float(), dim=-1).to(v.dtype), v)  # [B, H, new, d_kv]
     return out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
 
 
@@ -45,7 +47,8 @@ class T5EncoderGraph(nn.Module):
 
 
 class T5DecoderStep(nn.Module):
-    """One decoder token with a KV cache: (token, encoder mask, self past, cross k/v) -> (logits, new self past)."""
+    """New decoder tokens with a KV cache: (tokens [B, new], encoder mask, self past, cross k/v) -> (logits after
+    the last token [B, 1, vocab], the self past grown by ``new``)."""
 
     def __init__(self, model) -> None:
         super().__init__()
@@ -59,9 +62,12 @@ class T5DecoderStep(nn.Module):
         n = len(self.blocks)
         self_past, cross = past[: 2 * n], past[2 * n :]
         x = self.embed(input_ids)
-        past_len = self_past[0].shape[2]
-        # relative position bias of the new token (position past_len) against positions 0..past_len
-        bias = self.blocks[0].layer[0].SelfAttention.compute_bias(1, past_len + 1, past_seen_tokens=past_len)
+        new, past_len = input_ids.shape[1], self_past[0].shape[2]
+        # relative position bias of the new tokens (positions past_len..) against positions 0..past_len + new - 1,
+        # and the causal mask inside the new tokens
+        bias = self.blocks[0].layer[0].SelfAttention.compute_bias(new, past_len + new, past_seen_tokens=past_len)
+        later = torch.arange(past_len + new)[None, :] > (torch.arange(new)[:, None] + past_len)
+        bias = bias.masked_fill(later[None, None], torch.finfo(x.dtype).min)
         mask = encoder_attention_mask[:, None, None, :].to(x.dtype)
         enc_bias = (1.0 - mask) * torch.finfo(x.dtype).min
         presents = []
@@ -76,7 +82,7 @@ class T5DecoderStep(nn.Module):
             q = _split_heads(attn.q(layer.layer_norm(x)), self.heads, self.d_kv)
             x = x + attn.o(_attend(q, cross[2 * i], cross[2 * i + 1], enc_bias, attn.scaling))
             x = block.layer[-1](x)  # feed-forward: norm, FFN, residual
-        logits = self.lm_head(self.final_norm(x) * self.out_scale)
+        logits = self.lm_head(self.final_norm(x[:, -1:]) * self.out_scale)
         return (logits, *presents)
 
 
@@ -94,7 +100,7 @@ def export_t5(model, out_dir: Path, opset: int = OPSET) -> dict[str, GraphSpec]:
     with torch.no_grad():
         cross = encoder(ids, mask)[1:]
     self_past = [torch.randn(2, cfg.num_heads, 3, cfg.d_kv) for _ in range(2 * cfg.num_decoder_layers)]
-    token = torch.randint(2, cfg.vocab_size, (2, 1))
+    token = torch.randint(2, cfg.vocab_size, (2, 2))  # two new tokens: the causal mask stays in the graph
     export_graph(T5DecoderStep(model).eval(), dec_spec, (token, mask, *self_past, *cross), out_dir / dec_spec.file,
                  opset)
     return {"encoder": enc_spec, "decoder": dec_spec}
