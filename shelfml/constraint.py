@@ -15,8 +15,10 @@ An empty allowed set raises: the constraint never silently lets a row go free.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -26,6 +28,7 @@ from shelfml.labels import TargetCodec, Taxonomy
 BRAND_MODES = ("known", "known+copy")
 COPY_MAX_WORDS = 3
 MAX_BRAND_TOKENS = 16  # copied spans longer than this are not offered
+WORD_CACHE = 200_000  # title words whose token ids are kept (the cache starts afresh beyond this)
 _KEY = np.int64(1 << 32)  # an edge's key: row * _KEY + token (keys ascending = edges by row, then token)
 
 
@@ -42,17 +45,24 @@ class CompiledTrie:
     roots: np.ndarray  # int64 [groups]: the root of each group's trie
     n_leaves: int
 
+    @property
+    def dead(self) -> int:
+        """The last node: no children, no value, no leaves; where a row stands once this trie no longer fits it."""
+        return len(self.value) - 1
+
     @classmethod
     def build(cls, sequences: Sequence[Sequence[int]], groups: Sequence[int] | None = None,
-              n_groups: int = 1) -> tuple["CompiledTrie", list[int]]:
+              n_groups: int = 1, leaf_ranges: bool = True) -> tuple["CompiledTrie", list[int]]:
         """One trie per group (``groups[i]``: the group of sequence ``i``; one group by default), and the indices of
-        the sequences dropped because an earlier one has the same tokens (collisions)."""
+        the sequences dropped because an earlier one has the same tokens (collisions). ``leaf_ranges=False`` skips
+        the leaf numbering (a trie no prior is spread over: ``start``/``end`` stay 0)."""
         n = len(sequences)
         group = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64).reshape(n)
-        lengths = np.array([len(s) for s in sequences], np.int64).reshape(n)
+        lengths = np.fromiter(map(len, sequences), np.int64, count=n)
         ids = np.full((n, int(lengths.max()) if n else 0), -1, np.int64)
-        for i, seq in enumerate(sequences):
-            ids[i, : len(seq)] = seq
+        owner = np.repeat(np.arange(n), lengths)
+        ids[owner, np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
+            np.fromiter(itertools.chain.from_iterable(sequences), np.int64, count=len(owner))
         roots = np.arange(n_groups, dtype=np.int64)
         node = roots[group]
         walk = [(np.arange(n), node.copy())]  # (sequences, their node) per depth, the roots first
@@ -70,21 +80,57 @@ class CompiledTrie:
         offsets = np.zeros(count + 1, np.int64)
         np.add.at(offsets, edge_keys // _KEY + 1, 1)
         first = np.full(count, n, np.int64)
-        np.minimum.at(first, node, np.arange(n))  # the first sequence ending at each node
+        ended, at = np.unique(node, return_index=True)
+        first[ended] = at  # the first sequence ending at each node
         value = np.where(first < n, first, -1)
-        start, end, n_leaves = _leaf_ranges(ids, group, node, walk, count)
-        trie = cls(np.cumsum(offsets), edge_keys[order] % _KEY,
-                   np.concatenate(children)[order] if children else edge_keys, value, start, end, roots, n_leaves)
-        return trie, [i for i in range(n) if first[node[i]] != i]
+        if leaf_ranges:
+            start, end, n_leaves = _leaf_ranges(ids, group, node, walk, count)
+        else:
+            start, end, n_leaves = np.zeros(count, np.int64), np.zeros(count, np.int64), len(ended)
+        offsets, zero = np.append(offsets.cumsum(), len(edge_keys)), np.zeros(1, np.int64)  # + the dead node
+        trie = cls(offsets, edge_keys[order] % _KEY, np.concatenate(children)[order] if children else edge_keys,
+                   np.append(value, -1), np.append(start, zero), np.append(end, zero), roots, n_leaves)
+        return trie, np.flatnonzero(first[node] != np.arange(n)).tolist()
 
     def degree(self, nodes: np.ndarray) -> np.ndarray:
         return self.offsets[nodes + 1] - self.offsets[nodes]
 
-    def gather(self, rows: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, token, child) of every edge leaving ``nodes[i]`` (owned by ``rows[i]``), in that order."""
-        lo, counts = self.offsets[nodes], self.degree(nodes)
+    def gather(self, rows: np.ndarray, nodes: np.ndarray, field: int) -> tuple[np.ndarray, np.ndarray]:
+        """The edges leaving ``nodes[i]`` (owned by ``rows[i]``) as a ``[5, edges]`` block (row, token, then the
+        child in row ``field``, -1 in the other child rows; see :class:`Edges`), and each node's edge count."""
+        lo = self.offsets[nodes]
+        counts = self.offsets[nodes + 1] - lo
         edge = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()), dtype=np.int64)
-        return np.repeat(rows, counts), self.tokens[edge], self.child[edge]
+        block = np.full((5, len(edge)), -1, np.int64)
+        block[0], block[1], block[field] = np.repeat(rows, counts), self.tokens[edge], self.child[edge]
+        return block, counts
+
+    @cached_property
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Forced runs, by pointer jumping: per node, how many tokens follow with no choice (it and each node after
+        it has exactly one child), the node where that stops, and where those tokens start in ``tokens_of_runs``
+        (each maximal chain of one-child nodes stored once; a node's run is a suffix of its chain's)."""
+        n = len(self.value)
+        nodes = np.arange(n, dtype=np.int64)
+        deg = np.diff(self.offsets)
+        single = deg == 1
+        first = np.minimum(self.offsets[:-1], max(len(self.tokens) - 1, 0))
+        only = self.child[first] if len(self.tokens) else nodes  # the one child, where there is one
+        length, end = single.astype(np.int64), np.where(single, only, nodes)
+        while (length[end] > 0).any():
+            length, end = length + length[end], end[end]
+        parent = nodes.copy()
+        parent[self.child] = np.repeat(nodes, deg)
+        head = np.where(single & single[parent] & (parent != nodes), parent, nodes)
+        while (head[head] != head).any():
+            head = head[head]
+        heads = single & (head == nodes)
+        chain_start = np.zeros(n, np.int64)
+        chain_start[heads] = np.cumsum(length[heads]) - length[heads]
+        at = chain_start[head] + length[head] - length
+        tokens = np.zeros(int(single.sum()), np.int64)
+        tokens[at[single]] = self.tokens[first[single]]
+        return length, end, at, tokens
 
 
 def _leaf_ranges(ids: np.ndarray, group: np.ndarray, ends: np.ndarray, walk: list, count: int
@@ -113,21 +159,26 @@ def span_candidates(text: str) -> list[str]:
     return sorted(spans)
 
 
-class Edges(NamedTuple):
-    """The allowed next tokens of some rows, sorted by (row, token): each edge's child in the path trie, the
-    known-brand trie and the copy trie (-1 where that trie does not continue)."""
+class Edges:
+    """The allowed next tokens of some rows, one contiguous segment per row (tokens ascending within it): a
+    ``[5, edges]`` block of each edge's row, token and child in the path trie, the known-brand trie and the copy
+    trie (that trie's dead node where it does not continue)."""
 
-    row: np.ndarray
-    token: np.ndarray
-    path: np.ndarray
-    known: np.ndarray
-    copy: np.ndarray
-    rows: np.ndarray  # the rows, ascending
-    starts: np.ndarray  # index of each row's first edge
+    __slots__ = ("block", "rows", "starts", "counts")
 
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(np.append(self.starts, len(self.row)))
+    def __init__(self, block: np.ndarray, rows: np.ndarray, counts: np.ndarray, starts: np.ndarray | None = None):
+        self.block, self.rows, self.counts = block, rows, counts
+        self.starts = counts.cumsum() - counts if starts is None else starts
+
+    row = property(lambda self: self.block[0])
+    token = property(lambda self: self.block[1])
+    path = property(lambda self: self.block[2])
+    known = property(lambda self: self.block[3])
+    copy = property(lambda self: self.block[4])
+
+    def take(self, segments: np.ndarray) -> "Edges":
+        """The same edges with only some segments addressed (indexing into the same block)."""
+        return Edges(self.block, self.rows[segments], self.counts[segments], self.starts[segments])
 
 
 class LabelConstraint:
@@ -147,6 +198,8 @@ class LabelConstraint:
         # the leaf of each taxonomy path / brand ("" first), where a prior's probability of it goes
         self.path_leaf = self.paths.start[_ends(self.paths, [codec.path_ids(p) for p in taxonomy.paths])]
         self.brand_leaf = self.brands.start[_ends(self.brands, brand_ids)]
+        self._splits_words = _splits_words(codec)
+        self._word_ids: dict[str, list[int]] = {}
 
     def cumulative(self, prior) -> tuple[np.ndarray, np.ndarray]:
         """Per row, cumulative prior mass over the path leaves and the brand leaves (a leading 0)."""
@@ -158,21 +211,49 @@ class LabelConstraint:
         return cum(prior.paths, self.path_leaf, self.n_path_leaves), cum(prior.brands, self.brand_leaf,
                                                                          self.n_brand_leaves)
 
-    def copy_trie(self, texts: Sequence[str]) -> tuple[CompiledTrie, list[str]] | None:
-        """Every row's title spans compiled into one trie with a root per row (None in ``known`` mode)."""
+    def copy_trie(self, texts: Sequence[str]) -> tuple[CompiledTrie, list[str]]:
+        """Every row's title spans compiled into one trie with a root per row (in ``known`` mode: no spans)."""
         if self.brand_mode != "known+copy":
-            return None
+            return CompiledTrie.build([], n_groups=len(texts), leaf_ranges=False)[0], []
         spans = [span_candidates(t) for t in texts]
         flat = [s for row in spans for s in row]
-        ids = self.codec.brand_ids_many(flat) if flat else []
+        ids = self.span_ids(flat)
         keep = [i for i, seq in enumerate(ids) if len(seq) <= MAX_BRAND_TOKENS]
         groups = np.repeat(np.arange(len(texts)), [len(s) for s in spans])[keep]
-        trie, _ = CompiledTrie.build([ids[i] for i in keep], groups, len(texts))
+        trie, _ = CompiledTrie.build([ids[i] for i in keep], groups, len(texts), leaf_ranges=False)
         return trie, [flat[i] for i in keep]
+
+    def span_ids(self, spans: Sequence[str]) -> list[list[int]]:
+        """:meth:`TargetCodec.brand_ids` of title spans. A tokenizer that splits on whitespace before its model
+        (Metaspace, Whitespace) tokenises a span as its words one after another, so words are tokenised once and
+        kept (catalogs repeat their words); any other tokenizer tokenises every span."""
+        if not self._splits_words:
+            return self.codec.brand_ids_many(spans)
+        words = {w for span in spans for w in span.split(" ")}
+        todo = sorted(words - self._word_ids.keys())
+        if len(self._word_ids) + len(todo) > WORD_CACHE:
+            self._word_ids = {}
+            todo = sorted(words)
+        for word, ids in zip(todo, self.codec.brand_ids_many(todo)):
+            self._word_ids[word] = ids[:-1]
+        eos = [self.codec.eos_id]
+        return [[t for w in span.split(" ") for t in self._word_ids[w]] + eos for span in spans]
 
     def start(self, texts: Sequence[str]) -> "ConstraintState":
         """Fresh decode state for each input text."""
         return ConstraintState(self, self.copy_trie(texts), len(texts))
+
+
+def _splits_words(codec: TargetCodec) -> bool:
+    """Whether the tokenizer splits text on whitespace before its model, so a span's ids are its words' ids one
+    after another (checked on a few spans too)."""
+    backend = getattr(codec.tokenizer, "backend_tokenizer", None)
+    pre = repr(getattr(backend, "pre_tokenizer", None))
+    splits = ("Metaspace(" in pre and "split=True" in pre and "prepend_scheme=always" in pre) or \
+        pre.startswith(("WhitespaceSplit(", "Whitespace("))
+    probes = ["Acme Pro 3000", "bamboo-fibre baby wipes", "L'Oreal Paris", "5 x 100g"]
+    return splits and all(codec.brand_ids(p)[:-1] == [t for w in p.split(" ") for t in codec.brand_ids(w)[:-1]]
+                          for p in probes)
 
 
 def _ends(trie: CompiledTrie, sequences: Sequence[Sequence[int]]) -> np.ndarray:
@@ -188,108 +269,174 @@ def _ends(trie: CompiledTrie, sequences: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 class ConstraintState:
-    """Every row's place in the constraint: ``path_node`` (-1 once the path is complete), then ``known`` and
-    ``copy`` nodes (-1: that trie ran out or is not in use); ``path[b]`` and ``brand[b]`` once decided."""
+    """Every row's place in the constraint: ``node[0]`` in the path trie, then ``node[1]`` in the known-brand trie
+    and ``node[2]`` in the copy trie (a trie's dead node: not there yet, or that trie ran out); ``path[b]`` and
+    ``brand[b]`` once decided. A path is decided at a leaf of the path trie, a brand at a leaf of either brand trie
+    (the known brand when both end)."""
 
-    def __init__(self, constraint: LabelConstraint, copy: tuple[CompiledTrie, list[str]] | None, n: int) -> None:
+    def __init__(self, constraint: LabelConstraint, copy: tuple[CompiledTrie, list[str]], n: int) -> None:
         self.c, self.n = constraint, n
-        self.copy_trie, self.copy_values = copy if copy is not None else (None, [])
-        self.path_node = np.full(n, int(constraint.paths.roots[0]), np.int64)
-        self.known, self.copy = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        copy_trie, self.copy_values = copy
+        self.tries = (constraint.paths, constraint.brands, copy_trie)
+        self.dead = np.array([t.dead for t in self.tries], np.int64)
+        self.node = np.repeat(self.dead[:, None], n, axis=1)
+        self.node[0] = constraint.paths.roots[0]
         self.path: list[tuple[str, ...] | None] = [None] * n
         self.brand: list[str | None] = [None] * n
         self.path_done, self.done = np.zeros(n, bool), np.zeros(n, bool)
 
+    def _gather(self, t: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The edges of ``rows``' nodes in trie ``t`` as a block, and each row's count."""
+        trie = self.tries[t]
+        nodes = self.node[t, rows]
+        lo = trie.offsets[nodes]
+        counts = trie.offsets[nodes + 1] - lo
+        edge = (lo - counts.cumsum() + counts).repeat(counts) + np.arange(counts.sum())
+        block = np.empty((5, len(edge)), np.int64)
+        block[2:] = self.dead[:, None]
+        block[0], block[1], block[2 + t] = rows.repeat(counts), trie.tokens[edge], trie.child[edge]
+        return block, counts
+
     def allowed(self, rows: np.ndarray) -> Edges:
-        """The allowed next tokens of ``rows`` (ascending, not done); raises when a row has none."""
+        """The allowed next tokens of ``rows`` (none done): path rows' segments first, then brand rows'; raises
+        when a row has none."""
         rows = np.asarray(rows, np.int64)
-        on_path = rows[~self.path_done[rows]]
-        r, t, p = self.c.paths.gather(on_path, self.path_node[on_path])
-        path = _edges(r, t, p, -np.ones_like(r), -np.ones_like(r))
-        brand_rows = rows[self.path_done[rows]]
-        with_known = brand_rows[self.known[brand_rows] >= 0]
-        r, t, k = self.c.brands.gather(with_known, self.known[with_known])
-        brand = _edges(r, t, -np.ones_like(r), k, -np.ones_like(r))
-        if self.copy_trie is not None:
-            with_copy = brand_rows[self.copy[brand_rows] >= 0]
-            r, t, c = self.copy_trie.gather(with_copy, self.copy[with_copy])
-            brand = _merge(brand, _edges(r, t, -np.ones_like(r), -np.ones_like(r), c), into="copy")
-        edges = _merge(path, brand, into=None)
-        present = np.unique(edges[0])
-        if len(present) < len(rows):
-            empty = sorted(set(rows.tolist()) - set(present.tolist()))
-            raise RuntimeError(f"rows {empty}: the constraint allows no next token (a broken trie or a finished row)")
-        starts = np.searchsorted(edges[0], rows)
-        return Edges(*edges, rows, starts)
+        on_path = ~self.path_done[rows]
+        if on_path.all():
+            block, counts = self._gather(0, rows)
+        elif not on_path.any():
+            block, counts = self._brand_edges(rows)
+        else:
+            pr, br = rows[on_path], rows[~on_path]
+            (b1, c1), (b2, c2) = self._gather(0, pr), self._brand_edges(br)
+            block, counts, rows = np.concatenate((b1, b2), axis=1), np.concatenate((c1, c2)), np.concatenate((pr, br))
+        if not counts.all():
+            raise RuntimeError(f"rows {rows[counts == 0].tolist()}: the constraint allows no next token "
+                               "(a broken trie or a finished row)")
+        return Edges(block, rows, counts)
+
+    def _brand_edges(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Known-brand and copy edges of ``rows`` as one block, a token both tries offer once (with both children)."""
+        (kb, kc), (cb, cc) = self._gather(1, rows), self._gather(2, rows)
+        if not cb.shape[1] or not kb.shape[1]:
+            return (kb, kc) if cb.shape[1] == 0 else (cb, cc)
+        segment = np.arange(len(rows))
+        keys = np.concatenate((segment.repeat(kc) * _KEY + kb[1], segment.repeat(cc) * _KEY + cb[1]))
+        order = keys.argsort(kind="stable")  # by row, then token; a known edge before the copy edge of its token
+        block, keys = np.concatenate((kb, cb), axis=1)[:, order], keys[order]
+        twin = np.flatnonzero(keys[1:] == keys[:-1])
+        if not len(twin):
+            return block, kc + cc
+        block[4, twin] = block[4, twin + 1]
+        return np.delete(block, twin + 1, axis=1), kc + cc - np.bincount(keys[twin] // _KEY, minlength=len(rows))
+
+    def forced(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Advance ``rows`` (none done) through the tokens the constraint forces (exactly one allowed continuation)
+        to their next choice or their end: (the rows that moved, how many tokens each, those tokens row after row).
+        A run inside one trie is taken whole (:attr:`CompiledTrie.runs`), so it ends at a choice or a leaf; a row
+        whose path ends goes on to the brand tries, and where both brand tries are live they move one token at a
+        time while they agree on it."""
+        rows = np.asarray(rows, np.int64)
+        out = []
+        on_path = ~self.path_done[rows]
+        if on_path.any():
+            pr = rows[on_path]
+            moved, lengths, tokens, end = _run(self.c.paths, pr, self.node[0, pr])
+            self.node[0, moved] = end
+            out.append((moved, lengths, tokens))
+            rows = np.concatenate((rows[~on_path], self._settle(moved)[0]))
+        while len(rows):  # brand rows: a run in the one live trie, or a token both live tries agree on
+            k, c = self.node[1, rows], self.node[2, rows]
+            kd, cd = self.c.brands.degree(k), self.tries[2].degree(c)
+            both = (kd == 1) & (cd == 1)
+            for t, alone in ((1, cd == 0), (2, kd == 0)):
+                if alone.any():
+                    moved, lengths, tokens, end = _run(self.tries[t], rows[alone], self.node[t, rows[alone]])
+                    self.node[t, moved] = end
+                    out.append((moved, lengths, tokens))
+            if both.any():
+                k, c = k[both], c[both]
+                same = self.c.brands.tokens[self.c.brands.offsets[k]] == self.tries[2].tokens[self.tries[2].offsets[c]]
+                moved, k, c = rows[both][same], k[same], c[same]
+                out.append((moved, np.ones(len(moved), np.int64), self.c.brands.tokens[self.c.brands.offsets[k]]))
+                self.node[1, moved] = self.c.brands.child[self.c.brands.offsets[k]]
+                self.node[2, moved] = self.tries[2].child[self.tries[2].offsets[c]]
+            else:
+                moved = rows[:0]
+            self._settle(rows)
+            rows = moved[~self.done[moved]]
+        out = [o for o in out if len(o[0])]
+        if not out:
+            return rows[:0], rows[:0], rows[:0]
+        if len(out) == 1:
+            return out[0]
+        return _group_runs(*zip(*out))
 
     def log_mass(self, edges: Edges, cum: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """log of each edge's prior mass: the paths (known brands) under its child; a span only the copy trie
         offers gets one brand's share, and a token both tries offer the larger of the two."""
-        mass = np.zeros(len(edges.row))
-        for child, trie, table in ((edges.path, self.c.paths, cum[0]), (edges.known, self.c.brands, cum[1])):
-            on = np.flatnonzero(child >= 0)
-            rows, nodes = edges.row[on], child[on]
-            mass[on] = table[rows, trie.end[nodes]] - table[rows, trie.start[nodes]]
-        copy_only = edges.copy >= 0
-        mass[copy_only] = np.maximum(mass[copy_only], 1.0 / max(self.c.n_brand_leaves, 1))
+        paths, brands = self.c.paths, self.c.brands
+        rows, path, known = edges.row, edges.path, edges.known
+        mass = (cum[0][rows, paths.end[path]] - cum[0][rows, paths.start[path]]
+                + cum[1][rows, brands.end[known]] - cum[1][rows, brands.start[known]])  # a dead child adds 0
+        copy = edges.copy != self.dead[2]
+        if copy.any():
+            mass[copy] = np.maximum(mass[copy], 1.0 / max(self.c.n_brand_leaves, 1))
         return np.log(np.maximum(mass, 1e-12))
 
-    def find(self, edges: Edges, tokens: np.ndarray) -> np.ndarray:
+    def find(self, edges: Edges, tokens: Sequence[int]) -> np.ndarray:
         """The edge of each of ``edges.rows`` that emits ``tokens[i]``; raises for a token outside the constraint."""
-        keys, wanted = edges.row * _KEY + edges.token, edges.rows * _KEY + np.asarray(tokens, np.int64)
-        picks = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        bad = keys[picks] != wanted
-        if bad.any():
-            raise ValueError(f"token {int(np.asarray(tokens)[bad][0])} of row {int(edges.rows[bad][0])} is outside "
-                             "the constraint")
+        tokens = np.asarray(tokens, np.int64).reshape(len(edges.rows))
+        picks = np.empty(len(edges.rows), np.int64)
+        for i, (lo, count, token) in enumerate(zip(edges.starts.tolist(), edges.counts.tolist(), tokens.tolist())):
+            j = lo + int(np.searchsorted(edges.token[lo : lo + count], token))
+            if j >= lo + count or edges.token[j] != token:
+                raise ValueError(f"token {token} of row {int(edges.rows[i])} is outside the constraint")
+            picks[i] = j
         return picks
 
     def advance(self, edges: Edges, picks: np.ndarray) -> None:
-        """Each of ``edges.rows`` takes its edge ``picks[i]``: a path completes at a leaf of the path trie (then
-        the brand tries start), a brand at a leaf of either brand trie (the known brand first)."""
-        rows = edges.rows
-        on_path = ~self.path_done[rows]
-        pr, node = rows[on_path], edges.path[picks[on_path]]
-        self.path_node[pr] = node
-        leaf = self.c.paths.degree(node) == 0
-        for b, v in zip(pr[leaf].tolist(), self.c.paths.value[node[leaf]].tolist()):
-            self.path[b] = self.c.taxonomy.paths[v]
-        ended = pr[leaf]
-        self.path_done[ended], self.path_node[ended] = True, -1
-        self.known[ended] = self.c.brands.roots[0]
-        if self.copy_trie is not None:
-            self.copy[ended] = self.copy_trie.roots[ended]
-        br, e = rows[~on_path], picks[~on_path]
-        self.known[br], self.copy[br] = edges.known[e], edges.copy[e]
-        self._finish_brands(br)
+        """Each of ``edges.rows`` takes its edge ``picks[i]``."""
+        self.node[:, edges.rows] = edges.block[2:, picks]
+        self._settle(edges.rows)
 
-    def _finish_brands(self, rows: np.ndarray) -> None:
-        for b in rows.tolist():
-            k, c = int(self.known[b]), int(self.copy[b])
-            if k >= 0 and self.c.brands.degree(np.array([k]))[0] == 0:
-                self.brand[b] = self.c.brand_values[self.c.brands.value[k]]
-            elif c >= 0 and self.copy_trie.degree(np.array([c]))[0] == 0:
-                self.brand[b] = self.copy_values[self.copy_trie.value[c]]
-            else:
-                continue
-            self.done[b] = True
+    def _settle(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decide what ``rows`` have reached: a path at a path leaf (the brand tries start at their roots), a brand
+        at a brand leaf (the row is done). Returns (rows whose path ended, rows whose brand ended)."""
+        paths, brands, copy = self.tries
+        node = self.node[:, rows]
+        ended = paths.value[node[0]] >= 0
+        if ended.any():
+            er = rows[ended]
+            for b, v in zip(er.tolist(), paths.value[node[0, ended]].tolist()):
+                self.path[b] = self.c.taxonomy.paths[v]
+            self.path_done[er] = True
+            self.node[0, er], self.node[1, er], self.node[2, er] = self.dead[0], brands.roots[0], copy.roots[er]
+        known, copied = brands.value[node[1]], copy.value[node[2]]
+        finished = (known >= 0) | (copied >= 0)
+        if not finished.any():
+            return rows[ended], rows[:0]
+        fr = rows[finished]
+        for b, k, c in zip(fr.tolist(), known[finished].tolist(), copied[finished].tolist()):
+            self.brand[b] = self.c.brand_values[k] if k >= 0 else self.copy_values[c]
+        self.done[fr] = True
+        return rows[ended], fr
 
 
-def _edges(row, token, path, known, copy) -> tuple[np.ndarray, ...]:
-    return row, token, path, known, copy
+def _run(trie: CompiledTrie, rows: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows whose node starts a forced run in ``trie``: (those rows, run lengths, their tokens, end nodes)."""
+    length, end, at, tokens = trie.runs
+    moving = length[nodes] > 0
+    rows, nodes = rows[moving], nodes[moving]
+    lengths = length[nodes]
+    index = (at[nodes] - lengths.cumsum() + lengths).repeat(lengths) + np.arange(lengths.sum())
+    return rows, lengths, tokens[index], end[nodes]
 
 
-def _merge(a: tuple, b: tuple, into: str | None) -> tuple[np.ndarray, ...]:
-    """Two (row, token, path, known, copy) edge lists, each sorted by key, as one sorted list; with ``into``, an
-    edge of ``b`` whose key ``a`` has too only sets its ``into`` child there."""
-    ka, kb = a[0] * _KEY + a[1], b[0] * _KEY + b[1]
-    pos = np.searchsorted(ka, kb)
-    same = np.zeros(len(kb), bool)
-    if into is not None and len(ka):
-        hit = pos < len(ka)
-        same[hit] = ka[pos[hit]] == kb[hit]
-        field = {"copy": 4}[into]
-        a = tuple(x.copy() if i == field else x for i, x in enumerate(a))
-        a[field][pos[same]] = b[field][same]
-    keep = ~same
-    return tuple(np.insert(x, pos[keep], y[keep]) for x, y in zip(a, b))
+def _group_runs(moved: Sequence, lengths: Sequence, tokens: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs found in several passes (a row may move in more than one) as one run per row, in pass order."""
+    rows, counts, flat = np.concatenate(moved), np.concatenate(lengths), np.concatenate(tokens)
+    owner = rows.repeat(counts)
+    order = owner.argsort(kind="stable")
+    unique = np.unique(rows)
+    return unique, np.bincount(owner, minlength=int(rows.max()) + 1)[unique], flat[order]

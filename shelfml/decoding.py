@@ -58,7 +58,7 @@ def edge_scores(state: ConstraintState, edges: Edges, logits: np.ndarray, cum, p
     scores = logits[edges.row, edges.token]
     if cum is None:
         return scores
-    weight = np.where(edges.path >= 0, prior.weight, prior.brand_weight).astype(np.float32)
+    weight = np.where(edges.path != state.dead[0], prior.weight, prior.brand_weight).astype(np.float32)
     return scores + weight * state.log_mass(edges, cum).astype(np.float32)
 
 
@@ -79,22 +79,40 @@ class _Run:
 
     @classmethod
     def start(cls, rows: int, max_new: int, start_id: int) -> "_Run":
-        seq = np.full((rows, max_new + 1), start_id, np.int64)
-        return cls(seq, np.ones(rows, np.int64), np.zeros(rows, np.int64), np.zeros((rows, max_new)), max_new)
+        seq = np.full((rows, max_new + 2), start_id, np.int64)  # a spare column: a finished row's feed reads it
+        return cls(seq, np.ones(rows, np.int64), np.zeros(rows, np.int64), np.zeros((rows, max_new + 1)), max_new)
+
+    def _check(self, rows: np.ndarray, lengths: np.ndarray) -> None:
+        if lengths.max() > self.max_new:
+            over = rows[lengths > self.max_new].tolist()
+            raise RuntimeError(f"rows {over} did not finish in {self.max_new} tokens; raise max_new_tokens")
 
     def emit(self, state: ConstraintState, edges: Edges, picks: np.ndarray, logp: np.ndarray) -> None:
         rows = edges.rows
-        over = rows[self.length[rows] > self.max_new]
-        if len(over):
-            raise RuntimeError(f"rows {over.tolist()} did not finish in {self.max_new} tokens; raise max_new_tokens")
-        self.seq[rows, self.length[rows]] = edges.token[picks]
-        self.logp[rows, self.length[rows] - 1] = logp
-        self.length[rows] += 1
+        at = self.length[rows]
+        self._check(rows, at)
+        self.seq[rows, at] = edges.token[picks]
+        self.logp[rows, at - 1] = logp
+        self.length[rows] = at + 1
         state.advance(edges, picks)
 
+    def append(self, rows: np.ndarray, lengths: np.ndarray, tokens: np.ndarray) -> None:
+        """Forced tokens (``lengths[i]`` of them for ``rows[i]``, row after row): log probability 0."""
+        at = self.length[rows]
+        self._check(rows, at + lengths - 1)
+        owner = rows.repeat(lengths)
+        cols = (at - lengths.cumsum() + lengths).repeat(lengths) + np.arange(len(tokens))
+        self.seq[owner, cols] = tokens
+        self.logp[owner, cols - 1] = 0.0
+        self.length[rows] = at + lengths
+
     def feed(self, finished: np.ndarray, width: int, pad_id: int) -> np.ndarray:
-        cols = np.minimum(self.fed[:, None] + np.arange(width), self.seq.shape[1] - 1)
-        tokens = np.take_along_axis(self.seq, cols, axis=1)
+        """The next ``width`` tokens of every row (the start pad for finished rows)."""
+        rows = np.arange(len(self.seq))
+        if width == 1:
+            tokens = self.seq[rows, self.fed][:, None]
+        else:
+            tokens = self.seq[rows[:, None], np.minimum(self.fed[:, None] + np.arange(width), self.seq.shape[1] - 1)]
         tokens[finished] = pad_id
         return tokens
 
@@ -136,18 +154,13 @@ class _Loop:
 
     def force(self, rows: np.ndarray) -> None:
         """Append every token the constraint forces (exactly one allowed continuation) to ``rows``."""
-        while len(rows):
-            edges = self.state.allowed(rows)
-            one = edges.counts == 1
-            if not one.any():
-                return
-            forced = edges._replace(rows=edges.rows[one], starts=edges.starts[one])
-            self._check_prefix(forced, forced.starts)
-            self.run.emit(self.state, forced, forced.starts, np.zeros(len(forced.rows)))
-            rows = forced.rows[~self.finished()[forced.rows]]
+        moved, lengths, tokens = self.state.forced(rows)
+        if len(moved):
+            self._check_prefix(moved, lengths, tokens)
+            self.run.append(moved, lengths, tokens)
 
     def decide(self, rows: np.ndarray, logits: np.ndarray) -> None:
-        """One scored choice for each of ``rows`` (ascending): the argmax of the constrained scores (the lowest
+        """One scored choice for each of ``rows``: the argmax of the constrained scores (the lowest
         token on a tie), or the row's prefix token while it has one."""
         edges = self.state.allowed(rows)
         scores = edge_scores(self.state, edges, logits, self.cum, self.prior)
@@ -158,21 +171,25 @@ class _Loop:
         picks = np.minimum.reduceat(np.where(scores == top[segment], np.arange(len(scores)), len(scores)),
                                     edges.starts)
         if self.prefixes is not None:
-            inside = np.array([self.run.length[b] - 1 < len(self.prefixes[b]) for b in rows.tolist()], bool)
+            inside = np.array([self.run.length[b] - 1 < len(self.prefixes[b]) for b in edges.rows.tolist()], bool)
             if inside.any():
-                sub = edges._replace(rows=rows[inside], starts=edges.starts[inside])
+                sub = edges.take(np.flatnonzero(inside))
                 picks[inside] = self.state.find(sub, [self.prefixes[b][self.run.length[b] - 1] for b in sub.rows])
         if self.branches:
             self._record_branches(edges, logp, picks)
         self.run.emit(self.state, edges, picks, logp[picks])
 
-    def _check_prefix(self, edges: Edges, picks: np.ndarray) -> None:
+    def _check_prefix(self, rows: np.ndarray, lengths: np.ndarray, tokens: np.ndarray) -> None:
+        """Forced tokens inside a row's prefix must be the prefix's own."""
         if self.prefixes is None:
             return
-        for b, token in zip(edges.rows.tolist(), edges.token[picks].tolist()):
-            at = self.run.length[b] - 1
-            if at < len(self.prefixes[b]) and self.prefixes[b][at] != token:
-                raise ValueError(f"prefix token {self.prefixes[b][at]} of row {b} is outside the constraint")
+        at = 0
+        for b, n in zip(rows.tolist(), lengths.tolist()):
+            start, prefix = int(self.run.length[b]) - 1, self.prefixes[b]
+            for i, token in enumerate(tokens[at : at + n].tolist()):
+                if start + i < len(prefix) and prefix[start + i] != token:
+                    raise ValueError(f"prefix token {prefix[start + i]} of row {b} is outside the constraint")
+            at += n
 
     def _record_branches(self, edges: Edges, logp: np.ndarray, picks: np.ndarray) -> None:
         """The best places to leave the greedy path: per path-deciding row, its ``branches`` best other tokens, each

@@ -24,8 +24,8 @@ def history_step(vocab: int, seed: int):
         if not history:
             history.extend([] for _ in range(len(tokens)))
         rows = []
-        for b, t in enumerate(tokens[:, 0].tolist()):
-            history[b].append(int(t))
+        for b, fed in enumerate(tokens.tolist()):  # one token, or a forced run (jump-forward)
+            history[b].extend(fed)
             rng = np.random.default_rng([seed, *history[b]])
             rows.append(rng.normal(scale=3.0, size=vocab).astype(np.float32))
         return np.stack(rows)

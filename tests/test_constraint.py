@@ -171,8 +171,16 @@ def test_compiled_trie_arrays():
     assert root_tokens == [4, 5]
     five = trie.child[trie.offsets[0] + 1]
     assert (trie.start[five], trie.end[five]) == (1, 3)  # [5, 2, 1] and [5, 3, 1]: leaves 1 and 2
-    rows, tokens, _ = trie.gather(np.array([0, 1]), np.array([0, five]))
-    assert rows.tolist() == [0, 0, 1, 1] and tokens.tolist() == [4, 5, 2, 3]
+    block, counts = trie.gather(np.array([0, 1]), np.array([0, five]), 2)
+    assert block[0].tolist() == [0, 0, 1, 1] and block[1].tolist() == [4, 5, 2, 3] and counts.tolist() == [2, 2]
+    length, end, at, tokens = trie.runs  # forced runs: from [4] the rest is [1], from [5, 2] it is [1]
+    four = trie.child[trie.offsets[0]]
+    assert length[four] == 1 and tokens[at[four]] == 1 and trie.degree(end[four : four + 1])[0] == 0
+    assert length[0] == 0 and length[five] == 0  # a choice at the root and after [5]
+    chain, _ = CompiledTrie.build([[7, 8, 6, 6], [9]])
+    length, end, at, tokens = chain.runs
+    seven = chain.child[chain.offsets[0]]
+    assert length[seven] == 3 and tokens[at[seven] : at[seven] + 3].tolist() == [8, 6, 6]
     per_row, _ = CompiledTrie.build([[1, 2], [1, 2], [3]], groups=[0, 1, 1], n_groups=2)
     assert per_row.roots.tolist() == [0, 1]
     assert per_row.degree(per_row.roots).tolist() == [1, 2]
@@ -181,7 +189,7 @@ def test_compiled_trie_arrays():
 def test_an_empty_allowed_set_raises(tokenizer, small_catalog):
     constraint = LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy(), brand_mode="known")
     state = constraint.start(["x", "y"])
-    state.path_done[1], state.known[1] = True, -1  # a row with no trie left to follow
+    state.path_done[1], state.node[0, 1] = True, state.dead[0]  # a row with no trie left to follow
     with pytest.raises(RuntimeError, match=r"rows \[1\]: the constraint allows no next token"):
         state.allowed(np.array([0, 1]))
     edges = state.allowed(np.array([0]))

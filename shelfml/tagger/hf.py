@@ -47,7 +47,7 @@ class TaxonomyLogitsProcessor(LogitsProcessor):
             rows = np.flatnonzero(~state.done)
             if len(rows):
                 edges = state.allowed(rows)
-                state.advance(edges, state.find(edges, input_ids[rows, -1].cpu().numpy()))
+                state.advance(edges, state.find(edges, input_ids[torch.from_numpy(edges.rows), -1].cpu().numpy()))
         self.started = True
         out = torch.full_like(scores, -float("inf"))
         out[torch.from_numpy(state.done), self.pad_id] = 0.0
