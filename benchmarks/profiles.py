@@ -104,7 +104,49 @@ def _constrained(m: ModelUnderTest, timed: list[Backend], reps, seed: int, texts
         for s in stats.values():
             s["speedup_vs_eager"] = stats["eager-loop"]["p50_ms"] / s["p50_ms"]
         out["by_batch"][str(batch)] = stats
+        out.setdefault("overhead", {})[str(batch)] = {name: constraint_overhead(tagger, s, texts[:32], batch, n)
+                                                      for name, s in steps.items()}
     return out
+
+
+def constraint_overhead(tagger, make_step, texts: list[str], batch: int, reps: int) -> dict:
+    """Where the constrained decode's time goes (best of ``reps``): the encoder (``make_step``), the decoder calls
+    and the rest, which is the constraint (its state, scores, picks, forced runs, the copy trie) and the loop;
+    decoder calls per batch with jump-forward and with one call per token (the labels must not differ)."""
+    def run(jump: bool) -> dict:
+        clock = {"encoder": 0.0, "steps": 0.0, "calls": 0}
+
+        def timed_make_step(ids, mask):
+            t0 = time.perf_counter()
+            step = make_step(ids, mask)
+            clock["encoder"] += time.perf_counter() - t0
+
+            def timed_step(tokens):
+                t1 = time.perf_counter()
+                logits = step(tokens)
+                clock["steps"] += time.perf_counter() - t1
+                clock["calls"] += 1
+                return logits
+            return timed_step
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            preds = tagger.predict(texts, batch, make_step=timed_make_step, jump_forward=jump)
+        return {**clock, "total": time.perf_counter() - t0, "labels": [p.label for p in preds],
+                "tokens": sum(len(p.token_ids) for p in preds)}
+
+    best = min((run(True) for _ in range(max(reps, 1))), key=lambda r: r["total"])
+    stepwise = run(False)
+    if stepwise["labels"] != best["labels"]:
+        raise agreement.AgreementError("constrained tagger: jump-forward changed the labels")
+    batches = -(-len(texts) // batch)
+    rest = best["total"] - best["encoder"] - best["steps"]
+    return {"decode_ms": 1e3 * best["total"] / batches, "encoder_ms": 1e3 * best["encoder"] / batches,
+            "decoder_ms": 1e3 * best["steps"] / batches, "constraint_ms": 1e3 * rest / batches,
+            "constraint_share": rest / best["total"], "constraint_us_per_call": 1e6 * rest / max(best["calls"], 1),
+            "step_us": 1e6 * best["steps"] / max(best["calls"], 1),
+            "calls_per_batch": best["calls"] / batches, "calls_per_batch_one_per_token": stepwise["calls"] / batches,
+            "tokens_per_label": best["tokens"] / len(texts)}
 
 
 TAGGER_BENCH = BenchProfile(

@@ -52,6 +52,7 @@ def evaluate_goals(results: dict) -> list[dict]:
                 goals.append(_goal(f"{wid}-ctranslate2", key, text, ratio >= 1, ratio,
                                    f"{name} {best[key_]:.2f} {unit} vs ctranslate2-int8 {peer[key_]:.2f} {unit}: "
                                    f"{ratio:.2f}x of the peer"))
+        goals += _constrained_goals(key, m)
         if "W3" in m["results"]:
             s3 = m["results"]["W3"]["backends"]
             name, best = _best(s3, PROJECT_PRICE)
@@ -63,10 +64,10 @@ def evaluate_goals(results: dict) -> list[dict]:
     serving = results.get("serving", {})
     if serving.get("status") == "timed":
         lat = serving["latency"]
-        over = lat["triton-grpc"]["p50_ms"] / lat["in-process-onnx-fp32"]["p50_ms"] - 1
+        over = lat["triton-grpc"]["p50_ms"] / lat["in-process"]["p50_ms"] - 1
         goals.append(_goal("W4-overhead", "tagger-trained", "W4 served at most 20% over in-process (p50, batch 1)",
                            over <= 0.20, over, f"triton-grpc {lat['triton-grpc']['p50_ms']:.2f} ms vs in-process "
-                           f"{lat['in-process-onnx-fp32']['p50_ms']:.2f} ms: {over:+.0%}"))
+                           f"{lat['in-process']['p50_ms']:.2f} ms: {over:+.0%}"))
         tp = serving["throughput"]
         scale = tp["16"]["throughput_items_s"] / tp["1"]["throughput_items_s"]
         goals.append(_goal("W4-scaling", "tagger-trained", "W4 throughput at concurrency 16 at least 3x concurrency 1",
@@ -82,6 +83,31 @@ def evaluate_goals(results: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Markdown
+
+
+def _constrained_goals(key: str, m: dict) -> list[dict]:
+    """The constrained decode's goals: the constraint's share of the decode at batch 32, and the constrained
+    end-to-end batch-1 latency against CTranslate2 int8's unconstrained W1."""
+    c = m.get("constrained")
+    if not c or "overhead" not in c:
+        return []
+    goals = []
+    name, o = _best(c["overhead"]["32"], PROJECT_TAGGER, "constraint_share")
+    goals.append(_goal("constraint-share", key, "constraint at most 15% of the constrained decode (batch 32)",
+                       o["constraint_share"] <= 0.15, o["constraint_share"],
+                       f"{name}: {o['constraint_ms']:.2f} of {o['decode_ms']:.2f} ms "
+                       f"({o['constraint_share']:.0%}; {o['constraint_us_per_call']:.0f} us per decoder call)"))
+    peer = m["results"].get("W1", {}).get("backends", {}).get("ctranslate2-int8")
+    name, best = _best(c["by_batch"]["1"], PROJECT_TAGGER)
+    text = "constrained end-to-end batch 1 at most CTranslate2 int8 unconstrained (W1 p50)"
+    if peer is None:
+        goals.append(_goal("constrained-b1-ctranslate2", key, text, None, None, "not evaluated: no ctranslate2-int8"))
+    else:
+        ratio = peer["p50_ms"] / best["p50_ms"]
+        goals.append(_goal("constrained-b1-ctranslate2", key, text, ratio >= 1, ratio,
+                           f"{name} constrained {best['p50_ms']:.2f} ms vs ctranslate2-int8 {peer['p50_ms']:.2f} ms: "
+                           f"{ratio:.2f}x of the peer"))
+    return goals
 
 
 def _row(cells) -> str:
@@ -129,7 +155,27 @@ def results_tables(results: dict) -> list[str]:
                     lines.append(_row([batch, name, _fmt(s["p50_ms"]), _fmt(s["p90_ms"]),
                                        _fmt(s["throughput_items_s"], 1), _fmt(s["speedup_vs_eager"])]))
             lines.append("")
+            lines += overhead_lines(c.get("overhead", {}))
     return lines
+
+
+def overhead_lines(overhead: dict) -> list[str]:
+    """Where the constrained decode's time goes, per batch size and backend (32 of the checkpoint's texts)."""
+    if not overhead:
+        return []
+    lines = ["Where the constrained decode's time goes (32 texts, ms per batch; the constraint: everything but the "
+             "encoder and the decoder calls):", "",
+             _row(["batch", "backend", "decode", "encoder", "decoder calls", "constraint", "share", "us per call",
+                   "decoder step us", "calls per batch (jump-forward / one per token)", "tokens per label"]),
+             _row(["---"] * 11)]
+    for batch, by_backend in overhead.items():
+        for name, o in by_backend.items():
+            lines.append(_row([batch, name, _fmt(o["decode_ms"]), _fmt(o["encoder_ms"]), _fmt(o["decoder_ms"]),
+                               _fmt(o["constraint_ms"]), f"{o['constraint_share']:.0%}",
+                               _fmt(o["constraint_us_per_call"], 0), _fmt(o["step_us"], 0),
+                               f"{o['calls_per_batch']:.1f} / {o['calls_per_batch_one_per_token']:.1f}",
+                               _fmt(o["tokens_per_label"], 1)]))
+    return lines + [""]
 
 
 def serving_lines(serving: dict) -> list[str]:

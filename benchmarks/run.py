@@ -241,13 +241,19 @@ def _serving(tagger_model: ModelUnderTest | None, reps: Repetitions, texts, grpc
         server = stack.enter_context(TritonServer(out / "work" / "repository", log_file=out / "triton.log"))
         os.environ["SHELFML_ADMIN_KEY"] = server.admin_key  # its statistics are read for the server profile
         url = server.grpc_url
-    runner = OrtT5.load(exports["tagger"])
+        from shelfml.tagger.runners import inprocess_step_factory
+
+        # the in-process path runs the very files the served CPU config runs (INT8 where validated)
+        make_step = inprocess_step_factory(out / "work" / "repository", "tagger_encoder", "tagger_decoder")
+    else:
+        make_step = OrtT5.load(exports["tagger"]).make_step  # a given server: its graphs are not known here
     tagger = tagger_model.info["tagger"]
     _progress(f"W4: {reps.w4_latency} requests per path at batch 1, then concurrency "
               f"{WORKLOADS['W4'].concurrency} x {reps.w4_rounds} rounds of {reps.w4_requests}")
-    result = serve_workload(tagger, runner.make_step, url, texts[: reps.w4_requests], reps.w4_latency,
+    result = serve_workload(tagger, make_step, url, texts[: reps.w4_requests], reps.w4_latency,
                             WORKLOADS["W4"].concurrency, reps.w4_rounds)
     result["url"] = url
+    result["in_process_graphs"] = "the export's FP32 graphs" if grpc_url else "the repository's CPU leaves (what the server runs)"
     result["server"] = "given" if grpc_url else "started by the bench (CPU configs: python backend + ONNX Runtime)"
     if perf:
         result["perf_analyzer"] = _perf_analyzer(url, texts[: reps.w4_requests], out)

@@ -110,7 +110,7 @@ def serve_workload(tagger, make_step, url: str, texts: list[str], reps: int, con
 
             raise AgreementError(f"W4: the served tagger disagrees with the in-process ONNX Runtime path on "
                                  f"{len(same) - sum(same)} of {len(same)} texts before timing")
-        cursor = {"in-process-onnx-fp32": 0, "triton-grpc": 0}
+        cursor = {"in-process": 0, "triton-grpc": 0}
 
         def one(name: str, fn):
             def call():
@@ -120,7 +120,7 @@ def serve_workload(tagger, make_step, url: str, texts: list[str], reps: int, con
             return call
 
         before = server_stats(url)
-        samples = interleaved({"in-process-onnx-fp32": one("in-process-onnx-fp32",
+        samples = interleaved({"in-process": one("in-process",
                                                            lambda t: tagger.predict(t, 1, make_step=make_step)),
                                "triton-grpc": one("triton-grpc", client.tag)}, reps=reps, warmup=2)
         latency_stats = stats_delta(before, server_stats(url))

@@ -196,6 +196,15 @@ def test_quick_serving_and_constrained(quick_results):
     constrained = results["models"]["tagger-trained"]["constrained"]
     assert constrained["agreement"]["onnx-fp32"]["label_agreement"] == 1.0
     assert set(constrained["by_batch"]) == {"1", "32"}
+    for batch, by_backend in constrained["overhead"].items():  # where the time goes, jump-forward against none
+        for o in by_backend.values():
+            assert o["calls_per_batch"] <= o["calls_per_batch_one_per_token"]
+            assert 0 < o["constraint_share"] < 1 and o["decoder_ms"] > 0
+            assert abs(o["encoder_ms"] + o["decoder_ms"] + o["constraint_ms"] - o["decode_ms"]) < 1e-6
+        if batch == "1":  # one text at a time: its forced runs cost no decoder call of their own
+            assert all(o["calls_per_batch"] < o["tokens_per_label"] for o in by_backend.values())
+    goals = {g["id"] for g in results["goals"] if g["model"] == "tagger-trained"}
+    assert {"constraint-share", "constrained-b1-ctranslate2"} <= goals
     assert results["models"]["tagger-trained"]["gflops"]["W1"]["per_request"] > 0
 
 
@@ -208,3 +217,13 @@ def test_quick_report_and_plots_exist(quick_results):
     assert results["command"] in (out / "README-results.md").read_text()
     for name in results["files"]["plots"].values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_gpu_check_dry_run_on_cpu(tiny_checkpoint, tmp_path):
+    """The prepared CUDA script runs its checks on the CPU too (its exit code says the labels agreed)."""
+    from shelfml.benchmarks.gpu_check import main
+
+    assert main([str(tiny_checkpoint), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    out = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert out["multi_token_max_logit_diff"] < 1e-3
+    assert out["overhead"]["1"]["calls_per_batch"] < out["overhead"]["1"]["calls_per_batch_one_per_token"]

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from shelfml.price.contract import PRICE_SERVICE
 from shelfml.tagger.contract import TAGGER_SERVICE
 from shelfml.labels import LEVEL_SEP
-from shelfml.model_repository.build import (RUNTIMES, Batching, QueuePolicy, build_repository, read_config,
+from shelfml.model_repository.build import (QUEUE_DELAY_US, RUNTIMES, Batching, QueuePolicy, build_repository, read_config,
                                             write_config)
 from shelfml.serving import RequestError, check_numpy, decode_texts, run_isolated
 from shelfml.price import PriceRegressor
@@ -58,7 +58,8 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
             tmp_path / "repo" / model / "configs" / "cpu.pbtxt")
         for config in (stock, cpu):
             assert config.name == model and config.max_batch_size == 64
-            assert config.dynamic_batching.max_queue_delay_microseconds > 0
+            assert config.HasField("dynamic_batching")
+            assert config.dynamic_batching.max_queue_delay_microseconds == QUEUE_DELAY_US
             assert not config.dynamic_batching.HasField("default_queue_policy")  # off by default (see QueuePolicy)
             assert config.instance_group
         assert len(cpu.model_warmup) == 1 and len(stock.model_warmup) == (1 if model in LEAVES else 0)

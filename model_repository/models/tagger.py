@@ -5,7 +5,9 @@ Tokenises the text and runs the project's one taxonomy-constrained greedy decode
 function calls the ``tagger_encoder``/``tagger_decoder`` leaves through BLS (``runner: bls``) or runs
 their ONNX files in-process (``runner: inprocess``). A tagger trained with retrieval finds its
 neighbours first (the ``embedder`` leaf's MiniLM + the FAISS index shipped in its assets), so a client
-sends only text. Names and dtypes come from config.pbtxt. Imports no torch.
+sends only text. Through BLS the KV cache stays in the memory the leaves answered in (the GPU on a GPU
+instance), passed from response to request by DLPack; only the logits come to the host. Names and dtypes come
+from config.pbtxt. Imports no torch (on a GPU instance the logits come to the host through torch or CuPy).
 """
 
 import json
@@ -35,7 +37,8 @@ class TritonPythonModel:
             embed = embedder and inprocess_runner(here.parent, embedder, "embedding")
         else:
             outputs = json.loads(params["leaf_outputs"])
-            make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder])
+            device = "gpu" if args.get("model_instance_kind") == "GPU" else "cpu"  # where the leaves keep the cache
+            make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder], device)
             embed = embedder and bls_runner(pb_utils, embedder, "embedding")
         assets = here / args["model_version"] / params["assets"]
         self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None,

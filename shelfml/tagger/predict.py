@@ -83,11 +83,13 @@ class Tagger:
         return self.tokenizer.batch(texts, self.max_input_tokens)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64, make_step: MakeStep | None = None,
-                progress: bool = False, prior_weight: float | None = None, top_k: int = 1) -> list[Prediction]:
+                progress: bool = False, prior_weight: float | None = None, top_k: int = 1,
+                jump_forward: bool = True) -> list[Prediction]:
         """Constrained greedy predictions, in input order, for any backend (eager by default). The label
         prior, when the model has one, is applied with its fitted weight (``prior_weight`` overrides it; 0: off).
         ``top_k`` > 1: each prediction also carries up to that many paths with their probabilities (the best
-        places to leave the greedy path, each completed greedily: one more decode of ``top_k - 1`` rows per text)."""
+        places to leave the greedy path, each completed greedily: one more decode of ``top_k - 1`` rows per text).
+        ``jump_forward=False``: one decoder call per token (the same labels; the bench's comparison)."""
         if make_step is None:
             assert self.model is not None, "this tagger has no PyTorch weights: pass a backend's make_step"
             from shelfml.tagger.model import eager_step_factory
@@ -108,7 +110,7 @@ class Tagger:
             encoded = self.encode([inputs[i] for i in idx])
             prior = self.prior_batch(chunk, prior_weight)
             preds = greedy_decode(make_step(*encoded), chunk, self.constraint, self.max_new_tokens, prior,
-                                  branches=max(top_k - 1, 0))
+                                  branches=max(top_k - 1, 0), jump_forward=jump_forward)
             self._alternatives(preds, chunk, encoded, prior, make_step, batch_size, top_k)
             for i, pred in zip(idx, preds):
                 out[i] = pred

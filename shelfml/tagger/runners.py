@@ -17,7 +17,6 @@ import onnxruntime as ort
 from shelfml.decoding import StepFn
 from shelfml.exports import read_export
 from shelfml.onnxrt import SessionConfig, check_names, load_session
-from shelfml.serving import bls_call
 from shelfml.tagger.contract import past_name
 from shelfml.tagger.predict import MakeStep
 
@@ -90,25 +89,56 @@ def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str) -
 
 
 def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_outputs: Sequence[str],
-                     decoder_outputs: Sequence[str]) -> MakeStep:
-    """Triton BLS: the encoder leaf once, then the decoder leaf every step."""
+                      decoder_outputs: Sequence[str], device: str = "cpu") -> MakeStep:
+    """Triton BLS: the encoder leaf once, then the decoder leaf every step. The cache never goes through numpy:
+    each response's cross-attention and self-attention tensors go back into the next request by DLPack, in the
+    memory the leaf answered in (``device="gpu"``: the GPU, where a TensorRT leaf keeps them; only the logits
+    come to the host)."""
     presents = list(decoder_outputs[1:])
+    memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU if device == "gpu" else
+                                      pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+
+    def call(model: str, inputs: list, outputs: Sequence[str]) -> dict:
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs,
+                                            preferred_memory=memory)
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{model}: {response.error().message()}")
+        return {t.name(): t for t in response.output_tensors()}
+
+    def renamed(name: str, tensor):
+        return pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack())
 
     def make_step(input_ids: np.ndarray, attention_mask: np.ndarray) -> StepFn:
-        enc = bls_call(pb_utils, encoder_model, {"input_ids": input_ids, "attention_mask": attention_mask},
-                       encoder_outputs[1:])
-        cross = {past_name(n): enc[n] for n in encoder_outputs[1:]}
-        heads, d_kv = next(iter(cross.values())).shape[1::2]
-        past = {past_name(n): np.zeros((len(input_ids), heads, 0, d_kv), np.float32) for n in presents}
+        mask = pb_utils.Tensor("encoder_attention_mask", attention_mask)
+        enc = call(encoder_model, [pb_utils.Tensor("input_ids", input_ids),
+                                   pb_utils.Tensor("attention_mask", attention_mask)], encoder_outputs[1:])
+        cross = [renamed(past_name(n), enc[n]) for n in encoder_outputs[1:]]
+        heads, d_kv = enc[encoder_outputs[1]].shape()[1::2]
+        empty = np.zeros((len(input_ids), heads, 0, d_kv), np.float32)
+        past = [pb_utils.Tensor(past_name(n), empty) for n in presents]
 
         def step(tokens: np.ndarray) -> np.ndarray:
             nonlocal past
-            out = bls_call(pb_utils, decoder_model,
-                           {"input_ids": tokens, "encoder_attention_mask": attention_mask, **past, **cross},
-                           decoder_outputs)
-            past = {past_name(n): out[n] for n in presents}
-            return out["logits"][:, -1]
+            out = call(decoder_model, [pb_utils.Tensor("input_ids", np.ascontiguousarray(tokens)), mask, *past,
+                                       *cross], decoder_outputs)
+            past = [renamed(past_name(n), out[n]) for n in presents]
+            return host_array(out["logits"])[:, -1]
 
         return step
 
     return make_step
+
+
+def host_array(tensor) -> np.ndarray:
+    """A Triton tensor as a host numpy array (a GPU one through DLPack: torch or CuPy, whichever is installed)."""
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    try:
+        import torch
+
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+    except ImportError:
+        import cupy
+
+        return cupy.asnumpy(cupy.from_dlpack(tensor.to_dlpack()))
