@@ -19,7 +19,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -52,45 +52,57 @@ class CompiledTrie:
 
     @classmethod
     def build(cls, sequences: Sequence[Sequence[int]], groups: Sequence[int] | None = None,
-              n_groups: int = 1, leaf_ranges: bool = True) -> tuple["CompiledTrie", list[int]]:
+              n_groups: int = 1) -> tuple["CompiledTrie", list[int]]:
         """One trie per group (``groups[i]``: the group of sequence ``i``; one group by default), and the indices of
-        the sequences dropped because an earlier one has the same tokens (collisions). ``leaf_ranges=False`` skips
-        the leaf numbering (a trie no prior is spread over: ``start``/``end`` stay 0)."""
+        the sequences dropped because an earlier one has the same tokens (collisions). The sequences are sorted once
+        (by group, then lexicographically): a sorted sequence makes new nodes from its common prefix with the one
+        before it on, numbered in that order (depth-first), so every array is a handful of whole-table operations."""
         n = len(sequences)
         group = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64).reshape(n)
         lengths = np.fromiter(map(len, sequences), np.int64, count=n)
-        ids = np.full((n, int(lengths.max()) if n else 0), -1, np.int64)
-        owner = np.repeat(np.arange(n), lengths)
-        ids[owner, np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
+        width = int(lengths.max()) if n else 0
+        ids = np.full((n, width), -1, np.int64)
+        owner = np.arange(n).repeat(lengths)
+        ids[owner, np.arange(len(owner)) - (lengths.cumsum() - lengths).repeat(lengths)] = \
             np.fromiter(itertools.chain.from_iterable(sequences), np.int64, count=len(owner))
-        roots = np.arange(n_groups, dtype=np.int64)
-        node = roots[group]
-        walk = [(np.arange(n), node.copy())]  # (sequences, their node) per depth, the roots first
-        keys, children, count = [], [], n_groups
-        for d in range(ids.shape[1]):
-            live = np.flatnonzero(lengths > d)
-            unique, inverse = np.unique(node[live] * _KEY + ids[live, d], return_inverse=True)
-            keys.append(unique)
-            children.append(np.arange(count, count + len(unique), dtype=np.int64))
-            node[live] = children[-1][inverse.reshape(-1)]
-            walk.append((live, node[live]))
-            count += len(unique)
-        edge_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-        order = np.argsort(edge_keys, kind="stable")
-        offsets = np.zeros(count + 1, np.int64)
-        np.add.at(offsets, edge_keys // _KEY + 1, 1)
-        first = np.full(count, n, np.int64)
-        ended, at = np.unique(node, return_index=True)
-        first[ended] = at  # the first sequence ending at each node
-        value = np.where(first < n, first, -1)
-        if leaf_ranges:
-            start, end, n_leaves = _leaf_ranges(ids, group, node, walk, count)
-        else:
-            start, end, n_leaves = np.zeros(count, np.int64), np.zeros(count, np.int64), len(ended)
-        offsets, zero = np.append(offsets.cumsum(), len(edge_keys)), np.zeros(1, np.int64)  # + the dead node
-        trie = cls(offsets, edge_keys[order] % _KEY, np.concatenate(children)[order] if children else edge_keys,
-                   np.append(value, -1), np.append(start, zero), np.append(end, zero), roots, n_leaves)
-        return trie, np.flatnonzero(first[node] != np.arange(n)).tolist()
+        order = np.lexsort((*ids.T[::-1], group))
+        ids, lengths, group = ids[order], lengths[order], group[order]
+        lcp = np.zeros(n, np.int64)  # tokens shared with the previous sorted sequence of the same group
+        if n > 1:
+            lcp[1:] = np.cumprod(ids[1:] == ids[:-1], axis=1).sum(axis=1) * (group[1:] == group[:-1])
+        lcp = np.minimum(lcp, lengths)
+        duplicate = (lcp == lengths) & (np.arange(n) > 0) & np.append(False, lengths[1:] == lengths[:-1])
+        depth = np.arange(width)
+        created = (depth >= lcp[:, None]) & (depth < lengths[:, None])  # (sequence, depth) cells that are new nodes
+        cell = np.full((n, width), -1, np.int64)
+        cell[created] = n_groups + np.arange(int(created.sum()))
+        maker = np.maximum.accumulate(np.where(created, np.arange(n)[:, None], 0), axis=0)
+        node = np.where(depth < lengths[:, None], cell[maker, depth], -1)  # each sequence's node at each depth
+        parent = np.concatenate((group[:, None], node[:, :-1]), axis=1)
+        rows, cols = np.nonzero(created)
+        edge_parent, count = parent[rows, cols], n_groups + len(rows)
+        by_parent = np.argsort(edge_parent, kind="stable")  # a parent's children come in token order already
+        offsets = np.zeros(count + 2, np.int64)
+        offsets[1:-1] = np.bincount(edge_parent, minlength=count).cumsum()
+        offsets[-1] = offsets[-2]  # the dead node: no edges
+        ends = node[np.arange(n), lengths - 1] if width else np.zeros(0, np.int64)
+        value = np.full(count + 1, -1, np.int64)
+        value[ends[~duplicate]] = order[~duplicate]  # a stable sort: the first of equal sequences comes first
+        start, end = np.zeros(count + 1, np.int64), np.zeros(count + 1, np.int64)
+        rank = (~duplicate).cumsum() - 1
+        leaves = int((~duplicate).sum())
+        after = np.where(lcp[:, None] <= depth, np.arange(n)[:, None], n)  # next sequence leaving each node
+        after = np.vstack((np.minimum.accumulate(after[::-1], axis=0)[::-1][1:], np.full((1, width), n)))
+        start[n_groups:count] = rank[rows]
+        end[n_groups:count] = np.where(after[rows, cols] < n, rank[np.minimum(after[rows, cols], n - 1)], leaves)
+        if n:  # each root: the leaves of its group
+            firsts = np.searchsorted(group, np.arange(n_groups))
+            lasts = np.searchsorted(group, np.arange(n_groups), side="right")
+            start[:n_groups] = np.where(firsts < n, rank[np.minimum(firsts, n - 1)], leaves)
+            end[:n_groups] = np.where(lasts > firsts, rank[np.maximum(lasts - 1, 0)] + 1, start[:n_groups])
+        trie = cls(offsets, ids[rows, cols][by_parent], (n_groups + np.arange(len(rows)))[by_parent], value, start,
+                   end, np.arange(n_groups, dtype=np.int64), leaves)
+        return trie, np.sort(order[duplicate]).tolist()
 
     def degree(self, nodes: np.ndarray) -> np.ndarray:
         return self.offsets[nodes + 1] - self.offsets[nodes]
@@ -131,25 +143,6 @@ class CompiledTrie:
         tokens = np.zeros(int(single.sum()), np.int64)
         tokens[at[single]] = self.tokens[first[single]]
         return length, end, at, tokens
-
-
-def _leaf_ranges(ids: np.ndarray, group: np.ndarray, ends: np.ndarray, walk: list, count: int
-                 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per node, the range of leaves under it: leaves are the distinct sequences in (group, tokens) lexicographic
-    order (the depth-first order by token), so the sequences through a node are contiguous in it."""
-    start, end = np.zeros(count, np.int64), np.zeros(count, np.int64)
-    if not len(ends):
-        return start, end, 0
-    order = np.lexsort([ids[:, d] for d in range(ids.shape[1] - 1, -1, -1)] + [group])
-    fresh = np.ones(len(order), bool)
-    fresh[1:] = ends[order][1:] != ends[order][:-1]  # equal sequences are adjacent and share a leaf
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.cumsum(fresh) - 1
-    start[:] = np.iinfo(np.int64).max
-    for live, nodes in walk:
-        np.minimum.at(start, nodes, rank[live])
-        np.maximum.at(end, nodes, rank[live] + 1)
-    return start, end, int(fresh.sum())
 
 
 def span_candidates(text: str) -> list[str]:
@@ -214,13 +207,13 @@ class LabelConstraint:
     def copy_trie(self, texts: Sequence[str]) -> tuple[CompiledTrie, list[str]]:
         """Every row's title spans compiled into one trie with a root per row (in ``known`` mode: no spans)."""
         if self.brand_mode != "known+copy":
-            return CompiledTrie.build([], n_groups=len(texts), leaf_ranges=False)[0], []
+            return CompiledTrie.build([], n_groups=len(texts))[0], []
         spans = [span_candidates(t) for t in texts]
         flat = [s for row in spans for s in row]
         ids = self.span_ids(flat)
         keep = [i for i, seq in enumerate(ids) if len(seq) <= MAX_BRAND_TOKENS]
         groups = np.repeat(np.arange(len(texts)), [len(s) for s in spans])[keep]
-        trie, _ = CompiledTrie.build([ids[i] for i in keep], groups, len(texts), leaf_ranges=False)
+        trie, _ = CompiledTrie.build([ids[i] for i in keep], groups, len(texts))
         return trie, [flat[i] for i in keep]
 
     def span_ids(self, spans: Sequence[str]) -> list[list[int]]:

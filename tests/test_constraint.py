@@ -113,7 +113,7 @@ def catalogs(draw):
     """A random taxonomy (2-3 levels, shared prefixes and unique names), brands (some multi-word, some written in the
     titles, "" among them through unbranded rows) and titles."""
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    word = lambda: " ".join(rng.choice(WORDS, size=rng.integers(1, 3)))  # noqa: E731
+    word = lambda: " ".join(rng.choice(WORDS, size=rng.integers(1, 3)))
     paths = {tuple(word() for _ in range(rng.integers(2, 4))) for _ in range(rng.integers(1, 12))}
     brands = sorted({word().title() for _ in range(rng.integers(1, 8))})
     titles = [" ".join([rng.choice(brands) if rng.random() < 0.5 else "", word(), word()]).strip()
@@ -195,3 +195,13 @@ def test_an_empty_allowed_set_raises(tokenizer, small_catalog):
     edges = state.allowed(np.array([0]))
     with pytest.raises(ValueError, match="outside the constraint"):
         state.find(edges, np.array([constraint.codec.eos_id]))
+
+
+def test_copy_spans_tokenised_word_by_word_equal_the_tokenizer(tokenizer, small_catalog):
+    """Title spans' ids composed from their words' ids (cached) are the tokenizer's own ids for the span."""
+    constraint = LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy())
+    assert constraint._splits_words  # T5's Metaspace pre-tokenizer splits on whitespace
+    spans = [s for t in small_catalog.inputs()[:40] + ["L'Oréal Paris 5x100g café", "Ünïcode  double  space"]
+             for s in span_candidates(t)]
+    assert constraint.span_ids(spans) == constraint.codec.brand_ids_many(spans)
+    assert constraint.span_ids(spans) == constraint.codec.brand_ids_many(spans)  # from the cache

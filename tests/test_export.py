@@ -121,6 +121,33 @@ def test_several_new_tokens_in_one_call_match_one_call_each_and_eager(t5_export)
     assert np.abs(runner.make_step(ids, mask)(run) - eager).max() < LOGIT_ATOL
 
 
+def test_a_one_token_decoder_from_an_older_export_still_decodes(tiny_checkpoint, tmp_path, small_catalog):
+    """A decoder graph exported before jump-forward (input_ids [batch, 1]) is fed forced runs token by token."""
+    import dataclasses
+
+    from shelfml.contract import TensorSpec
+    from shelfml.export.onnx import export_graph
+    from shelfml.tagger.onnx import T5DecoderStep
+
+    tagger = Tagger.load(tiny_checkpoint)
+    specs = export_t5(tagger.model, tmp_path)
+    cfg = tagger.model.config
+    old = dataclasses.replace(specs["decoder"], file="decoder-one-token.onnx", inputs=(
+        TensorSpec("input_ids", "int64", ("batch", 1)), *specs["decoder"].inputs[1:]))
+    ids, mask = padded_batch(cfg.vocab_size)
+    cross = OrtT5(load_session(tmp_path / "encoder.onnx"), load_session(tmp_path / "decoder.onnx"))
+    enc = load_session(tmp_path / "encoder.onnx").run(None, {"input_ids": ids, "attention_mask": mask})
+    past = [torch.zeros(3, cfg.num_heads, 2, cfg.d_kv) for _ in cross.self_names]
+    export_graph(T5DecoderStep(tagger.model).eval(), old, (torch.zeros(3, 1, dtype=torch.long), torch.from_numpy(mask),
+                                                           *past, *map(torch.from_numpy, enc[1:])),
+                 tmp_path / old.file, 17)
+    runner = OrtT5(load_session(tmp_path / "encoder.onnx"), load_session(tmp_path / old.file))
+    assert runner.one_token and not cross.one_token
+    texts = small_catalog.inputs()[:12]
+    assert [p.token_ids for p in tagger.predict(texts, make_step=runner.make_step)] == \
+        [p.token_ids for p in tagger.predict(texts, make_step=cross.make_step)]
+
+
 def test_constrained_decoding_through_onnx_runtime_equals_eager(tiny_checkpoint, tmp_path, small_catalog):
     tagger = Tagger.load(tiny_checkpoint)
     specs = export_t5(tagger.model, tmp_path)

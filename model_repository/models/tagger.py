@@ -38,7 +38,10 @@ class TritonPythonModel:
         else:
             outputs = json.loads(params["leaf_outputs"])
             device = "gpu" if args.get("model_instance_kind") == "GPU" else "cpu"  # where the leaves keep the cache
-            make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder], device)
+            graph = json.loads((here.parent / decoder / "1" / "graph.json").read_text(encoding="utf-8"))
+            one_token = graph["spec"]["inputs"][0]["dims"][1] == 1  # a decoder exported before jump-forward
+            make_step = bls_step_factory(pb_utils, encoder, decoder, outputs[encoder], outputs[decoder], device,
+                                         one_token)
             embed = embedder and bls_runner(pb_utils, embedder, "embedding")
         assets = here / args["model_version"] / params["assets"]
         self.service = TaggerService(assets, make_step, max_batch=int(params["leaf_max_batch"]), embed=embed or None,

@@ -33,6 +33,8 @@ class OrtT5:
         self.cross_outputs = [o.name for o in encoder.get_outputs()][1:]
         shape = decoder.get_inputs()[2].shape  # [batch, heads, past, d_kv]
         self.heads, self.d_kv = int(shape[1]), int(shape[3])
+        # an export from before jump-forward takes one new token per call: a forced run is fed token by token
+        self.one_token = decoder.get_inputs()[0].shape[1] == 1
 
     @classmethod
     def load(cls, export_dir: Path, int8: bool = False, config: SessionConfig | None = None) -> "OrtT5":
@@ -63,6 +65,11 @@ class OrtT5:
         past = {n: self._value(empty) for n in self.self_names}
 
         def step(tokens: np.ndarray) -> np.ndarray:
+            if self.one_token and tokens.shape[1] > 1:
+                return [one(tokens[:, i : i + 1]) for i in range(tokens.shape[1])][-1]
+            return one(tokens)
+
+        def one(tokens: np.ndarray) -> np.ndarray:
             nonlocal past
             binding = self.decoder.io_binding()
             binding.bind_ortvalue_input("input_ids", self._value(tokens.astype(np.int64)))
@@ -89,11 +96,11 @@ def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str) -
 
 
 def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_outputs: Sequence[str],
-                      decoder_outputs: Sequence[str], device: str = "cpu") -> MakeStep:
+                      decoder_outputs: Sequence[str], device: str = "cpu", one_token: bool = False) -> MakeStep:
     """Triton BLS: the encoder leaf once, then the decoder leaf every step. The cache never goes through numpy:
     each response's cross-attention and self-attention tensors go back into the next request by DLPack, in the
     memory the leaf answered in (``device="gpu"``: the GPU, where a TensorRT leaf keeps them; only the logits
-    come to the host)."""
+    come to the host). ``one_token``: a decoder leaf exported before jump-forward (one new token per call)."""
     presents = list(decoder_outputs[1:])
     memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU if device == "gpu" else
                                       pb_utils.TRITONSERVER_MEMORY_CPU, 0)
@@ -119,6 +126,11 @@ def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_o
         past = [pb_utils.Tensor(past_name(n), empty) for n in presents]
 
         def step(tokens: np.ndarray) -> np.ndarray:
+            if one_token and tokens.shape[1] > 1:
+                return [one(tokens[:, i : i + 1]) for i in range(tokens.shape[1])][-1]
+            return one(tokens)
+
+        def one(tokens: np.ndarray) -> np.ndarray:
             nonlocal past
             out = call(decoder_model, [pb_utils.Tensor("input_ids", np.ascontiguousarray(tokens)), mask, *past,
                                        *cross], decoder_outputs)
