@@ -164,14 +164,15 @@ def overhead_lines(overhead: dict) -> list[str]:
     if not overhead:
         return []
     lines = ["Where the constrained decode's time goes (32 texts, ms per batch; the constraint: everything but the "
-             "encoder, the decoder calls and the label prior's classifiers):", "",
-             _row(["batch", "backend", "decode", "encoder", "decoder calls", "prior", "constraint", "share",
-                   "us per call", "decoder step us", "calls per batch (jump-forward / one per token)",
+             "tokenizer, the encoder, the decoder calls and the label prior's classifiers):", "",
+             _row(["batch", "backend", "decode", "tokenizer", "encoder", "decoder calls", "prior", "constraint",
+                   "share", "us per call", "decoder step us", "calls per batch (jump-forward / one per token)",
                    "tokens per label"]),
-             _row(["---"] * 12)]
+             _row(["---"] * 13)]
     for batch, by_backend in overhead.items():
         for name, o in by_backend.items():
-            lines.append(_row([batch, name, _fmt(o["decode_ms"]), _fmt(o["encoder_ms"]), _fmt(o["decoder_ms"]),
+            lines.append(_row([batch, name, _fmt(o["decode_ms"]), _fmt(o.get("tokenizer_ms")), _fmt(o["encoder_ms"]),
+                               _fmt(o["decoder_ms"]),
                                _fmt(o.get("prior_ms")), _fmt(o["constraint_ms"]), f"{o['constraint_share']:.0%}",
                                _fmt(o["constraint_us_per_call"], 0), _fmt(o["step_us"], 0),
                                f"{o['calls_per_batch']:.1f} / {o['calls_per_batch_one_per_token']:.1f}",

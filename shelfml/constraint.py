@@ -29,6 +29,7 @@ BRAND_MODES = ("known", "known+copy")
 COPY_MAX_WORDS = 3
 MAX_BRAND_TOKENS = 16  # copied spans longer than this are not offered
 WORD_CACHE = 200_000  # title words whose token ids are kept (the cache starts afresh beyond this)
+_WORD = re.compile(r"[\w&'.+-]+")  # a title's words, as copy mode splits them
 _KEY = np.int64(1 << 32)  # an edge's key: row * _KEY + token (keys ascending = edges by row, then token)
 
 
@@ -60,12 +61,27 @@ class CompiledTrie:
         n = len(sequences)
         group = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64).reshape(n)
         lengths = np.fromiter(map(len, sequences), np.int64, count=n)
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), np.int64, count=int(lengths.sum()))
+        return cls.from_flat(flat, lengths.cumsum() - lengths, lengths, group, n_groups)
+
+    @classmethod
+    def from_flat(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, group: np.ndarray, n_groups: int,
+                  end_token: int | None = None) -> tuple["CompiledTrie", list[int]]:
+        """:meth:`build` from sequences given as ``flat[starts[i] : starts[i] + lengths[i]]`` (then ``end_token``,
+        when given, closes each one)."""
+        n = len(lengths)
+        lengths = lengths + (end_token is not None)
         width = int(lengths.max()) if n else 0
         ids = np.full((n, width), -1, np.int64)
         owner = np.arange(n).repeat(lengths)
-        ids[owner, np.arange(len(owner)) - (lengths.cumsum() - lengths).repeat(lengths)] = \
-            np.fromiter(itertools.chain.from_iterable(sequences), np.int64, count=len(owner))
-        order = np.lexsort((*ids.T[::-1], group))
+        at = np.arange(len(owner)) - (lengths.cumsum() - lengths).repeat(lengths)
+        if end_token is None:
+            ids[owner, at] = flat[starts.repeat(lengths) + at]
+        else:
+            last = at == lengths[owner] - 1
+            ids[owner, at] = np.where(last, end_token, flat[np.minimum(starts.repeat(lengths) + at, max(len(flat) - 1, 0))]
+                                      if len(flat) else end_token)
+        order = np.lexsort((*_packed(ids)[::-1], group))
         ids, lengths, group = ids[order], lengths[order], group[order]
         lcp = np.zeros(n, np.int64)  # tokens shared with the previous sorted sequence of the same group
         if n > 1:
@@ -145,9 +161,19 @@ class CompiledTrie:
         return length, end, at, tokens
 
 
+def _packed(ids: np.ndarray) -> list[np.ndarray]:
+    """Sort keys of padded token rows, three tokens per int64 (21 bits each, the -1 pad lowest): the same order as
+    the tokens column by column, in a third of the keys."""
+    shifted = ids + 1
+    if shifted.shape[1] % 3:
+        shifted = np.pad(shifted, ((0, 0), (0, 3 - shifted.shape[1] % 3)))
+    assert shifted.max(initial=0) < 1 << 21, "token ids beyond 2**21 - 2"
+    return [(shifted[:, k] << 42) | (shifted[:, k + 1] << 21) | shifted[:, k + 2] for k in range(0, shifted.shape[1], 3)]
+
+
 def span_candidates(text: str) -> list[str]:
     """Word spans (1 to ``COPY_MAX_WORDS`` words) of a title: the brands copy mode may write."""
-    words = re.findall(r"[\w&'.+-]+", text)
+    words = _WORD.findall(text)
     spans = {" ".join(words[i : i + n]) for n in range(1, COPY_MAX_WORDS + 1) for i in range(len(words) - n + 1)}
     return sorted(spans)
 
@@ -204,37 +230,60 @@ class LabelConstraint:
         return cum(prior.paths, self.path_leaf, self.n_path_leaves), cum(prior.brands, self.brand_leaf,
                                                                          self.n_brand_leaves)
 
-    def copy_trie(self, texts: Sequence[str]) -> tuple[CompiledTrie, list[str]]:
-        """Every row's title spans compiled into one trie with a root per row (in ``known`` mode: no spans)."""
+    def copy_trie(self, texts: Sequence[str]) -> tuple[CompiledTrie, Sequence[str]]:
+        """Every row's title spans (1 to ``COPY_MAX_WORDS`` words, each closed by end-of-sequence, at most
+        ``MAX_BRAND_TOKENS`` tokens) compiled into one trie with a root per row (in ``known`` mode: no spans)."""
         if self.brand_mode != "known+copy":
             return CompiledTrie.build([], n_groups=len(texts))[0], []
-        spans = [span_candidates(t) for t in texts]
-        flat = [s for row in spans for s in row]
-        ids = self.span_ids(flat)
-        keep = [i for i, seq in enumerate(ids) if len(seq) <= MAX_BRAND_TOKENS]
-        groups = np.repeat(np.arange(len(texts)), [len(s) for s in spans])[keep]
-        trie, _ = CompiledTrie.build([ids[i] for i in keep], groups, len(texts))
-        return trie, [flat[i] for i in keep]
+        if not self._splits_words:  # every span tokenised on its own
+            spans = [span_candidates(t) for t in texts]
+            flat = [s for row in spans for s in row]
+            ids = self.codec.brand_ids_many(flat) if flat else []
+            keep = [i for i, seq in enumerate(ids) if len(seq) <= MAX_BRAND_TOKENS]
+            groups = np.repeat(np.arange(len(texts)), [len(s) for s in spans])[keep]
+            return CompiledTrie.build([ids[i] for i in keep], groups, len(texts))[0], [flat[i] for i in keep]
+        words = [_WORD.findall(t) for t in texts]
+        every = [w for row in words for w in row]
+        row_of = np.arange(len(texts)).repeat([len(w) for w in words])
+        pieces = self.word_ids(every)
+        word_len = np.fromiter(map(len, pieces), np.int64, count=len(pieces))
+        flat = np.fromiter(itertools.chain.from_iterable(pieces), np.int64, count=int(word_len.sum()))
+        offset = np.append(0, word_len.cumsum())
+        first, size = [], []
+        for n in range(1, COPY_MAX_WORDS + 1):  # spans of n words: consecutive words of one row
+            g = np.arange(max(len(every) - n + 1, 0))
+            g = g[row_of[g] == row_of[g + n - 1]]
+            first.append(g), size.append(np.full(len(g), n))
+        first, size = np.concatenate(first), np.concatenate(size)
+        tokens = offset[first + size] - offset[first]
+        keep = tokens + 1 <= MAX_BRAND_TOKENS
+        first, size, tokens = first[keep], size[keep], tokens[keep]
+        trie, _ = CompiledTrie.from_flat(flat, offset[first], tokens, row_of[first], len(texts), self.codec.eos_id)
+        return trie, _Spans(every, first, size)
 
-    def span_ids(self, spans: Sequence[str]) -> list[list[int]]:
-        """:meth:`TargetCodec.brand_ids` of title spans. A tokenizer that splits on whitespace before its model
-        (Metaspace, Whitespace) tokenises a span as its words one after another, so words are tokenised once and
-        kept (catalogs repeat their words); any other tokenizer tokenises every span."""
-        if not self._splits_words:
-            return self.codec.brand_ids_many(spans)
-        words = {w for span in spans for w in span.split(" ")}
-        todo = sorted(words - self._word_ids.keys())
+    def word_ids(self, words: Sequence[str]) -> list[list[int]]:
+        """Each word's token ids (no end-of-sequence), tokenised once and kept (catalogs repeat their words)."""
+        todo = sorted(set(words) - self._word_ids.keys())
         if len(self._word_ids) + len(todo) > WORD_CACHE:
             self._word_ids = {}
-            todo = sorted(words)
+            todo = sorted(set(words))
         for word, ids in zip(todo, self.codec.brand_ids_many(todo)):
             self._word_ids[word] = ids[:-1]
-        eos = [self.codec.eos_id]
-        return [[t for w in span.split(" ") for t in self._word_ids[w]] + eos for span in spans]
+        return [self._word_ids[w] for w in words]
 
     def start(self, texts: Sequence[str]) -> "ConstraintState":
         """Fresh decode state for each input text."""
         return ConstraintState(self, self.copy_trie(texts), len(texts))
+
+
+class _Spans:
+    """The text of copy span ``i`` (``size[i]`` words from word ``first[i]``), made only when a row ends on it."""
+
+    def __init__(self, words: list[str], first: np.ndarray, size: np.ndarray) -> None:
+        self.words, self.first, self.size = words, first, size
+
+    def __getitem__(self, i: int) -> str:
+        return " ".join(self.words[self.first[i] : self.first[i] + self.size[i]])
 
 
 def _splits_words(codec: TargetCodec) -> bool:

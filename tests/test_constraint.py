@@ -197,11 +197,29 @@ def test_an_empty_allowed_set_raises(tokenizer, small_catalog):
         state.find(edges, np.array([constraint.codec.eos_id]))
 
 
-def test_copy_spans_tokenised_word_by_word_equal_the_tokenizer(tokenizer, small_catalog):
-    """Title spans' ids composed from their words' ids (cached) are the tokenizer's own ids for the span."""
+def sequences_under(trie: CompiledTrie, root: int) -> dict[tuple[int, ...], int]:
+    """Every token sequence from ``root`` to a leaf, with the leaf's value."""
+    out, stack = {}, [(root, ())]
+    while stack:
+        node, prefix = stack.pop()
+        if trie.value[node] >= 0:
+            out[prefix] = int(trie.value[node])
+        for e in range(trie.offsets[node], trie.offsets[node + 1]):
+            stack.append((int(trie.child[e]), prefix + (int(trie.tokens[e]),)))
+    return out
+
+
+def test_copy_trie_holds_every_title_span_as_the_tokenizer_writes_it(tokenizer, small_catalog):
+    """Spans composed from their words' ids (tokenised once, cached) are the tokenizer's own ids for each span,
+    one root per row, each ending in its span's text."""
     constraint = LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy())
     assert constraint._splits_words  # T5's Metaspace pre-tokenizer splits on whitespace
-    spans = [s for t in small_catalog.inputs()[:40] + ["L'Oréal Paris 5x100g café", "Ünïcode  double  space"]
-             for s in span_candidates(t)]
-    assert constraint.span_ids(spans) == constraint.codec.brand_ids_many(spans)
-    assert constraint.span_ids(spans) == constraint.codec.brand_ids_many(spans)  # from the cache
+    texts = small_catalog.inputs()[:20] + ["L'Oréal Paris 5x100g café", "Ünïcode  double  space", ""]
+    for _ in range(2):  # the second time from the word cache
+        trie, values = constraint.copy_trie(texts)
+        for row, text in enumerate(texts):
+            spans = span_candidates(text)
+            expected = {tuple(ids): span for span, ids in zip(spans, constraint.codec.brand_ids_many(spans) if spans
+                                                             else []) if len(ids) <= MAX_BRAND_TOKENS}
+            got = {seq: values[v] for seq, v in sequences_under(trie, int(trie.roots[row])).items()}
+            assert got == expected
