@@ -91,8 +91,12 @@ def write_input_data(path: Path, texts: list[str], input_name: str = "text") -> 
 
 
 def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: tuple[int, ...], out_dir: Path,
-                      measurement_ms: int = 3000, binary: Path | None = None, env: dict | None = None) -> dict:
-    """One perf_analyzer run per concurrency level (gRPC, batch 1); its CSV figures per level."""
+                      measurement_ms: int = 3000, binary: Path | None = None, env: dict | None = None,
+                      headers: dict[str, str] | None = None) -> dict:
+    """One perf_analyzer run per concurrency level (gRPC, batch 1); its CSV figures per level. ``headers``: gRPC
+    metadata for every request (``-H``; the operator's key for a server whose model APIs are restricted; the
+    recorded command shows the names only)."""
+    extra = [a for name, value in (headers or {}).items() for a in ("-H", f"{name}:{value}")]
     if binary is None:
         binary, env = find_perf_analyzer()
     levels = {}
@@ -101,7 +105,7 @@ def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: tuple
         cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", "1", "--input-data", str(input_data),
                "--concurrency-range", str(c), "--measurement-interval", str(measurement_ms),
                "--stability-percentage", "50", "--max-trials", "4", "-f", str(report)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd + extra, env=env, capture_output=True, text=True, timeout=300)
         (out_dir / f"perf_analyzer_c{c}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
         if done.returncode != 0 or not report.is_file():
             levels[str(c)] = {"status": "failed", "returncode": done.returncode,
@@ -117,5 +121,6 @@ def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: tuple
                               "csv": str(report)}
         except (StopIteration, KeyError, ValueError) as e:
             levels[str(c)] = {"status": "failed", "reason": f"unexpected CSV in {report}: {e!r}"}
-    return {"status": "measured", "binary": str(binary), "version": VERSION, "command": " ".join(cmd[:1] + cmd[1:]),
+    shown = [a if a == "-H" else a.split(":", 1)[0] + ":<key>" for a in extra]
+    return {"status": "measured", "binary": str(binary), "version": VERSION, "command": " ".join(cmd + shown),
             "input_data": str(input_data), "levels": levels}

@@ -265,8 +265,12 @@ def _perf_analyzer(url: str, texts: list[str], out: Path) -> dict:
 
     data = write_input_data(out / "perf_analyzer_input.json", texts)
     try:
+        from shelfml.model_repository.server import grpc_admin_headers
+
         _progress("perf_analyzer at concurrency 1, 4, 16")
-        result = run_perf_analyzer(url, "tagger", data, WORKLOADS["W4"].concurrency, out)
+        key = os.environ.get("SHELFML_ADMIN_KEY", "")  # the model APIs perf_analyzer reads are restricted
+        result = run_perf_analyzer(url, "tagger", data, WORKLOADS["W4"].concurrency, out,
+                                   headers=grpc_admin_headers(key) if key else None)
     except Exception as e:  # perf_analyzer is a beside-figure: its failure is recorded, never fatal
         status = "skipped" if isinstance(e, (PerfAnalyzerUnavailable, OSError)) else "failed"
         return {"status": status, "reason": f"{type(e).__name__}: {e}", "input_data": str(data)}

@@ -3,14 +3,16 @@
 A :class:`CompiledTrie` holds token sequences as CSR arrays: node ``n``'s children are the edges
 ``offsets[n]:offsets[n + 1]`` (tokens ascending, each with its child node), ``value[n]`` the sequence that ends at
 the leaf ``n`` and ``[start[n], end[n])`` the leaves under ``n`` (depth-first by token: the sequences'
-lexicographic order; a label prior's mass under a node is a difference of cumulative sums). Tries are built
-vectorised by depth, so the per-request copy trie (word spans of each row's own title, one root per row) costs a
-few numpy calls, not a Python loop over tokens.
+lexicographic order; a label prior's mass under a node is a difference of cumulative sums) and its forced run
+(the tokens that follow with no choice). Tries are built from one sort of the sequences, so the per-request copy
+trie (word spans of each row's own title, one root per row, from word token ids kept across requests) costs a
+few whole-table numpy operations, not a Python loop over tokens.
 
 :class:`ConstraintState` is every row's place: a node of the path trie, then nodes of the known-brand trie and of
-the copy trie (either may run out), then done. :meth:`ConstraintState.allowed` gathers the allowed next tokens of
-any rows as one edge list sorted by (row, token); the decode loop scores, picks and advances them with array ops.
-An empty allowed set raises: the constraint never silently lets a row go free.
+the copy trie (either may run out: its dead node), then done. :meth:`ConstraintState.allowed` gathers the allowed
+next tokens of any rows as one edge list, a segment per row; the decode loop scores, picks and advances them with
+array ops, and :meth:`ConstraintState.forced` takes the forced runs. An empty allowed set raises: the constraint
+never silently lets a row go free.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ _KEY = np.int64(1 << 32)  # an edge's key: row * _KEY + token (keys ascending = 
 class CompiledTrie:
     """Token sequences as a prefix trie in CSR arrays (see the module docstring)."""
 
-    offsets: np.ndarray  # int64 [nodes + 1]
+    offsets: np.ndarray  # int64 [nodes + 1] (the last node is the dead one)
     tokens: np.ndarray  # int64 [edges], ascending within a node
     child: np.ndarray  # int64 [edges]
     value: np.ndarray  # int64 [nodes]: index of the sequence ending at this leaf, else -1

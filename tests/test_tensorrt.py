@@ -146,7 +146,7 @@ def _dec_spec():
     (lambda: price_spec(False), price_ranges(256, 64), "input_ids", ((1, 1), (32, 128), (64, 256))),
     (lambda: t5_encoder_spec(_t5_config()), tagger_ranges(96, 32), "attention_mask",
      ((1, 1), (8, 64), (64, 96))),
-    (_dec_spec, tagger_ranges(96, 32), "input_ids", ((1, 1), (8, 1), (64, 1))),
+    (_dec_spec, tagger_ranges(96, 32), "input_ids", ((1, 1), (8, 1), (64, 32))),  # up to a forced run of 32
     (_dec_spec, tagger_ranges(96, 32), "past_key_values.1.decoder.value",
      ((1, 4, 0, 16), (8, 4, 16, 16), (64, 4, 32, 16))),  # an empty past at min
     (_dec_spec, tagger_ranges(96, 32), "past_key_values.0.encoder.key", ((1, 4, 1, 16), (8, 4, 64, 16), (64, 4, 96, 16))),
