@@ -125,14 +125,16 @@ class CompiledTrie:
     def degree(self, nodes: np.ndarray) -> np.ndarray:
         return self.offsets[nodes + 1] - self.offsets[nodes]
 
-    def gather(self, rows: np.ndarray, nodes: np.ndarray, field: int) -> tuple[np.ndarray, np.ndarray]:
-        """The edges leaving ``nodes[i]`` (owned by ``rows[i]``) as a ``[5, edges]`` block (row, token, then the
-        child in row ``field``, -1 in the other child rows; see :class:`Edges`), and each node's edge count."""
+    def gather(self, rows: np.ndarray, nodes: np.ndarray, field: int, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The edges leaving ``nodes[i]`` (owned by ``rows[i]``) as a ``[5, edges]`` block (row, token, the children
+        in rows 2-4: this trie's in row ``field``, ``fill`` in the others; see :class:`Edges`), and each node's edge
+        count."""
         lo = self.offsets[nodes]
         counts = self.offsets[nodes + 1] - lo
-        edge = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()), dtype=np.int64)
-        block = np.full((5, len(edge)), -1, np.int64)
-        block[0], block[1], block[field] = np.repeat(rows, counts), self.tokens[edge], self.child[edge]
+        edge = (lo - counts.cumsum() + counts).repeat(counts) + np.arange(counts.sum())
+        block = np.empty((5, len(edge)), np.int64)
+        block[2:] = np.asarray(fill, np.int64)[:, None]
+        block[0], block[1], block[field] = rows.repeat(counts), self.tokens[edge], self.child[edge]
         return block, counts
 
     @cached_property
@@ -330,16 +332,8 @@ class ConstraintState:
         self.path_done, self.done = np.zeros(n, bool), np.zeros(n, bool)
 
     def _gather(self, t: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The edges of ``rows``' nodes in trie ``t`` as a block, and each row's count."""
-        trie = self.tries[t]
-        nodes = self.node[t, rows]
-        lo = trie.offsets[nodes]
-        counts = trie.offsets[nodes + 1] - lo
-        edge = (lo - counts.cumsum() + counts).repeat(counts) + np.arange(counts.sum())
-        block = np.empty((5, len(edge)), np.int64)
-        block[2:] = self.dead[:, None]
-        block[0], block[1], block[2 + t] = rows.repeat(counts), trie.tokens[edge], trie.child[edge]
-        return block, counts
+        """The edges of ``rows``' nodes in trie ``t`` as a block (the other tries' children: their dead nodes)."""
+        return self.tries[t].gather(rows, self.node[t, rows], 2 + t, self.dead)
 
     def allowed(self, rows: np.ndarray) -> Edges:
         """The allowed next tokens of ``rows`` (none done): path rows' segments first, then brand rows'; raises

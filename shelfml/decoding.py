@@ -32,12 +32,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shelfml.constraint import BRAND_MODES, MAX_BRAND_TOKENS, ConstraintState, Edges, LabelConstraint
+from shelfml.constraint import MAX_BRAND_TOKENS, ConstraintState, Edges, LabelConstraint
 from shelfml.labels import Label, TargetCodec, Taxonomy
 
 StepFn = Callable[[np.ndarray], np.ndarray]
-__all__ = ["BRAND_MODES", "LabelConstraint", "Prediction", "StepFn", "complete_branches", "edge_scores",
-           "greedy_decode", "max_target_length", "top_paths"]
 
 
 @dataclass

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from shelfml.confidence import (Calibrator, LevelCalibration, check_thresholds, decide, ece, parse_thresholds,
                                 prefix_correct, threshold_for_precision)
-from shelfml.decoding import LabelConstraint, Prediction, complete_branches, greedy_decode, top_paths
+from shelfml.constraint import LabelConstraint
+from shelfml.decoding import Prediction, complete_branches, greedy_decode, top_paths
 from shelfml.labels import Label, TargetCodec, Taxonomy
 from shelfml.prior import PriorBatch
 

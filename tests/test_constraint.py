@@ -171,7 +171,7 @@ def test_compiled_trie_arrays():
     assert root_tokens == [4, 5]
     five = trie.child[trie.offsets[0] + 1]
     assert (trie.start[five], trie.end[five]) == (1, 3)  # [5, 2, 1] and [5, 3, 1]: leaves 1 and 2
-    block, counts = trie.gather(np.array([0, 1]), np.array([0, five]), 2)
+    block, counts = trie.gather(np.array([0, 1]), np.array([0, five]), 2, np.array([-1, -1, -1]))
     assert block[0].tolist() == [0, 0, 1, 1] and block[1].tolist() == [4, 5, 2, 3] and counts.tolist() == [2, 2]
     length, end, at, tokens = trie.runs  # forced runs: from [4] the rest is [1], from [5, 2] it is [1]
     four = trie.child[trie.offsets[0]]

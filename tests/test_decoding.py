@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shelfml.decoding import LabelConstraint, greedy_decode
+from shelfml.constraint import LabelConstraint
+from shelfml.decoding import greedy_decode
 from shelfml.labels import Label, TargetCodec
 from shelfml.prior import PriorBatch
 

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
 from shelfml.confidence import TARGET_PRECISION, LevelCalibration, prefix_correct
 from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
-from shelfml.decoding import BRAND_MODES
+from shelfml.constraint import BRAND_MODES
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, format_target
 from shelfml.metrics import tagger_metrics
 from shelfml.parity import write_parity_sample

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shelfml.checkpoint import read_manifest
-from shelfml.decoding import (LabelConstraint, Prediction, StepFn, complete_branches, greedy_decode,
-                               max_target_length, top_paths)
+from shelfml.constraint import LabelConstraint
+from shelfml.decoding import Prediction, StepFn, complete_branches, greedy_decode, max_target_length, top_paths
 from shelfml.labels import TargetCodec, Taxonomy
 from shelfml.text import TextTokenizer, load_tokenizer
 
