@@ -121,6 +121,31 @@ def test_several_new_tokens_in_one_call_match_one_call_each_and_eager(t5_export)
     assert np.abs(runner.make_step(ids, mask)(run) - eager).max() < LOGIT_ATOL
 
 
+@pytest.mark.parametrize("shape", ["tiny", "small"], ids=["tiny", "flan-t5-small-shape"])
+def test_jump_forward_is_token_identical_through_onnx_runtime(shape, tokenizer, small_catalog, tmp_path):
+    """Forced runs fed in one call give the tokens of one call per token, through the exported graphs of both
+    model shapes (and eager agrees)."""
+    from shelfml.constraint import LabelConstraint
+    from shelfml.decoding import greedy_decode
+    from shelfml.labels import TargetCodec
+
+    model = random_t5(shape, vocab=len(tokenizer))
+    specs = export_t5(model, tmp_path)
+    runner = OrtT5(*(load_session(tmp_path / s.file, s) for s in specs.values()))
+    constraint = LabelConstraint(TargetCodec(tokenizer), small_catalog.taxonomy())
+    texts = small_catalog.inputs()[:12]
+    from shelfml.text import TextTokenizer
+
+    ids, mask = TextTokenizer.from_transformers(tokenizer).batch(texts, 48)
+    decoded = {}
+    for name, make_step in (("onnx", runner.make_step), ("eager", eager_step_factory(model))):
+        for jump in (True, False):
+            preds = greedy_decode(make_step(ids, mask), texts, constraint, 80, jump_forward=jump)
+            decoded[name, jump] = [p.token_ids for p in preds]
+    assert decoded["onnx", True] == decoded["onnx", False]
+    assert decoded["eager", True] == decoded["eager", False] == decoded["onnx", True]
+
+
 def test_a_one_token_decoder_from_an_older_export_still_decodes(tiny_checkpoint, tmp_path, small_catalog):
     """A decoder graph exported before jump-forward (input_ids [batch, 1]) is fed forced runs token by token."""
     import dataclasses
