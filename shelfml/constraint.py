@@ -320,7 +320,7 @@ class ConstraintState:
     ``brand[b]`` once decided. A path is decided at a leaf of the path trie, a brand at a leaf of either brand trie
     (the known brand when both end)."""
 
-    def __init__(self, constraint: LabelConstraint, copy: tuple[CompiledTrie, list[str]], n: int) -> None:
+    def __init__(self, constraint: LabelConstraint, copy: tuple[CompiledTrie, Sequence[str]], n: int) -> None:
         self.c, self.n = constraint, n
         copy_trie, self.copy_values = copy
         self.tries = (constraint.paths, constraint.brands, copy_trie)

@@ -69,10 +69,10 @@ class _Run:
     """One batch in progress: per row the decoder's input sequence (the start token, then every emitted token),
     how much of it is known and fed, and each emitted token's log probability (0 for a forced one)."""
 
-    seq: np.ndarray  # int64 [rows, max_new + 1]
+    seq: np.ndarray  # int64 [rows, max_new + 2]: the start token, up to max_new tokens, a spare column
     length: np.ndarray  # tokens of seq known
     fed: np.ndarray  # tokens of seq fed to the decoder
-    logp: np.ndarray  # float64 [rows, max_new]
+    logp: np.ndarray  # float64 [rows, max_new + 1]
     max_new: int
 
     @classmethod
@@ -130,7 +130,6 @@ class _Loop:
         self.run = _Run.start(len(texts), max_new_tokens, constraint.codec.pad_id)  # T5 decoder start = pad
         self.branches, self.prefixes, self.until_path, self.jump = branches, prefixes, until_path, jump_forward
         self.found: list[list[tuple[float, list[int]]]] = [[] for _ in texts]
-        self.calls = 0
 
     def finished(self) -> np.ndarray:
         return self.state.path_done if self.until_path else self.state.done
@@ -142,7 +141,6 @@ class _Loop:
             active = np.flatnonzero(~self.finished())
             width = int((run.length[active] - run.fed[active]).min()) if self.jump else 1
             logits = np.asarray(self.step(run.feed(self.finished(), width, pad)), dtype=np.float32)
-            self.calls += 1
             run.fed[active] += width
             deciding = active[run.fed[active] == run.length[active]]
             if len(deciding):
