@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shelfml.tagger.model import eager_step_factory
+
 
 def _multi_token_parity(tagger, texts: list[str], device: str) -> float:
     """Largest logit difference between feeding a run of tokens in one call and one call per token."""
-    from shelfml.tagger.model import eager_step_factory
-
     ids, mask = tagger.encode(texts)
     run = np.array([tagger.codec.encode(p.label)[:5] for p in tagger.predict(texts)], np.int64)
     run = np.concatenate([np.full((len(texts), 1), tagger.codec.pad_id, np.int64), run], axis=1)
@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         labels = [p.label for p in gpu.predict(texts, jump_forward=jump)]
         out[f"labels_equal_cpu_jump_{jump}"] = labels == reference
         out[f"seconds_jump_{jump}"] = time.perf_counter() - start
-    from shelfml.tagger.model import eager_step_factory
-
     make_step = eager_step_factory(gpu.model)
     out["overhead"] = {str(b): constraint_overhead(gpu, make_step, texts[:32], b, 3) for b in (1, 32)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,10 @@ class CompiledTrie:
 
     @classmethod
     def build(cls, sequences: Sequence[Sequence[int]], groups: Sequence[int] | None = None,
-              n_groups: int = 1) -> tuple["CompiledTrie", list[int]]:
-        """One trie per group (``groups[i]``: the group of sequence ``i``; one group by default), and the indices of
-        the sequences dropped because an earlier one has the same tokens (collisions). The sequences are sorted once
+              n_groups: int = 1) -> tuple["CompiledTrie", np.ndarray]:
+        """One trie per group (``groups[i]``: the group of sequence ``i``; one group by default), and the node where
+        each sequence ends (a leaf's ``value`` is the first sequence ending there: a later one with the same tokens
+        collides with it). The sequences are sorted once
         (by group, then lexicographically): a sorted sequence makes new nodes from its common prefix with the one
         before it on, numbered in that order (depth-first), so every array is a handful of whole-table operations."""
         n = len(sequences)
@@ -68,7 +69,7 @@ class CompiledTrie:
 
     @classmethod
     def from_flat(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, group: np.ndarray, n_groups: int,
-                  end_token: int | None = None) -> tuple["CompiledTrie", list[int]]:
+                  end_token: int | None = None) -> tuple["CompiledTrie", np.ndarray]:
         """:meth:`build` from sequences given as ``flat[starts[i] : starts[i] + lengths[i]]`` (then ``end_token``,
         when given, closes each one)."""
         n = len(lengths)
@@ -81,8 +82,8 @@ class CompiledTrie:
             ids[owner, at] = flat[starts.repeat(lengths) + at]
         else:
             last = at == lengths[owner] - 1
-            ids[owner, at] = np.where(last, end_token, flat[np.minimum(starts.repeat(lengths) + at, max(len(flat) - 1, 0))]
-                                      if len(flat) else end_token)
+            source = flat if len(flat) else np.zeros(1, np.int64)  # every sequence may be the end token alone
+            ids[owner, at] = np.where(last, end_token, source[np.minimum(starts.repeat(lengths) + at, len(source) - 1)])
         order = np.lexsort((*_packed(ids)[::-1], group))
         ids, lengths, group = ids[order], lengths[order], group[order]
         lcp = np.zeros(n, np.int64)  # tokens shared with the previous sorted sequence of the same group
@@ -103,7 +104,7 @@ class CompiledTrie:
         offsets = np.zeros(count + 2, np.int64)
         offsets[1:-1] = np.bincount(edge_parent, minlength=count).cumsum()
         offsets[-1] = offsets[-2]  # the dead node: no edges
-        ends = node[np.arange(n), lengths - 1] if width else np.zeros(0, np.int64)
+        ends = np.where(lengths > 0, node[np.arange(n), np.maximum(lengths - 1, 0)], group) if width else group
         value = np.full(count + 1, -1, np.int64)
         value[ends[~duplicate]] = order[~duplicate]  # a stable sort: the first of equal sequences comes first
         start, end = np.zeros(count + 1, np.int64), np.zeros(count + 1, np.int64)
@@ -120,7 +121,9 @@ class CompiledTrie:
             end[:n_groups] = np.where(lasts > firsts, rank[np.maximum(lasts - 1, 0)] + 1, start[:n_groups])
         trie = cls(offsets, ids[rows, cols][by_parent], (n_groups + np.arange(len(rows)))[by_parent], value, start,
                    end, np.arange(n_groups, dtype=np.int64), leaves)
-        return trie, np.sort(order[duplicate]).tolist()
+        in_order = np.empty(n, np.int64)
+        in_order[order] = ends
+        return trie, in_order
 
     def degree(self, nodes: np.ndarray) -> np.ndarray:
         return self.offsets[nodes + 1] - self.offsets[nodes]
@@ -140,8 +143,8 @@ class CompiledTrie:
     @cached_property
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Forced runs, by pointer jumping: per node, how many tokens follow with no choice (it and each node after
-        it has exactly one child), the node where that stops, and where those tokens start in ``tokens_of_runs``
-        (each maximal chain of one-child nodes stored once; a node's run is a suffix of its chain's)."""
+        it has exactly one child), the node where that stops, where those tokens start in the fourth array, and that
+        array (each maximal chain of one-child nodes stored once; a node's run is a suffix of its chain's)."""
         n = len(self.value)
         nodes = np.arange(n, dtype=np.int64)
         deg = np.diff(self.offsets)
@@ -212,15 +215,14 @@ class LabelConstraint:
         if brand_mode not in BRAND_MODES:
             raise ValueError(f"brand_mode must be one of {BRAND_MODES}, got {brand_mode!r}")
         self.codec, self.taxonomy, self.brand_mode = codec, taxonomy, brand_mode
-        self.paths, dropped = CompiledTrie.build([codec.path_ids(p) for p in taxonomy.paths])
-        self.collisions = [taxonomy.paths[i] for i in dropped]
+        self.paths, path_ends = CompiledTrie.build([codec.path_ids(p) for p in taxonomy.paths])
+        self.collisions = [taxonomy.paths[i] for i in np.flatnonzero(self.paths.value[path_ends] !=
+                                                                     np.arange(len(path_ends)))]
         self.brand_values = [""] + list(taxonomy.brands)
-        brand_ids = codec.brand_ids_many(self.brand_values)
-        self.brands, _ = CompiledTrie.build(brand_ids)
+        self.brands, brand_ends = CompiledTrie.build(codec.brand_ids_many(self.brand_values))
         self.n_path_leaves, self.n_brand_leaves = self.paths.n_leaves, self.brands.n_leaves
         # the leaf of each taxonomy path / brand ("" first), where a prior's probability of it goes
-        self.path_leaf = self.paths.start[_ends(self.paths, [codec.path_ids(p) for p in taxonomy.paths])]
-        self.brand_leaf = self.brands.start[_ends(self.brands, brand_ids)]
+        self.path_leaf, self.brand_leaf = self.paths.start[path_ends], self.brands.start[brand_ends]
         self._splits_words = _splits_words(codec)
         self._word_ids: dict[str, list[int]] = {}
 
@@ -300,18 +302,6 @@ def _splits_words(codec: TargetCodec) -> bool:
     probes = ["Acme Pro 3000", "bamboo-fibre baby wipes", "L'Oreal Paris", "5 x 100g"]
     return splits and all(codec.brand_ids(p)[:-1] == [t for w in p.split(" ") for t in codec.brand_ids(w)[:-1]]
                           for p in probes)
-
-
-def _ends(trie: CompiledTrie, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-    """The node where each sequence ends (walked through the CSR arrays)."""
-    out = np.empty(len(sequences), np.int64)
-    for i, seq in enumerate(sequences):
-        node = int(trie.roots[0])
-        for token in seq:
-            lo, hi = trie.offsets[node], trie.offsets[node + 1]
-            node = int(trie.child[lo + np.searchsorted(trie.tokens[lo:hi], token)])
-        out[i] = node
-    return out
 
 
 class ConstraintState:

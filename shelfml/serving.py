@@ -68,15 +68,22 @@ def decode_texts(array: np.ndarray, name: str = "text") -> list[str]:
 Leaf = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> one output of a leaf graph
 
 
-def bls_call(pb_utils, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """One Triton BLS request to a leaf model (whatever backend serves it), outputs in host memory."""
-    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
-                                        inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
-                                        preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+def bls_tensors(pb_utils, model: str, inputs: list, outputs: Sequence[str], gpu: bool = False) -> dict:
+    """One Triton BLS request to a leaf model (whatever backend serves it): its output tensors, in host memory or
+    (``gpu``) in the GPU's, where a GPU leaf leaves them."""
+    memory = pb_utils.TRITONSERVER_MEMORY_GPU if gpu else pb_utils.TRITONSERVER_MEMORY_CPU
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs,
+                                        preferred_memory=pb_utils.PreferredMemory(memory, 0))
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
-    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+    return {t.name(): t for t in response.output_tensors()}
+
+
+def bls_call(pb_utils, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """:func:`bls_tensors` from and to numpy arrays in host memory."""
+    tensors = bls_tensors(pb_utils, model, [pb_utils.Tensor(k, v) for k, v in inputs.items()], outputs)
+    return {name: t.as_numpy() for name, t in tensors.items()}
 
 
 def leaf_file(repo: Path, model: str) -> Path:

@@ -164,8 +164,9 @@ def test_jump_forward_feeds_forced_tokens_in_fewer_calls(tokenizer, small_catalo
 
 
 def test_compiled_trie_arrays():
-    trie, collisions = CompiledTrie.build([[5, 3, 1], [5, 2, 1], [4, 1], [5, 3, 1]])
-    assert collisions == [3]
+    trie, ends = CompiledTrie.build([[5, 3, 1], [5, 2, 1], [4, 1], [5, 3, 1]])
+    assert np.flatnonzero(trie.value[ends] != np.arange(4)).tolist() == [3]  # the repeat collides with sequence 0
+    assert ends[3] == ends[0] and trie.value[ends[0]] == 0
     assert trie.n_leaves == 3
     root_tokens = trie.tokens[trie.offsets[0]:trie.offsets[1]].tolist()
     assert root_tokens == [4, 5]
@@ -223,3 +224,12 @@ def test_copy_trie_holds_every_title_span_as_the_tokenizer_writes_it(tokenizer, 
                                                              else []) if len(ids) <= MAX_BRAND_TOKENS}
             got = {seq: values[v] for seq, v in sequences_under(trie, int(trie.roots[row])).items()}
             assert got == expected
+
+
+def test_paths_that_tokenise_alike_are_named_as_collisions(tokenizer):
+    """Two taxonomy paths with the same token ids (the tokenizer folds the full-width letters) cannot both be
+    decoded: the later one is reported (training refuses such a taxonomy)."""
+    taxonomy = Taxonomy(["l1", "l2"], [("home", "kitchen"), ("home", "ｋｉｔｃｈｅｎ"), ("garden", "tools")], ["Acme"])
+    constraint = LabelConstraint(TargetCodec(tokenizer), taxonomy, brand_mode="known")
+    assert constraint.collisions == [("home", "ｋｉｔｃｈｅｎ")]
+    assert constraint.paths.n_leaves == 2

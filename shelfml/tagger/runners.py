@@ -17,6 +17,7 @@ import onnxruntime as ort
 from shelfml.decoding import StepFn
 from shelfml.exports import read_export
 from shelfml.onnxrt import SessionConfig, check_names, load_session
+from shelfml.serving import bls_tensors
 from shelfml.tagger.contract import past_name
 from shelfml.tagger.predict import MakeStep
 
@@ -64,11 +65,6 @@ class OrtT5:
         empty = np.zeros((input_ids.shape[0], self.heads, 0, self.d_kv), dtype=np.float32)
         past = {n: self._value(empty) for n in self.self_names}
 
-        def step(tokens: np.ndarray) -> np.ndarray:
-            if self.one_token and tokens.shape[1] > 1:
-                return [one(tokens[:, i : i + 1]) for i in range(tokens.shape[1])][-1]
-            return one(tokens)
-
         def one(tokens: np.ndarray) -> np.ndarray:
             nonlocal past
             binding = self.decoder.io_binding()
@@ -84,7 +80,7 @@ class OrtT5:
             past = {past_name(n): v for n, v in zip(self.present_names, values[1:])}
             return values[0].numpy()[:, -1]
 
-        return step
+        return token_by_token(one) if self.one_token else one
 
 
 def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str) -> MakeStep:
@@ -102,16 +98,9 @@ def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_o
     memory the leaf answered in (``device="gpu"``: the GPU, where a TensorRT leaf keeps them; only the logits
     come to the host). ``one_token``: a decoder leaf exported before jump-forward (one new token per call)."""
     presents = list(decoder_outputs[1:])
-    memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU if device == "gpu" else
-                                      pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def call(model: str, inputs: list, outputs: Sequence[str]) -> dict:
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs,
-                                            preferred_memory=memory)
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
-        return {t.name(): t for t in response.output_tensors()}
+        return bls_tensors(pb_utils, model, inputs, outputs, gpu=device == "gpu")
 
     def renamed(name: str, tensor):
         return pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack())
@@ -125,11 +114,6 @@ def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_o
         empty = np.zeros((len(input_ids), heads, 0, d_kv), np.float32)
         past = [pb_utils.Tensor(past_name(n), empty) for n in presents]
 
-        def step(tokens: np.ndarray) -> np.ndarray:
-            if one_token and tokens.shape[1] > 1:
-                return [one(tokens[:, i : i + 1]) for i in range(tokens.shape[1])][-1]
-            return one(tokens)
-
         def one(tokens: np.ndarray) -> np.ndarray:
             nonlocal past
             out = call(decoder_model, [pb_utils.Tensor("input_ids", np.ascontiguousarray(tokens)), mask, *past,
@@ -137,9 +121,20 @@ def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_o
             past = [renamed(past_name(n), out[n]) for n in presents]
             return host_array(out["logits"])[:, -1]
 
-        return step
+        return token_by_token(one) if one_token else one
 
     return make_step
+
+
+def token_by_token(one: StepFn) -> StepFn:
+    """A step for a decoder that takes one new token per call (an export from before jump-forward): a forced run
+    is fed one token at a time, the logits after the last returned."""
+    def step(tokens: np.ndarray) -> np.ndarray:
+        for i in range(tokens.shape[1] - 1):
+            one(tokens[:, i : i + 1])
+        return one(tokens[:, -1:])
+
+    return step
 
 
 def host_array(tensor) -> np.ndarray:
