@@ -276,13 +276,13 @@ def overload(server: TritonServer, plan: Plan) -> dict:
     """More requests at once than the queue holds, each with a deadline: what is shed, how fast, and whether
     any row was computed for a client that had left."""
     metrics_url = f"{server.local_host}:{server.metrics_port}"
-    rows_before = _metric(metrics_url, "shelfml_rows_total", model="tagger")
+    rows_before = _metric(metrics_url, "shelfml_rows_total", model="tagger", outcome="ok")
     batch = [[TEXTS[(i + j) % len(TEXTS)] for j in range(plan.overload_rows)] for i in range(plan.overload_requests)]
     t0 = time.perf_counter()
     results = asyncio.run(_fire(server.grpc_url, batch, len(batch), plan.overload_deadline_s))
     wall = time.perf_counter() - t0
     time.sleep(2.5)  # the server's counters refresh every 2 s
-    rows_computed = _metric(metrics_url, "shelfml_rows_total", model="tagger") - rows_before
+    rows_computed = _metric(metrics_url, "shelfml_rows_total", model="tagger", outcome="ok") - rows_before
     counts = {o: sum(r["outcome"] == o for r in results) for o in sorted({r["outcome"] for r in results})}
     shed_s = [r["s"] for r in results if r["outcome"] == "shed" and "queue size" in r.get("message", "")]
     rows_answered = counts.get("ok", 0) * plan.overload_rows

@@ -2,6 +2,7 @@
 
     shelfml-client tag "Green Harbor herbal shampoo 500 ml" "steel bottle 1 l"      # JSON lines
     shelfml-client price "steel bottle 1 l" --image bottle.jpg
+    shelfml-client catalog "steel bottle 1 l"                                          # both models, one call
     shelfml-client batch catalog.csv --out tags.csv --task tag --concurrency 4 --id-col id
 
 ``batch`` resumes: OUT.csv is written in input order, one chunk at a time, flushed after each chunk. Run the
@@ -163,12 +164,23 @@ def price_fields(result) -> list[object]:
     return [f"{result.price:.4f}", int(result.has_image), ""]
 
 
+def catalog_fields(result) -> list[object]:
+    t, p = result.tag, result.price
+    return [format_path(t.path), t.brand, f"{t.confidence:.6f}", ";".join(f"{v:.6f}" for v in t.level_probability),
+            format_path(t.backoff_path), int(t.abstain), f"{p.price:.4f}", int(p.has_image), t.model_version,
+            p.model_version, ""]
+
+
 async def _tag(client: AsyncShelfmlClient, chunk: list["Row"]) -> list[list[object]]:
     return [tag_fields(r) for r in await client.tag([r.text for r in chunk])]
 
 
 async def _price(client: AsyncShelfmlClient, chunk: list["Row"]) -> list[list[object]]:
     return [price_fields(r) for r in await client.price([r.text for r in chunk], [r.image for r in chunk])]
+
+
+async def _catalog(client: AsyncShelfmlClient, chunk: list["Row"]) -> list[list[object]]:
+    return [catalog_fields(r) for r in await client.catalog([r.text for r in chunk], [r.image for r in chunk])]
 
 
 @dataclass(frozen=True)
@@ -181,8 +193,11 @@ class BatchTask:
 
 
 TAG_COLUMNS = ("path", "brand", "confidence", "level_probability", "backoff_path", "abstain", "alternatives", "error")
+CATALOG_COLUMNS = ("path", "brand", "confidence", "level_probability", "backoff_path", "abstain", "price", "has_image",
+                   "tagger_version", "price_version", "error")
 BATCH_TASKS = {"tagger": BatchTask(TAG_COLUMNS, _tag),
-               "price": BatchTask(("price", "has_image", "error"), _price, images=True)}
+               "price": BatchTask(("price", "has_image", "error"), _price, images=True),
+               "catalog": BatchTask(CATALOG_COLUMNS, _catalog, images=True)}
 TASK_ALIASES = {"tag": "tagger"}  # the client's first spelling
 
 
@@ -262,6 +277,25 @@ def cmd_price(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalog(a: argparse.Namespace) -> int:
+    texts = _texts(a.texts)
+    if a.image and len(a.image) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
+    images = [p or None for p in a.image] if a.image else None
+    with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
+        for text, r in zip(texts, client.catalog(texts, images)):
+            t, p = r.tag, r.price
+            print(json.dumps({"text": text, "label": format_path(t.path), "path": list(t.path), "brand": t.brand,
+                              "confidence": round(t.confidence, 6),
+                              "level_probability": [round(v, 6) for v in t.level_probability],
+                              "backoff_path": format_path(t.backoff_path), "abstain": t.abstain,
+                              "price": round(p.price, 2), "has_image": p.has_image,
+                              "versions": {"tagger": t.model_version, "price": p.model_version},
+                              "ms": {"tagger": round(r.tagger_ms, 2), "price": round(r.price_ms, 2)}},
+                             ensure_ascii=False))
+    return 0
+
+
 def cmd_batch(a: argparse.Namespace) -> int:
     if a.image_col and not BATCH_TASKS[a.task].images:
         raise ValueError(f"--image-col is for --task {' or '.join(n for n, t in BATCH_TASKS.items() if t.images)}")
@@ -315,16 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--image", action="append", help="a picture file per text, in order ('' for none)")
     pr.set_defaults(fn=cmd_price)
 
+    c = sub.add_parser("catalog", help="path, brand, confidence and price of each text in one call (JSON lines)")
+    common(c, keep=False)
+    c.add_argument("texts", nargs="*", help="product titles (default: one per line on stdin)")
+    c.add_argument("--image", action="append", help="a picture file per text, in order ('' for none)")
+    c.set_defaults(fn=cmd_catalog)
+
     b = sub.add_parser("batch", help="a catalog CSV to an output CSV, resumable")
     common(b, keep=False)
     b.add_argument("input", help="input CSV (gzip works)")
     b.add_argument("--out", required=True, help="output CSV; an existing one is resumed, never overwritten")
     b.add_argument("--task", required=True, type=lambda t: TASK_ALIASES.get(t, t), choices=sorted(BATCH_TASKS),
-                   help="the served model: tagger or price (as in `shelfml`; 'tag' is accepted too)")
+                   help="the served model: tagger, price or catalog (both in one call) ('tag' is accepted too)")
     b.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     b.add_argument("--text-col", default="title", help="the input's text column")
     b.add_argument("--id-col", help=f"unique id column copied to the output (default: the row number, as {ROW_ID!r})")
-    b.add_argument("--image-col", help="picture path column (--task price; relative to the CSV's folder)")
+    b.add_argument("--image-col", help="picture path column (--task price or catalog; relative to the CSV's folder)")
     b.add_argument("--encoding", default="utf-8", help="of the input CSV")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(fn=cmd_batch)

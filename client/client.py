@@ -1,8 +1,8 @@
-"""Clients for the served ``tagger`` and ``price`` models (sync and asyncio) over gRPC (``tritonclient.grpc``,
+"""Clients for the served ``tagger``, ``price`` and ``catalog`` models (sync and asyncio) over gRPC (``tritonclient.grpc``,
 the default) or HTTP/REST (``tritonclient.http``, the KServe v2 protocol: ``protocol="http"``).
 
-Model names, input and output names and dtypes come from ``TAGGER_SERVICE`` / ``PRICE_SERVICE`` in
-:mod:`export.contract`; the label format (``a > b > c``) from :mod:`shelfml.labels`. Both clients split a call
+Model names, input and output names and dtypes come from ``TAGGER_SERVICE`` / ``PRICE_SERVICE`` /
+``CATALOG_SERVICE`` (the models' contracts); the label format (``a > b > c``) from :mod:`shelfml.labels`. Both clients split a call
 into requests of at most ``batch_size`` rows (never more than the model's own ``max_batch_size``), give each
 request a deadline (``timeout_s``, sent to the server too, so a request still queued when its client has given up
 is dropped there, never computed), retry with exponential backoff and jitter, within that deadline, on the
@@ -26,6 +26,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from shelfml.catalog import CATALOG_SERVICE
 from shelfml.contract import GraphSpec
 from shelfml.price.contract import PRICE_SERVICE
 from shelfml.tagger.contract import TAGGER_SERVICE
@@ -51,12 +52,24 @@ class TagResult:
     backoff_path: tuple[str, ...] = ()  # the deepest prefix whose levels meet their thresholds; () when none does
     abstain: bool = False  # the whole path does not meet its threshold
     alternatives: tuple[tuple[tuple[str, ...], float], ...] = ()  # top-k paths and probabilities, best first
+    model_version: int = 0  # the tagger version that answered
 
 
 @dataclass(frozen=True)
 class PriceResult:
     price: float
     has_image: bool  # False: no usable picture (none given, missing or corrupt); the text alone was used
+    model_version: int = 0  # the price model version that answered
+
+
+@dataclass(frozen=True)
+class CatalogResult:
+    """One product from the ``catalog`` model: the tagger's answer (no alternatives) and the price model's."""
+
+    tag: TagResult
+    price: PriceResult
+    tagger_ms: float  # each stage's server-side milliseconds, for the batch the product was in
+    price_ms: float
 
 
 class ClientError(RuntimeError):
@@ -198,21 +211,32 @@ def _matrix(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
     return array.reshape(rows, -1)
 
 
-def parse_tags(result, rows: int) -> list[TagResult]:
-    out = {n: _column(result, TAGGER_SERVICE, n, rows) for n in ("path", "brand", "confidence", "backoff_path",
-                                                                   "abstain")}
-    levels, paths, probs = (_matrix(result, TAGGER_SERVICE, n, rows) for n in
-                            ("level_probability", "alternatives", "alternative_probability"))
+def parse_tags(result, rows: int, spec: GraphSpec = TAGGER_SERVICE, version: str = "model_version") -> list[TagResult]:
+    out = {n: _column(result, spec, n, rows) for n in ("path", "brand", "confidence", "backoff_path", "abstain",
+                                                         version)}
+    levels = _matrix(result, spec, "level_probability", rows)
+    if "alternatives" in spec.output_names:
+        paths, probs = (_matrix(result, spec, n, rows) for n in ("alternatives", "alternative_probability"))
+    else:
+        paths = probs = np.zeros((rows, 0))
     return [TagResult(parse_path(_text(p)), _text(b), float(c), tuple(float(v) for v in lp),
                       parse_path(_text(bp)), bool(a),
-                      tuple((parse_path(_text(x)), float(y)) for x, y in zip(alt, alt_p) if _text(x)))
-            for p, b, c, bp, a, lp, alt, alt_p in zip(out["path"], out["brand"], out["confidence"], out["backoff_path"],
-                                                      out["abstain"], levels, paths, probs)]
+                      tuple((parse_path(_text(x)), float(y)) for x, y in zip(alt, alt_p) if _text(x)), int(v))
+            for p, b, c, bp, a, v, lp, alt, alt_p in zip(out["path"], out["brand"], out["confidence"],
+                                                         out["backoff_path"], out["abstain"], out[version], levels,
+                                                         paths, probs)]
 
 
-def parse_prices(result, rows: int) -> list[PriceResult]:
-    out = {n: _column(result, PRICE_SERVICE, n, rows) for n in PRICE_SERVICE.output_names}
-    return [PriceResult(float(p), bool(h)) for p, h in zip(out["price"], out["has_image"])]
+def parse_prices(result, rows: int, spec: GraphSpec = PRICE_SERVICE, version: str = "model_version") -> list[PriceResult]:
+    out = {n: _column(result, spec, n, rows) for n in ("price", "has_image", version)}
+    return [PriceResult(float(p), bool(h), int(v)) for p, h, v in zip(out["price"], out["has_image"], out[version])]
+
+
+def parse_catalog(result, rows: int) -> list[CatalogResult]:
+    tags = parse_tags(result, rows, CATALOG_SERVICE, "tagger_version")
+    prices = parse_prices(result, rows, CATALOG_SERVICE, "price_version")
+    ms = {n: _column(result, CATALOG_SERVICE, n, rows) for n in ("tagger_ms", "price_ms")}
+    return [CatalogResult(t, p, float(a), float(b)) for t, p, a, b in zip(tags, prices, ms["tagger_ms"], ms["price_ms"])]
 
 
 def tag_columns(texts: Sequence[str]) -> dict[str, list]:
@@ -220,11 +244,12 @@ def tag_columns(texts: Sequence[str]) -> dict[str, list]:
     return {text: _texts(texts)}
 
 
-def price_columns(texts: Sequence[str], images: Sequence[Image] | None) -> dict[str, list]:
-    text, image = PRICE_SERVICE.input_names
+def price_columns(texts: Sequence[str], images: Sequence[Image] | None, spec: GraphSpec = PRICE_SERVICE) -> dict[str, list]:
+    """The price (or catalog: the same inputs) model's request columns."""
+    text, image = spec.input_names
     texts = _texts(texts)
     if images is None:
-        assert image in PRICE_SERVICE.optional, f"{image!r} is not optional in the price contract"
+        assert image in spec.optional, f"{image!r} is not optional in the {spec.name} contract"
         return {text: texts}  # the optional input left out: every row priced from its text
     images = list(images)
     if len(images) != len(texts):
@@ -386,6 +411,10 @@ class ShelfmlClient(_Settings):
     def price(self, texts: Sequence[str], images: Sequence[Image] | None = None) -> list[PriceResult]:
         return self._infer(PRICE_SERVICE, price_columns(texts, images), parse_prices)
 
+    def catalog(self, texts: Sequence[str], images: Sequence[Image] | None = None) -> list[CatalogResult]:
+        """Path, brand, confidence and price of each product in one call (the ``catalog`` model)."""
+        return self._infer(CATALOG_SERVICE, price_columns(texts, images, CATALOG_SERVICE), parse_catalog)
+
 
 class AsyncShelfmlClient(_Settings):
     """asyncio client: same calls as :class:`ShelfmlClient`, awaited; a call's requests run concurrently
@@ -464,3 +493,6 @@ class AsyncShelfmlClient(_Settings):
 
     async def price(self, texts: Sequence[str], images: Sequence[Image] | None = None) -> list[PriceResult]:
         return await self._infer(PRICE_SERVICE, price_columns(texts, images), parse_prices)
+
+    async def catalog(self, texts: Sequence[str], images: Sequence[Image] | None = None) -> list[CatalogResult]:
+        return await self._infer(CATALOG_SERVICE, price_columns(texts, images, CATALOG_SERVICE), parse_catalog)

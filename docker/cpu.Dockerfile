@@ -52,4 +52,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
 
 ENTRYPOINT ["/opt/shelfml/docker/entrypoint.sh"]
-CMD ["--backend-directory=/opt/triton/backends", "--model-config-name=cpu", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--strict-readiness=true", "--http-address=0.0.0.0", "--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0"]
+CMD ["--backend-directory=/opt/triton/backends", "--cache-directory=/opt/triton/caches", "--model-config-name=cpu", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--strict-readiness=true", "--http-address=0.0.0.0", "--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0"]

@@ -8,7 +8,8 @@
 # 2. Only when that succeeded: exec tritonserver on the repository's stock configs, with any arguments given.
 #
 # Environment: SHELFML_MODEL_REPOSITORY (/models), SHELFML_ENGINE_CACHE (/engine-cache),
-# SHELFML_ENGINES (build | skip), SHELFML_PYTHON (python3), SHELFML_TRITONSERVER (tritonserver).
+# SHELFML_ENGINES (build | skip), SHELFML_PYTHON (python3), SHELFML_TRITONSERVER (tritonserver),
+# SHELFML_CACHE_MB (64: the response cache).
 # The restricted APIs (logging, model-repository, trace, statistics) need the header shelfml-admin-key with
 # the value of SHELFML_ADMIN_KEY (a Kubernetes Secret); without it they are closed to everyone.
 # Exit codes: 2 bad set-up (no repository, bad setting), 3 engine step failed or refused, 4 corrupt repository.
@@ -63,5 +64,12 @@ case "$ENGINES" in
 esac
 
 log "starting $TRITONSERVER --model-repository=$REPO (restricted APIs: logging, model-repository, trace, statistics) $*"
+# Explicit model control, every model loaded at start: `shelfml repository --add-version --server` rolls a new
+# version out through the (restricted) load API without a restart. The local response cache backs the models'
+# response_cache (SHELFML_CACHE_MB, 0 for none).
+CACHE_MB="${SHELFML_CACHE_MB:-64}"
+CACHE_ARGS=()
+if [[ "$CACHE_MB" != 0 ]]; then CACHE_ARGS=(--cache-config="local,size=$((CACHE_MB * 1024 * 1024))"); fi
 exec "$TRITONSERVER" --model-repository="$REPO" --http-restricted-api="$RESTRICTED" \
-    --grpc-restricted-protocol="$RESTRICTED" --exit-timeout-secs=60 "$@"
+    --grpc-restricted-protocol="$RESTRICTED" --exit-timeout-secs=60 --model-control-mode=explicit --load-model='*' \
+    "${CACHE_ARGS[@]}" "$@"

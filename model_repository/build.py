@@ -8,6 +8,10 @@
         1/model.onnx 1/model.py 1/graph.json (contract + shape ranges + FP32 layers: the engine builder's input)
       tagger/  price/                     python models: tokenisation, decode loop / picture decoding
         config.pbtxt configs/cpu.pbtxt 1/model.py 1/assets/ warmup/
+      catalog/                            python model: one request -> both models (when both are served)
+
+Version N of a python model runs version N of its leaves; ``shelfml repository --add-version`` adds the next
+version of every model of a family together (:mod:`shelfml.model_repository.versions`).
 
 Configs are built as Triton ``ModelConfig`` protobuf messages (the schema tritonclient ships) from
 the contracts in export/contract.py, so a config can only hold fields Triton knows.
@@ -25,11 +29,14 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from shelfml.catalog import CATALOG_SERVICE
 from shelfml.checkpoint import ensure_writable, sha256_file, write_checkpoint
 from shelfml.contract import TRITON_DTYPES, GraphSpec, ShapeRanges, TensorSpec
+from shelfml.drift import DRIFT_WINDOW
 from shelfml.exports import ASSETS, ExportError, read_export, verify_files
-from shelfml.families import Family, family
+from shelfml.families import FAMILIES, Family, family
 from shelfml.integrity import model_files
+from shelfml.labels import Taxonomy
 from shelfml.retrieval.policy import recorded_index_path
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
@@ -87,6 +94,31 @@ class Batching:
         config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
 
 
+@dataclass(frozen=True)
+class Monitoring:
+    """What the python models (tagger, price, catalog) export and cache (``shelfml repository --drift-window N
+    --no-prediction-metrics --no-response-cache``): the drift window's rows, the prediction metrics
+    (:mod:`shelfml.monitoring`; off only to measure their cost), and Triton's response cache for the model (it
+    answers a repeated request without running the model; the server's cache is sized by ``shelfml serve
+    --cache-mb``)."""
+
+    drift_window: int = DRIFT_WINDOW
+    prediction_metrics: bool = True
+    response_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.drift_window < 1:
+            raise ExportError(f"--drift-window must be at least 1 row, got {self.drift_window}")
+
+    def apply(self, config: mc.ModelConfig) -> None:
+        config.response_cache.enable = self.response_cache
+        if config.name != CATALOG_SERVICE.name:  # the catalog's rows are counted by the models it calls
+            _parameters(config, drift_window=self.drift_window,
+                        prediction_metrics="on" if self.prediction_metrics else "off")
+
+
+SERVED_MODELS = tuple(f.service.name for f in FAMILIES.values()) + (CATALOG_SERVICE.name,)  # the python models
+LEAF_VERSIONS = 2  # versions of a leaf kept loaded: during a roll-out the serving version's leaves stay up
 WARMUP_TEXT = "stainless steel water bottle 750 ml"
 
 
@@ -136,6 +168,7 @@ def leaf_configs(spec: GraphSpec, ranges: ShapeRanges, runtime: str,
     _parameters(cpu, onnx_file=cpu_file, intra_op_threads="0")
     for config in (stock, cpu):
         config.model_warmup.append(leaf_warmup(spec, ranges))
+        config.version_policy.latest.num_versions = LEAF_VERSIONS
     return {"config.pbtxt": stock, f"configs/{CPU_CONFIG}.pbtxt": cpu}
 
 
@@ -252,6 +285,9 @@ def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, ru
         spec = _leaf(repo, export_dir, manifest["graphs"][key], ranges, runtime, int8)
         leaves[spec.name], params[param] = spec, spec.name
     params |= _embedder_leaf(repo, export_dir, manifest, ranges, runtime, leaves, int8)
+    sha = taxonomy_sha256(export_dir)
+    if sha:  # checked at load against the assets (and by the catalog model against every tagger version)
+        params["taxonomy_sha256"] = sha
     if options:  # the served model's own options (e.g. the tagger's thresholds), checked by the family
         if fam.serve_parameters is None:
             raise ExportError(f"the {fam.task} model takes no serving options, got {sorted(options)}")
@@ -262,13 +298,42 @@ def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, ru
     _service(repo, export_dir, fam.service, fam.model_source, leaves, ranges.ranges["batch"][2], **params)
 
 
+def family_model_names(repo: Path, task: str) -> list[str]:
+    """The models a family's export became in a repository: its python model and the leaves it names (in its
+    config's parameters), leaves first: the order a roll-out loads them in."""
+    service = family(task).service.name
+    params = read_config(Path(repo) / service / "config.pbtxt").parameters
+    leaves = [params[p].string_value for p in (*family(task).leaves.values(), "embedder_model") if p in params]
+    return leaves + [service]
+
+
+def taxonomy_sha256(export_dir: Path) -> str | None:
+    """The hash of the taxonomy an export's model predicts into (None: it has none, e.g. the price model)."""
+    assets = json.loads((Path(export_dir) / ASSETS / "shelfml.json").read_text(encoding="utf-8"))
+    return Taxonomy.from_dict(assets["taxonomy"]).sha256() if assets.get("taxonomy") else None
+
+
+def _catalog(repo: Path, exports: dict[str, Path], manifests: dict[str, dict]) -> None:
+    """The ``catalog`` python model over the tagger and price models (BLS only: it has no leaves of its own)."""
+    folder = repo / CATALOG_SERVICE.name
+    (folder / "1").mkdir(parents=True)
+    shutil.copy2(SOURCES / "catalog.py", folder / "1" / "model.py")
+    max_batch = min(ShapeRanges.from_dict(m["shape_ranges"]).ranges["batch"][2] for m in manifests.values())
+    for file in ("config.pbtxt", f"configs/{CPU_CONFIG}.pbtxt"):
+        config = _config(CATALOG_SERVICE, max_batch, gpu=False, backend="python")
+        _parameters(config, tagger_model=family("tagger").service.name, price_model=family("price").service.name,
+                    taxonomy_sha256=taxonomy_sha256(exports["tagger"]))
+        write_config(folder / file, config)
+
+
 def build_repository(repo: Path, tagger: Path | None = None, price: Path | None = None,
                      runtime: str = "onnxruntime", force: bool = False, queue: QueuePolicy | None = None,
                      cpu_precision: str = "auto", batching: Batching = Batching(),
-                     options: dict[str, dict] | None = None) -> dict:
-    """Write the repository for the given exports (atomically); ``queue``: a load-shedding policy on every
-    model; ``cpu_precision``: see :func:`cpu_int8`; ``batching``: of the CPU configs; ``options``: per task, its
-    served model's options (the family's ``serve_parameters``). Returns repository.json's content."""
+                     options: dict[str, dict] | None = None, monitoring: Monitoring = Monitoring()) -> dict:
+    """Write the repository for the given exports (atomically), with the ``catalog`` model when both are given;
+    ``queue``: a load-shedding policy on every model; ``cpu_precision``: see :func:`cpu_int8`; ``batching``: of the
+    CPU configs; ``options``: per task, its served model's options (the family's ``serve_parameters``);
+    ``monitoring``: the python models' metrics and response cache. Returns repository.json's content."""
     if tagger is None and price is None:
         raise ExportError("nothing to serve: pass a tagger export, a price export, or both")
     exports = {"tagger": tagger, "price": price}
@@ -284,21 +349,27 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
         for task, manifest in manifests.items():
             _family_models(tmp, Path(exports[task]), manifest, family(task), runtime, int8[task],
                            {k: v for k, v in (options or {}).get(task, {}).items() if v is not None})
+        if len(manifests) == 2:
+            _catalog(tmp, exports, manifests)
         for path in sorted(tmp.glob("*/config.pbtxt")) + sorted(tmp.glob("*/configs/*.pbtxt")):
             config = read_config(path)
             if queue is not None:
                 queue.apply(config)
             if path.parent.name == "configs":
                 batching.apply(config)
+            if config.name in SERVED_MODELS:
+                monitoring.apply(config)
             write_config(path, config)
 
     def describe(tmp: Path) -> dict:
         return {"runtime": runtime, "cpu_config": CPU_CONFIG, "queue_policy": queue and asdict(queue),
-                "cpu_batching": asdict(batching),
+                "cpu_batching": asdict(batching), "monitoring": asdict(monitoring),
                 "cpu_precision": {task: "int8" if on else "fp32" for task, on in int8.items()},
                 "models": sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file()),
                 "exports": {task: {"path": Path(p).name, "files": manifests[task]["files"]}
                             for task, p in exports.items() if p is not None},
+                "model_versions": {task: [{"version": 1, "export": Path(exports[task]).name,
+                                           "models": family_model_names(tmp, task)}] for task in manifests},
                 "onnx": {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.glob("*/1/model.onnx"))},
                 "files": model_files(tmp),  # checked when served (shelfml.integrity)
                 "serve": f"shelfml serve {repo}"}

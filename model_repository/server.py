@@ -39,6 +39,8 @@ RESTRICTED_APIS = ("logging", "model-repository", "trace", "statistics")  # refu
 EXIT_TIMEOUT_S = 60  # --exit-timeout-secs: longer than the worst legal request, so SIGTERM drains it
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 LOG_TAIL_LINES = 40  # lines of the server log quoted in an error
+CACHE_MB = 64  # Triton's local response cache (--cache-config local,size=...); the models enable it in config.pbtxt
+LOAD_TIMEOUT_S = 300.0  # one model load request (a roll-out): loading a version reads and warms its graphs
 
 # Triton's own log lines, matched to name the cause of a failed start.
 _PORT_TAKEN = re.compile(r"failed to start (\w+) service: .*?Socket '([^']*)' already in use")
@@ -217,10 +219,16 @@ class TritonServer:
 
     def __init__(self, repo: str | os.PathLike, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, config_name: str = "cpu", log_file: str | os.PathLike | None = None,
-                 extra_args: Sequence[str] = (), host: str = LOOPBACK, admin_key: str | None = None):
+                 extra_args: Sequence[str] = (), host: str = LOOPBACK, admin_key: str | None = None,
+                 cache_mb: int = CACHE_MB):
         """``host``: the address every endpoint binds to (loopback by default; "0.0.0.0" for all interfaces).
         ``admin_key``: the value of the ``shelfml-admin-key`` header the restricted APIs (logging, repository,
-        trace, statistics) require; default ``$SHELFML_ADMIN_KEY``, else a random key only this object knows."""
+        trace, statistics) require; default ``$SHELFML_ADMIN_KEY``, else a random key only this object knows.
+        ``cache_mb``: the response cache's size (0: none). Models are loaded explicitly (every model at start):
+        :meth:`load_models` (behind the restricted repository API) rolls a new version out without a restart."""
+        if cache_mb < 0:
+            raise ValueError(f"the response cache size must be >= 0 MB, got {cache_mb}")
+        self.cache_mb = cache_mb
         self.repo = Path(repo).resolve()
         self.http_port, self.grpc_port, self.metrics_port = _pick_ports((http_port, grpc_port, metrics_port))
         self.config_name = config_name
@@ -273,7 +281,11 @@ class TritonServer:
                f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
                f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
                f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
-               f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--model-control-mode=none", "--strict-readiness=true"]
+               f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--model-control-mode=explicit", "--load-model=*",
+               "--strict-readiness=true"]
+        if self.cache_mb:
+            cmd += [f"--cache-config=local,size={self.cache_mb * 1024 * 1024}",
+                    f"--cache-directory={_dist_dir() / 'caches'}"]  # the wheel's libtritoncache_local.so
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
         return cmd + list(self.extra_args)
@@ -372,6 +384,12 @@ class TritonServer:
             return []
         return json.loads(self._last_body)
 
+    def load_models(self, names: Sequence[str], timeout_s: float = LOAD_TIMEOUT_S) -> None:
+        """(Re)load ``names`` in order: each serves its newest version(s) on disk once loaded; until then the version
+        loaded before keeps answering (no request fails). ServerError with the server's reason if a load fails
+        (the version loaded before stays)."""
+        load_models(self.http_url, names, self.admin_key, timeout_s)
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -408,6 +426,22 @@ class TritonServer:
         self.stop()
 
 
+def load_models(http_url: str, names: Sequence[str], admin_key: str, timeout_s: float = LOAD_TIMEOUT_S) -> None:
+    """POST ``/v2/repository/models/NAME/load`` for each of ``names`` (the restricted repository API: the
+    operator's admin key) on a server in explicit model-control mode."""
+    for name in names:
+        request = urllib.request.Request(f"http://{http_url.removeprefix('http://')}/v2/repository/models/{name}/load",
+                                         data=b"{}", headers={ADMIN_HEADER: admin_key}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError as e:
+            reason = e.read().decode(errors="replace")
+            raise ServerError(f"loading model {name!r} on {http_url} failed (HTTP {e.code}): {reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ServerError(f"loading model {name!r}: the server at {http_url} did not answer ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # ``shelfml serve REPO``
 
@@ -430,7 +464,7 @@ def _endpoint_table(server: TritonServer):
 
 def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
           config_name: str = "cpu", log_file: str | os.PathLike | None = None, timeout_s: float = 300.0,
-          host: str = LOOPBACK, admin_key: str | None = None) -> int:
+          host: str = LOOPBACK, admin_key: str | None = None, cache_mb: int = CACHE_MB) -> int:
     """Check the repository's files against repository.json, start the server, print its endpoints and
     models, block until Ctrl-C/SIGTERM, stop cleanly.
 
@@ -449,7 +483,7 @@ def serve(repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(repo, http_port, grpc_port, metrics_port, config_name=config_name, log_file=log_file,
-                          host=host, admin_key=admin_key)
+                          host=host, admin_key=admin_key, cache_mb=cache_mb)
     try:
         if server.repo.is_dir() and not list(server.repo.glob("*/config.pbtxt")):
             hint = " (it is a checkpoint: `shelfml export CKPT --out DIR --repository REPO`)" if (

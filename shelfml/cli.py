@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
 from shelfml.checkpoint import CheckpointError
 from shelfml.cli_help import Parser, UsageError, add_version, read_lines
 from shelfml.dataspec import DataError, DataSpec
+from shelfml.drift import DRIFT_WINDOW
 from shelfml.retrieval.errors import RetrievalError
 
 USER_ERRORS = (DataError, CheckpointError, FileExistsError, FileNotFoundError, RetrievalError, UsageError)
@@ -32,6 +34,10 @@ def user_errors() -> tuple[type[Exception], ...]:
         from shelfml.model_repository.engines import EngineError
 
         errors += (EngineError,)
+    if "shelfml.model_repository.server" in sys.modules:
+        from shelfml.model_repository.server import ServerError
+
+        errors += (ServerError,)
     if "shelfml.integrity" in sys.modules:
         from shelfml.integrity import IntegrityError
 
@@ -407,23 +413,53 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def cmd_repository(a: argparse.Namespace) -> None:
-    from shelfml.model_repository.build import Batching, QueuePolicy, build_repository
+    from shelfml.model_repository.build import Batching, Monitoring, QueuePolicy, build_repository
 
+    if a.add_version or a.rollback:
+        return _repository_versions(a)
+    if a.server:
+        raise UsageError("--server loads a change into a running server: it goes with --add-version or --rollback")
     if a.instances < 1:
         raise UsageError(f"--instances must be >= 1, got {a.instances}")
     queue = QueuePolicy(a.queue_limit, a.queue_timeout) if a.queue_limit else None
     info = build_repository(Path(a.out), tagger=a.tagger and Path(a.tagger), price=a.price and Path(a.price),
                             runtime=a.runtime, force=a.force, queue=queue, cpu_precision=a.cpu_precision,
                             batching=Batching(a.instances, a.preferred_batch),
-                            options={"tagger": {"thresholds": a.thresholds, "top_k": a.top_k}})
+                            options={"tagger": {"thresholds": a.thresholds, "top_k": a.top_k}},
+                            monitoring=Monitoring(a.drift_window, not a.no_prediction_metrics, not a.no_response_cache))
     print(json.dumps(info))
+
+
+def _repository_versions(a: argparse.Namespace) -> None:
+    """``--add-version`` / ``--rollback TASK`` on an existing repository, then (``--server``) the load calls."""
+    from shelfml.model_repository import versions
+    from shelfml.model_repository.server import load_models
+
+    if a.add_version and a.rollback:
+        raise UsageError("--add-version and --rollback are two changes: run them one at a time")
+    exports = {task: Path(e) for task, e in (("tagger", a.tagger), ("price", a.price)) if e}
+    if a.add_version and not exports:
+        raise UsageError("--add-version needs the export to add: --tagger DIR and/or --price DIR")
+    key = a.admin_key or os.environ.get("SHELFML_ADMIN_KEY")
+    if a.server and not key:
+        raise UsageError("--server needs the server's admin key (--admin-key or $SHELFML_ADMIN_KEY): the load API "
+                         "is restricted")
+    repo = Path(a.out)
+    changed = {task: versions.add_version(repo, task, path, a.cpu_precision) for task, path in exports.items()} \
+        if a.add_version else {a.rollback: versions.rollback(repo, a.rollback)}
+    if a.server:
+        for task in changed:
+            load_models(a.server, versions.family_models(repo, task), key)
+    print(json.dumps({"repository": a.out, "serving": changed, "loaded_on": a.server}))
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from shelfml.model_repository.server import serve
 
+    if a.cache_mb < 0:
+        raise UsageError(f"--cache-mb must be >= 0, got {a.cache_mb}")
     return serve(a.repository, a.http_port, a.grpc_port, a.metrics_port, config_name=a.config_name,
-                 log_file=a.log_file, timeout_s=a.timeout, host=a.host, admin_key=a.admin_key)
+                 log_file=a.log_file, timeout_s=a.timeout, host=a.host, admin_key=a.admin_key, cache_mb=a.cache_mb)
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
@@ -574,6 +610,19 @@ def _packaging_commands(sub) -> None:
                    "instead of the ones calibrated at training time")
     p.add_argument("--top-k", type=_top_k, help="tagger: paths the served model returns per product (default 1: the "
                    "prediction; measured: 3 paths cost 2.5x the decode time of 1)")
+    p.add_argument("--drift-window", type=int, default=DRIFT_WINDOW,
+                   help="rows of the served mix the drift gauge compares with the training split's")
+    p.add_argument("--no-prediction-metrics", action="store_true",
+                   help="no shelfml_ prediction and drift metrics (only to measure what they cost)")
+    p.add_argument("--no-response-cache", action="store_true", help="the models do not use Triton's response cache")
+    p.add_argument("--add-version", action="store_true",
+                   help="add --tagger/--price as the next version of their models in the existing --out repository")
+    p.add_argument("--rollback", choices=("tagger", "price"),
+                   help="move the newest version of that model out of --out (kept in OUT.rolled-back/)")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="with --add-version/--rollback: the running server's HTTP address; load the change there "
+                        "(no restart; the serving version answers until the new one is ready)")
+    p.add_argument("--admin-key", help="with --server: the server's admin key (default $SHELFML_ADMIN_KEY)")
     p.set_defaults(func=cmd_repository)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "
@@ -587,6 +636,8 @@ def _packaging_commands(sub) -> None:
 
 
 def _serve_command(sub) -> None:
+    from shelfml.model_repository.server import CACHE_MB
+
     p = sub.add_parser("serve", help="run tritonserver (from nvidia-pytriton) on a model repository")
     p.add_argument("repository")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP (KServe v2 REST) port")
@@ -601,6 +652,8 @@ def _serve_command(sub) -> None:
     p.add_argument("--admin-key", default=None,
                    help="value of the shelfml-admin-key header that opens the logging, model-repository, trace "
                         "and statistics APIs (default: $SHELFML_ADMIN_KEY, else a random key: closed)")
+    p.add_argument("--cache-mb", type=int, default=CACHE_MB,
+                   help="Triton's response cache in MB, used by the models that enable it (0: none)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("verify", help="check a repository's files against the sha256 in its repository.json")

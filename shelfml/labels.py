@@ -8,6 +8,8 @@ and a prefix trie over those sequences constrains decoding (see :mod:`shelfml.de
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -86,9 +88,28 @@ class Taxonomy:
     def to_dict(self) -> dict:
         return {"levels": self.levels, "paths": [list(p) for p in self.paths], "brands": self.brands}
 
+    def sha256(self) -> str:
+        """The category tree's identity (levels and paths; not the brands, whose list grows): the served models
+        that share a taxonomy compare it at load, and it is exposed as ``shelfml_taxonomy_info``."""
+        tree = json.dumps({"levels": self.levels, "paths": [list(p) for p in self.paths]}, ensure_ascii=False)
+        return hashlib.sha256(tree.encode()).hexdigest()
+
     @classmethod
     def from_dict(cls, data: dict) -> "Taxonomy":
         return cls(list(data["levels"]), [tuple(p) for p in data["paths"]], list(data["brands"]))
+
+
+class TaxonomyMismatch(ValueError):
+    """Two served models that must share a taxonomy do not."""
+
+
+def check_taxonomy(expected: str, found: dict[str, str]) -> None:
+    """``found``: where -> the taxonomy hash there; TaxonomyMismatch naming both unless each is ``expected``."""
+    for where, sha in found.items():
+        if sha != expected:
+            raise TaxonomyMismatch(f"{where} serves taxonomy {sha[:16]}, but this repository was built for taxonomy "
+                                   f"{expected[:16]} (the tagger export it was built from): models sharing a taxonomy "
+                                   "must serve the same one; build a new repository for a new taxonomy")
 
 
 class TargetCodec:

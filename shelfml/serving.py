@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from shelfml.monitoring import ServedMetrics
 
 
 MAX_TEXT_BYTES = 1 << 20  # a request string above 1 MiB is refused; shorter long texts are clipped (text.clip)
@@ -65,46 +68,60 @@ def decode_texts(array: np.ndarray, name: str = "text") -> list[str]:
     return texts
 
 
+def text_and_pictures(pb_utils, request) -> tuple[list[str], list[bytes]]:
+    """A price or catalog request's texts and picture bytes (b"" for every row when it sends no ``image``)."""
+    texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
+    image = pb_utils.get_input_tensor_by_name(request, "image")
+    pictures = [b""] * len(texts) if image is None else [bytes(b) for b in image.as_numpy().reshape(-1)]
+    if len(pictures) != len(texts):
+        raise RequestError(f"{len(texts)} texts but {len(pictures)} images")
+    return texts, pictures
+
+
 Leaf = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> one output of a leaf graph
 
 
-def bls_tensors(pb_utils, model: str, inputs: list, outputs: Sequence[str], gpu: bool = False) -> dict:
-    """One Triton BLS request to a leaf model (whatever backend serves it): its output tensors, in host memory or
-    (``gpu``) in the GPU's, where a GPU leaf leaves them."""
+def bls_tensors(pb_utils, model: str, inputs: list, outputs: Sequence[str], gpu: bool = False,
+                version: int = -1) -> dict:
+    """One Triton BLS request to a model (whatever backend serves it; ``version`` -1: the newest loaded): its
+    output tensors, in host memory or (``gpu``) in the GPU's, where a GPU leaf leaves them."""
     memory = pb_utils.TRITONSERVER_MEMORY_GPU if gpu else pb_utils.TRITONSERVER_MEMORY_CPU
-    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs,
-                                        preferred_memory=pb_utils.PreferredMemory(memory, 0))
+    request = pb_utils.InferenceRequest(model_name=model, model_version=int(version), requested_output_names=list(outputs),
+                                        inputs=inputs, preferred_memory=pb_utils.PreferredMemory(memory, 0))
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
     return {t.name(): t for t in response.output_tensors()}
 
 
-def bls_call(pb_utils, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+def bls_call(pb_utils, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
+             version: int = -1) -> dict[str, np.ndarray]:
     """:func:`bls_tensors` from and to numpy arrays in host memory."""
-    tensors = bls_tensors(pb_utils, model, [pb_utils.Tensor(k, v) for k, v in inputs.items()], outputs)
+    tensors = bls_tensors(pb_utils, model, [pb_utils.Tensor(k, v) for k, v in inputs.items()], outputs,
+                          version=version)
     return {name: t.as_numpy() for name, t in tensors.items()}
 
 
-def leaf_file(repo: Path, model: str) -> Path:
-    """The ONNX file a leaf's CPU config runs (``graph.json``'s ``cpu_file``: FP32 ``model.onnx`` or the INT8
-    graph): what an in-process runner loads, the same file the leaf model itself serves."""
-    folder = Path(repo) / model / "1"
+def leaf_file(repo: Path, model: str, version: str = "1") -> Path:
+    """The ONNX file a leaf version's CPU config runs (``graph.json``'s ``cpu_file``: FP32 ``model.onnx`` or the
+    INT8 graph): what an in-process runner loads, the same file the leaf model itself serves. A served model's
+    version N runs its leaves' version N (they are added together: ``shelfml repository --add-version``)."""
+    folder = Path(repo) / model / str(version)
     return folder / json.loads((folder / "graph.json").read_text(encoding="utf-8")).get("cpu_file", "model.onnx")
 
 
-def inprocess_runner(repo: Path, model: str, output: str) -> Leaf:
+def inprocess_runner(repo: Path, model: str, output: str, version: str = "1") -> Leaf:
     """A leaf graph (price_regressor, embedder) run in this process on its CPU file: feeds -> ``output``."""
     from shelfml.onnxrt import load_session
 
-    session = load_session(leaf_file(repo, model))
+    session = load_session(leaf_file(repo, model, version))
     names = [i.name for i in session.get_inputs()]
     return lambda feeds: session.run([output], {n: feeds[n] for n in names})[0]
 
 
-def bls_runner(pb_utils, model: str, output: str) -> Leaf:
+def bls_runner(pb_utils, model: str, output: str, version: int = -1) -> Leaf:
     """The same leaf reached through a Triton BLS request."""
-    return lambda feeds: bls_call(pb_utils, model, feeds, [output])[output]
+    return lambda feeds: bls_call(pb_utils, model, feeds, [output], version)[output]
 
 
 
@@ -113,9 +130,6 @@ def bls_runner(pb_utils, model: str, output: str) -> Leaf:
 
 Columns = tuple[list, ...]  # a request's rows, one list per input (texts,) or (texts, pictures)
 Run = Callable[..., dict[str, np.ndarray]]  # columns -> {output name: [rows, ...] array}
-OUTCOMES = ("ok", "invalid", "error", "cancelled")
-STAGES = ("parse", "infer", "respond")
-LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
 def run_isolated(parsed: dict[int, Columns], run: Run) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
@@ -144,27 +158,8 @@ def run_isolated(parsed: dict[int, Columns], run: Run) -> tuple[dict[int, dict[s
     return outputs, {}
 
 
-class ServedMetrics:
-    """The python backend's custom metrics of one served model: requests by outcome (ok, invalid, error,
-    cancelled), rows answered, and per-stage latency. Requests the server refuses before the model never reach
-    it: deadline refusals in the queue are in Triton's ``nv_inference_request_failure{reason="REJECTED"}``;
-    queue-full refusals are in no server metric (measured with Triton 2.51)."""
-
-    def __init__(self, pb_utils, model: str) -> None:
-        family = pb_utils.MetricFamily
-        requests = family(name="shelfml_requests_total", description="requests answered by a shelfml python model, "
-                          "by outcome", kind=family.COUNTER)
-        rows = family(name="shelfml_rows_total", description="rows (products) answered", kind=family.COUNTER)
-        latency = family(name="shelfml_stage_seconds", description="seconds per execute() stage",
-                         kind=family.HISTOGRAM)
-        self.requests = {o: requests.Metric(labels={"model": model, "outcome": o}) for o in OUTCOMES}
-        self.rows = rows.Metric(labels={"model": model})
-        self.latency = {s: latency.Metric(labels={"model": model, "stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
-        self._families = (requests, rows, latency)  # kept alive with their metrics
-
-
 def execute(pb_utils, requests, parse: Callable[[object], Columns], run: Run, dtypes: dict[str, np.dtype],
-            metrics: ServedMetrics | None = None) -> list:
+            metrics: "ServedMetrics | None" = None) -> list:
     """The responses of one ``execute()``: a cancelled request is answered CANCELLED without work, one that
     ``parse`` refuses (RequestError) INVALID_ARG, the rest run together (:func:`run_isolated`; a failure is
     INTERNAL for its own request only)."""
@@ -192,9 +187,15 @@ def execute(pb_utils, requests, parse: Callable[[object], Columns], run: Run, dt
         tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[name]).astype(dtype)) for name, dtype in dtypes.items()]
         responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
     if metrics is not None:
-        for o in outcome.values():
-            metrics.requests[o].increment(1)
-        metrics.rows.increment(sum(len(parsed[i][0]) for i in outputs))
-        for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
-            metrics.latency[stage].observe(seconds)
+        rows = [len(parsed[i][0]) if i in parsed else _rows(r) for i, r in enumerate(requests)]
+        metrics.count([outcome[i] for i in range(len(requests))], rows, (t1 - t0, t2 - t1, time.perf_counter() - t2))
     return responses
+
+
+def _rows(request) -> int:
+    """The rows of a request that was not parsed (refused or cancelled): its first input's batch size."""
+    try:
+        inputs = request.inputs()
+        return int(inputs[0].shape()[0]) if inputs else 0
+    except Exception:  # a malformed request: its rows are not known
+        return 0

@@ -278,13 +278,14 @@ SLOW_MODEL = """
     import numpy as np
     import triton_python_backend_utils as pb_utils
 
-    from shelfml.serving import RequestError, ServedMetrics, decode_texts, execute
+    from shelfml.monitoring import ServedMetrics
+    from shelfml.serving import RequestError, decode_texts, execute
 
 
     class TritonPythonModel:
         def initialize(self, args):
             self.log = Path(args["model_repository"]) / "executed.jsonl"
-            self.metrics = ServedMetrics(pb_utils, args["model_name"])
+            self.metrics = ServedMetrics(pb_utils, args["model_name"], args["model_version"])
 
         def parse(self, request):
             return (decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy()),)
@@ -387,7 +388,7 @@ def test_a_request_whose_client_left_is_never_computed(slow_server):
     time.sleep(2.5)  # Triton refreshes its own counters every 2 s
     text = urllib.request.urlopen(server.endpoints["metrics"], timeout=5).read().decode()
     dropped = re.search(r'nv_inference_request_failure\{model="slow",reason="CANCELED",version="1"\} [1-9]', text)
-    assert dropped or re.search(r'shelfml_requests_total\{model="slow",outcome="cancelled"\} [1-9]', text)
+    assert dropped or re.search(r'shelfml_requests_total\{model="slow",outcome="cancelled",version="1"\} [1-9]', text)
 
 
 def test_custom_metrics_count_outcomes_rows_and_stages(slow_server):
@@ -399,8 +400,9 @@ def test_custom_metrics_count_outcomes_rows_and_stages(slow_server):
     _together(server.grpc_url, [("sleep:1", {}), ("late", {"timeout": 100_000})], 0.6)
     time.sleep(2.5)  # Triton refreshes its own counters every 2 s
     text = urllib.request.urlopen(server.endpoints["metrics"], timeout=5).read().decode()
-    assert re.search(r'shelfml_requests_total\{model="slow",outcome="error"\} [1-9]', text)
-    assert re.search(r'shelfml_requests_total\{model="slow",outcome="ok"\} [1-9]', text)
-    assert re.search(r'shelfml_rows_total\{model="slow"\} [1-9]', text)
-    assert re.search(r'shelfml_stage_seconds_count\{model="slow",stage="infer"\} [1-9]', text)
+    assert re.search(r'shelfml_requests_total\{model="slow",outcome="error",version="1"\} [1-9]', text)
+    assert re.search(r'shelfml_requests_total\{model="slow",outcome="ok",version="1"\} [1-9]', text)
+    assert re.search(r'shelfml_rows_total\{model="slow",outcome="ok",version="1"\} [1-9]', text)
+    assert re.search(r'shelfml_rows_total\{model="slow",outcome="error",version="1"\} [1-9]', text)
+    assert re.search(r'shelfml_stage_seconds_count\{model="slow",stage="infer",version="1"\} [1-9]', text)
     assert re.search(r'nv_inference_request_failure\{model="slow",reason="REJECTED",version="1"\} [1-9]', text)

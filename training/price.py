@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
 from shelfml.data import DataSpec, load_catalog, split_catalog
+from shelfml.drift import price_reference
 from shelfml.images import AugmentConfig, describe_counts
 from shelfml.metrics import price_metrics
 from shelfml.parity import write_parity_sample
@@ -215,6 +216,7 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
     val_neighbours = regressor.neighbour_features(val_texts) if retriever is not None else None
     val_wide = wide.predict(val_texts) if wide is not None else None  # once, not every epoch
     manifest = _manifest(spec, catalog, split, args, regressor, encoder, image_counts)
+    manifest["drift"] = {"price": price_reference(train.frame["price"])}
     epochs = itertools.count(1)
     with tracking(args.mlflow, Path(out).name, manifest["training"]) as log:
 

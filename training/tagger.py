@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
 from shelfml.confidence import TARGET_PRECISION, LevelCalibration, prefix_correct
 from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
+from shelfml.drift import top_level_reference
 from shelfml.constraint import BRAND_MODES
 from shelfml.labels import BRAND_SEP, LEVEL_SEP, format_target
 from shelfml.metrics import tagger_metrics
@@ -150,6 +151,8 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         return metrics
 
     manifest = _manifest(spec, catalog, split, args, tagger)
+    manifest["drift"] = {"top_level": top_level_reference([label.path for label in parts["train"].labels()],
+                                                          [path[0] for path in taxonomy.paths])}
 
     def on_best(metrics: dict) -> None:
         manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}

@@ -16,13 +16,13 @@ class TritonPythonModel:
     def initialize(self, args):
         from shelfml.onnxrt import SessionConfig, load_session
         from shelfml.integrity import verify
-        from shelfml.serving import check_numpy
+        from shelfml.serving import check_numpy, leaf_file
 
         check_numpy()
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
+        path = leaf_file(Path(args["model_repository"]).parent, args["model_name"], args["model_version"])
         threads = int(params.get("intra_op_threads", "0"))
         self.session = load_session(path, config=SessionConfig(intra_op_threads=threads))
         self.inputs = [i["name"] for i in config["input"]]

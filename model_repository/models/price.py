@@ -16,39 +16,50 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.price.service import PriceService
+        from shelfml.checkpoint import read_manifest
+        from shelfml.drift import DRIFT_WINDOW
         from shelfml.integrity import verify
-        from shelfml.serving import ServedMetrics, bls_runner, check_numpy, inprocess_runner
+        from shelfml.monitoring import PriceMetrics, ServedMetrics
+        from shelfml.serving import bls_runner, check_numpy, inprocess_runner
 
         check_numpy()
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        here = Path(args["model_repository"])
+        here, version = Path(args["model_repository"]), args["model_version"]  # version N runs its leaves' N
         leaf, embedder = params["regressor_model"], params.get("embedder_model")
 
         def runner(model, output):  # a leaf graph: in-process ONNX Runtime or a BLS request
             if params["runner"] == "inprocess":  # it loads the leaf's file itself: check it too
                 verify(here.parent, model)
-                return inprocess_runner(here.parent, model, output)
-            return bls_runner(pb_utils, model, output)
+                return inprocess_runner(here.parent, model, output, version)
+            return bls_runner(pb_utils, model, output, int(version))
 
-        self.service = PriceService(here / args["model_version"] / params["assets"], runner(leaf, "price"),
+        assets = here / version / params["assets"]
+        self.service = PriceService(assets, runner(leaf, "price"),
                                     max_batch=int(params["leaf_max_batch"]),
                                     embed=runner(embedder, "embedding") if embedder else None)
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
-        self.metrics = ServedMetrics(pb_utils, args["model_name"])
+        self.version = int(version)
+        self.metrics = ServedMetrics(pb_utils, args["model_name"], version)
+        self.predictions = params.get("prediction_metrics", "on") == "on" and PriceMetrics(
+            pb_utils, args["model_name"], version, read_manifest(assets, task="price", weights=False),
+            int(params.get("drift_window") or DRIFT_WINDOW))
 
     def parse(self, request):
-        from shelfml.serving import RequestError, decode_texts
+        from shelfml.serving import text_and_pictures
 
-        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
-        image = pb_utils.get_input_tensor_by_name(request, "image")
-        pictures = [b""] * len(texts) if image is None else [bytes(b) for b in image.as_numpy().reshape(-1)]
-        if len(pictures) != len(texts):
-            raise RequestError(f"{len(texts)} texts but {len(pictures)} images")
-        return texts, pictures
+        return text_and_pictures(pb_utils, request)
 
     def execute(self, requests):
         from shelfml.serving import execute
 
-        return execute(pb_utils, requests, self.parse, self.service.price, self.dtypes, self.metrics)
+        return execute(pb_utils, requests, self.parse, self.run, self.dtypes, self.metrics)
+
+    def run(self, texts, pictures):
+        import numpy as np
+
+        outputs = self.service.price(texts, pictures)
+        if self.predictions:
+            self.predictions.observe(texts, outputs)
+        return {**outputs, "model_version": np.full((len(texts), 1), self.version, np.int64)}

@@ -30,7 +30,8 @@ PRICE_SERVICE = GraphSpec(
     inputs=(TensorSpec("text", "bytes", (BATCH, 1)),
             TensorSpec("image", "bytes", (BATCH, 1))),  # encoded picture file bytes; empty = none
     outputs=(TensorSpec("price", "float32", (BATCH, 1)),
-             TensorSpec("has_image", "bool", (BATCH, 1))),  # False: no usable picture (missing or corrupt)
+             TensorSpec("has_image", "bool", (BATCH, 1)),  # False: no usable picture (missing or corrupt)
+             TensorSpec("model_version", "int64", (BATCH, 1))),  # the version that answered
     optional=("image",),
 )
 

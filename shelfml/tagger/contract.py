@@ -67,7 +67,8 @@ TAGGER_SERVICE = GraphSpec(
              TensorSpec("backoff_path", "bytes", (BATCH, 1)),  # deepest prefix meeting its thresholds; "" if none
              TensorSpec("abstain", "bool", (BATCH, 1)),  # the whole path does not meet its threshold
              TensorSpec("alternatives", "bytes", (BATCH, "top_k")),  # top-k paths, most probable first
-             TensorSpec("alternative_probability", "float32", (BATCH, "top_k"))),  # their probabilities
+             TensorSpec("alternative_probability", "float32", (BATCH, "top_k")),  # their probabilities
+             TensorSpec("model_version", "int64", (BATCH, 1))),  # the version that answered
 )
 
 

@@ -83,24 +83,26 @@ class OrtT5:
         return token_by_token(one) if self.one_token else one
 
 
-def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str) -> MakeStep:
-    """ONNX Runtime on a repository's leaf models' own files, in this process."""
+def inprocess_step_factory(repo: Path, encoder_model: str, decoder_model: str, version: str = "1") -> MakeStep:
+    """ONNX Runtime on a repository's leaf models' own files (of ``version``), in this process."""
     from shelfml.serving import leaf_file
 
-    sessions = [load_session(leaf_file(repo, name)) for name in (encoder_model, decoder_model)]
+    sessions = [load_session(leaf_file(repo, name, version)) for name in (encoder_model, decoder_model)]
     return OrtT5(*sessions).make_step
 
 
 def bls_step_factory(pb_utils, encoder_model: str, decoder_model: str, encoder_outputs: Sequence[str],
-                      decoder_outputs: Sequence[str], device: str = "cpu", one_token: bool = False) -> MakeStep:
+                      decoder_outputs: Sequence[str], device: str = "cpu", one_token: bool = False,
+                      version: int = -1) -> MakeStep:
     """Triton BLS: the encoder leaf once, then the decoder leaf every step. The cache never goes through numpy:
     each response's cross-attention and self-attention tensors go back into the next request by DLPack, in the
     memory the leaf answered in (``device="gpu"``: the GPU, where a TensorRT leaf keeps them; only the logits
-    come to the host). ``one_token``: a decoder leaf exported before jump-forward (one new token per call)."""
+    come to the host). ``one_token``: a decoder leaf exported before jump-forward (one new token per call);
+    ``version``: the leaves' version (-1: the newest loaded)."""
     presents = list(decoder_outputs[1:])
 
     def call(model: str, inputs: list, outputs: Sequence[str]) -> dict:
-        return bls_tensors(pb_utils, model, inputs, outputs, gpu=device == "gpu")
+        return bls_tensors(pb_utils, model, inputs, outputs, gpu=device == "gpu", version=version)
 
     def renamed(name: str, tensor):
         return pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack())
