@@ -198,8 +198,9 @@ def test_provisioning_matches_compose():
 # A real Prometheus on the shipped files
 
 class Exposition:
-    """Triton's /metrics as the served models fill it, on a loopback port: the tagger drifted, fails 10 % of
-    its requests and infers slowly; the price model is healthy. Counters grow with every scrape."""
+    """Triton's /metrics as the served models fill it (every shelfml_* series labelled with its version), on a
+    loopback port: the tagger drifted, fails 10 % of its requests and infers slowly; the price model is healthy.
+    Counters grow with every scrape."""
 
     def __init__(self):
         self.scrapes = 0
@@ -229,9 +230,12 @@ class Exposition:
         def metric(name: str, kind: str, samples: list[tuple[str, float]]):
             lines.append(f"# HELP {name} {name}")
             lines.append(f"# TYPE {name} {kind}")
-            lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+            for labels, value in samples:
+                labels = labels if "version=" in labels else '{version="1",' + labels[1:]
+                lines.append(f"{name}{labels} {value:g}")
 
         def histogram(name: str, labels: str, buckets: list[tuple[str, float]]):
+            labels += ',version="1"'
             for le, count in buckets:
                 lines.append(f'{name}_bucket{{{labels},le="{le}"}} {count * n:g}')
             lines.append(f"{name}_sum{{{labels}}} {buckets[-1][1] * n:g}")
@@ -310,7 +314,8 @@ def test_prometheus_scrapes_alerts_and_serves_the_dashboard(tmp_path):
     with Exposition() as exposition, PrometheusProcess(scrape_config_for(exposition.target, 1.0),
                                                        {"alerts.yml": rules_for_test("0s")}, tmp_path) as prom:
         targets = wait_for("the triton target is scraped", lambda: scraped(prom))
-        assert [(t["labels"]["job"], t["health"]) for t in targets] == [("triton", "up")], targets
+        assert [(t["labels"]["job"], t["health"]) for t in targets] == [("triton", "up")], \
+            [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
         assert targets[0]["scrapeUrl"] == f"http://{exposition.target}/metrics"
 
         expected = {("ShelfmlDrift", "tagger"), ("ShelfmlErrorRate", "tagger"), ("ShelfmlHighLatencyP99", "tagger")}

@@ -15,11 +15,13 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.catalog import CatalogService, served_taxonomy_sha256
+        from shelfml.integrity import verify
         from shelfml.labels import check_taxonomy
         from shelfml.monitoring import ServedMetrics
         from shelfml.serving import bls_call, check_numpy
 
         check_numpy()
+        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         repo = Path(args["model_repository"]).parent
