@@ -191,32 +191,33 @@ def requested_outputs(spec: GraphSpec, lib=grpcclient) -> list:
     return [lib.InferRequestedOutput(name) for name in spec.output_names]
 
 
-def _column(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
+def _checked(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
     array = result.as_numpy(name)
-    if array is None or array.shape[0] != rows:
-        got = None if array is None else array.shape
-        raise ClientError(f"{spec.name}: output {name!r} has shape {got}, expected {rows} rows", model=spec.name)
-    return array.reshape(rows, -1)[:, 0]
+    if array is None:
+        raise ClientError(f"{spec.name}: the answer holds no output {name!r} (an empty answer: Triton 2.51's response "
+                          "cache answers a request that failed before like this; serve without --response-cache)",
+                          model=spec.name)
+    if array.shape[0] != rows:
+        raise ClientError(f"{spec.name}: output {name!r} has shape {array.shape}, expected {rows} rows", model=spec.name)
+    return array.reshape(rows, -1)
+
+
+def _column(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
+    return _checked(result, spec, name, rows)[:, 0]
 
 
 def _text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _matrix(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
-    array = result.as_numpy(name)
-    if array is None or array.shape[0] != rows:
-        got = None if array is None else array.shape
-        raise ClientError(f"{spec.name}: output {name!r} has shape {got}, expected {rows} rows", model=spec.name)
-    return array.reshape(rows, -1)
 
 
 def parse_tags(result, rows: int, spec: GraphSpec = TAGGER_SERVICE, version: str = "model_version") -> list[TagResult]:
     out = {n: _column(result, spec, n, rows) for n in ("path", "brand", "confidence", "backoff_path", "abstain",
                                                          version)}
-    levels = _matrix(result, spec, "level_probability", rows)
+    levels = _checked(result, spec, "level_probability", rows)
     if "alternatives" in spec.output_names:
-        paths, probs = (_matrix(result, spec, n, rows) for n in ("alternatives", "alternative_probability"))
+        paths, probs = (_checked(result, spec, n, rows) for n in ("alternatives", "alternative_probability"))
     else:
         paths = probs = np.zeros((rows, 0))
     return [TagResult(parse_path(_text(p)), _text(b), float(c), tuple(float(v) for v in lp),

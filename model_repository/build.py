@@ -97,14 +97,18 @@ class Batching:
 @dataclass(frozen=True)
 class Monitoring:
     """What the python models (tagger, price, catalog) export and cache (``shelfml repository --drift-window N
-    --no-prediction-metrics --no-response-cache``): the drift window's rows, the prediction metrics
+    --no-prediction-metrics --response-cache``): the drift window's rows, the prediction metrics
     (:mod:`shelfml.monitoring`; off only to measure their cost), and Triton's response cache for the model (it
     answers a repeated request without running the model; the server's cache is sized by ``shelfml serve
-    --cache-mb``)."""
+    --cache-mb``).
+
+    The response cache is off by default: measured with Triton 2.51, it stores a request the model answered with
+    an error (an empty title, or an INTERNAL failure) as an empty success, and answers every later identical
+    request with that: no outputs, no error (the shelfml clients name it; curl shows an empty answer)."""
 
     drift_window: int = DRIFT_WINDOW
     prediction_metrics: bool = True
-    response_cache: bool = True
+    response_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.drift_window < 1:

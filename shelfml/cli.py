@@ -358,6 +358,8 @@ def cmd_bench(a: argparse.Namespace) -> int | None:
         return cmd_reliability(a)
     if a.serving_config:
         return cmd_serving_config(a)
+    if a.operations:
+        return cmd_operations(a)
     from shelfml.benchmarks import run_bench
 
     exports = {k: Path(v) for k, v in (("tagger", a.tagger_export), ("price", a.price_export)) if v}
@@ -370,6 +372,34 @@ def cmd_bench(a: argparse.Namespace) -> int | None:
     verdict = {True: "pass", False: "fail", None: "n/a"}
     print_metrics(f"{a.out}: goals", {f"{g['id']} {g['model']}": verdict[g["passed"]] for g in results["goals"]})
     print(json.dumps({"out": a.out, "goals": results["goals"], "elapsed_s": results["elapsed_s"]}))
+
+
+def cmd_operations(a: argparse.Namespace) -> None:
+    """``shelfml bench --operations --tagger-export T --price-export P``: response cache, metrics overhead and
+    a roll-out under load, on a real catalog's title stream (``--stream``)."""
+    import numpy as np
+
+    from shelfml.benchmarks.operations import run_operations, table
+    from shelfml.checkpoint import read_manifest
+    from shelfml.data import load_catalog, shared_data_dir
+
+    if not (a.tagger_export and a.price_export):
+        raise FileNotFoundError("--operations needs --tagger-export DIR and --price-export DIR (`shelfml export`s)")
+    stream, rows = a.stream or ("flipkart" if shared_data_dir() else "synthetic"), 300 if a.quick else 2000
+    if stream in ("synthetic", "flipkart"):
+        titles = load_catalog(DataSpec(source=stream)).frame["text"].tolist()[:rows]
+    else:
+        import pandas as pd
+
+        titles = pd.read_csv(stream, usecols=["title"], nrows=rows, dtype=str)["title"].dropna().tolist()
+    out = Path(a.out if a.out != "runs/bench" else "runs/operations")
+    recorded = read_manifest(Path(a.tagger_export) / "assets", weights=False)["data"]["spec"]
+    own = load_catalog(DataSpec.from_dict(recorded))
+    rarest = own.frame["level_1"].value_counts().index[-1]  # the tagger's own catalog, then one category of it
+    streams = own.inputs(), own.subset(np.flatnonzero(own.frame["level_1"].to_numpy() == rarest)).inputs()
+    results = run_operations({"tagger": Path(a.tagger_export), "price": Path(a.price_export)}, out, titles, stream,
+                             streams, png=Path(a.screenshot) if a.screenshot else None)
+    print("\n".join(table(results)))
 
 
 def cmd_serving_config(a: argparse.Namespace) -> None:
@@ -426,7 +456,7 @@ def cmd_repository(a: argparse.Namespace) -> None:
                             runtime=a.runtime, force=a.force, queue=queue, cpu_precision=a.cpu_precision,
                             batching=Batching(a.instances, a.preferred_batch),
                             options={"tagger": {"thresholds": a.thresholds, "top_k": a.top_k}},
-                            monitoring=Monitoring(a.drift_window, not a.no_prediction_metrics, not a.no_response_cache))
+                            monitoring=Monitoring(a.drift_window, not a.no_prediction_metrics, a.response_cache))
     print(json.dumps(info))
 
 
@@ -614,7 +644,9 @@ def _packaging_commands(sub) -> None:
                    help="rows of the served mix the drift gauge compares with the training split's")
     p.add_argument("--no-prediction-metrics", action="store_true",
                    help="no shelfml_ prediction and drift metrics (only to measure what they cost)")
-    p.add_argument("--no-response-cache", action="store_true", help="the models do not use Triton's response cache")
+    p.add_argument("--response-cache", action="store_true",
+                   help="the tagger, price and catalog models use Triton's response cache (off by default: Triton "
+                        "2.51 caches a failed request as an empty answer, see the README)")
     p.add_argument("--add-version", action="store_true",
                    help="add --tagger/--price as the next version of their models in the existing --out repository")
     p.add_argument("--rollback", choices=("tagger", "price"),
@@ -714,6 +746,12 @@ def _bench_command(sub) -> None:
                         "gRPC and HTTP, bounded work, load, overload, SIGKILL/SIGTERM, corrupt artifacts); "
                         "writes reliability.json and reliability.md into --out (default runs/reliability)")
     p.add_argument("--repository", help="the model repository the reliability suite serves")
+    p.add_argument("--operations", action="store_true",
+                   help="operating the served models: response cache hit rate and latency, the prediction metrics' "
+                        "overhead, failed requests during a version roll-out (--tagger-export, --price-export)")
+    p.add_argument("--stream", help="with --operations: the catalog whose titles (in file order) are the request "
+                   "stream: 'synthetic', 'flipkart' (the default when ../shared/data is there) or a CSV with 'title'")
+    p.add_argument("--screenshot", help="with --operations: write Prometheus' graph of the drift gauge here (PNG)")
     p.add_argument("--serving-config", action="store_true",
                    help="instead: measure the CPU configuration variants (precision, instances, dynamic batching) "
                         "of --tagger-export on the real server; writes serving_config.json and .md into --out "

@@ -116,4 +116,8 @@ def run_serving(out: Path, with_price: bool = True) -> dict:
                 "smape_vs_eager": round(smape(eager, prices), 4),
                 "max_rel_diff_vs_eager": float(np.max(np.abs(prices - eager) / np.maximum(eager, 1e-6))),
                 "seconds": round(seconds, 2), "ms_per_item": round(1000 * seconds / len(prices), 2)}
+            rows = client.catalog(tagged["input"].tolist())  # both models in one call (the tags come from its cache)
+            section["catalog"] = {"rows": len(rows), "agreement_with_tagger": float(np.mean(
+                [(r.tag.path, r.tag.brand) == (t.path, t.brand) for r, t in zip(rows, tags)])),
+                "versions": sorted({(r.tag.model_version, r.price.model_version) for r in rows})}
     return section

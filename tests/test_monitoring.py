@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prometheus import (ALERTS_YML, DASHBOARD_JSON, LOOPBACK, MONITORING, PROMETHEUS_YML, PrometheusError,
-                        PrometheusProcess, dashboard_panels, dashboard_queries, find_binary, rules_for_test,
-                        scrape_config_for)
+from shelfml.benchmarks.prometheus import (ALERTS_YML, DASHBOARD_JSON, LOOPBACK, MONITORING, PROMETHEUS_YML,
+                                           PrometheusError, PrometheusProcess, dashboard_panels, dashboard_queries,
+                                           find_binary, rules_for_test, scrape_config_for)
 
 DOCKER = MONITORING.parent
 GRAFANA = MONITORING / "grafana"

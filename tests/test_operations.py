@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from shelfml.checkpoint import read_manifest
-from shelfml.client.client import InvalidRequestError, ShelfmlClient
+from shelfml.client.client import ClientError, InvalidRequestError, ShelfmlClient
 from shelfml.drift import DriftWindow, jensen_shannon, price_reference, top_level_reference
 from shelfml.exports import ExportError
 from shelfml.labels import Taxonomy, TaxonomyMismatch, check_taxonomy
@@ -155,18 +155,10 @@ def test_prediction_metrics_count_what_was_served(served_repository, client):
     assert sample(after, "shelfml_drift_window_rows", model="tagger") > 0
 
 
-def test_a_repeated_request_is_answered_from_the_response_cache(served_repository, client):
-    server = served_repository.server
-    text = ["reusable canvas tote bag with zipper, cached twice"]
-    first = client.tag(text)
-    time.sleep(2.2)  # Triton refreshes its own counters every 2 s
-    hits = sample(metrics_text(server), "nv_cache_num_hits_per_model", model="tagger")
-    rows = sample(metrics_text(server), "shelfml_rows_total", model="tagger", outcome="ok")
-    assert client.tag(text) == first
-    time.sleep(2.2)
-    after = metrics_text(server)
-    assert sample(after, "nv_cache_num_hits_per_model", model="tagger") == hits + 1
-    assert sample(after, "shelfml_rows_total", model="tagger", outcome="ok") == rows  # the model did not run
+def test_without_the_response_cache_a_failed_request_fails_every_time(client):
+    for _ in range(2):
+        with pytest.raises(InvalidRequestError, match="is empty"):
+            client.catalog(["   "])
 
 
 def test_catalog_and_batch_columns_from_the_command_line(served_repository, tmp_path, capsys):
@@ -195,7 +187,8 @@ def test_catalog_and_batch_columns_from_the_command_line(served_repository, tmp_
 @pytest.fixture(scope="module")
 def ops_repo(served_repository, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("ops") / "repo"
-    build_repository(repo, **served_repository.exports, cpu_precision="fp32", monitoring=Monitoring(drift_window=16))
+    build_repository(repo, **served_repository.exports, cpu_precision="fp32",
+                     monitoring=Monitoring(drift_window=16, response_cache=True))
     return repo
 
 
@@ -239,7 +232,7 @@ def ops_server(ops_repo, tmp_path_factory):
 def test_a_skewed_stream_raises_the_drift_gauge_seen_by_prometheus(ops_server, served_repository, tmp_path):
     """A real Prometheus scrapes the real server while one top-level category's products stream in: the drift
     gauge rises above the alert's threshold and the ShelfmlDrift alert fires (its ``for`` shortened)."""
-    from tests.prometheus import PrometheusProcess, dashboard_queries, find_binary, rules_for_test, scrape_config_for
+    from shelfml.benchmarks.prometheus import PrometheusProcess, dashboard_queries, find_binary, rules_for_test, scrape_config_for
 
     if find_binary("prometheus") is None:
         pytest.skip("no prometheus binary (the Debian package `prometheus`; .ci/run installs it)")
@@ -261,6 +254,29 @@ def test_a_skewed_stream_raises_the_drift_gauge_seen_by_prometheus(ops_server, s
         assert state == "firing", prom.alerts()
         for expr in dashboard_queries():  # every dashboard panel's query is valid PromQL against real data
             prom.query(expr)
+
+
+def test_a_repeated_request_is_answered_from_the_response_cache(ops_server):
+    with ShelfmlClient(ops_server.grpc_url) as client:
+        text = ["reusable canvas tote bag with zipper, cached twice"]
+        first = client.tag(text)
+        time.sleep(2.2)  # Triton refreshes its own counters every 2 s
+        hits = sample(metrics_text(ops_server), "nv_cache_num_hits_per_model", model="tagger")
+        rows = sample(metrics_text(ops_server), "shelfml_rows_total", model="tagger", outcome="ok")
+        assert client.tag(text) == first
+        time.sleep(2.2)
+        after = metrics_text(ops_server)
+        assert sample(after, "nv_cache_num_hits_per_model", model="tagger") == hits + 1
+        assert sample(after, "shelfml_rows_total", model="tagger", outcome="ok") == rows  # the model did not run
+
+
+def test_the_response_cache_answers_a_request_that_failed_with_an_empty_answer(ops_server):
+    """Why the cache is opt-in: Triton 2.51 caches an error answer as an empty success. The client names it."""
+    with ShelfmlClient(ops_server.grpc_url) as client:
+        with pytest.raises(InvalidRequestError, match="is empty"):
+            client.tag(["  \t "])
+        with pytest.raises(ClientError, match="holds no output 'path'.*response cache"):
+            client.tag(["  \t "])
 
 
 def test_roll_out_and_back_without_a_restart_or_a_failed_request(ops_server, ops_repo, served_repository):

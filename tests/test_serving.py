@@ -62,9 +62,12 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
             assert config.dynamic_batching.max_queue_delay_microseconds == QUEUE_DELAY_US
             assert not config.dynamic_batching.HasField("default_queue_policy")  # off by default (see QueuePolicy)
             assert config.instance_group
-        assert len(cpu.model_warmup) == 1 and len(stock.model_warmup) == (1 if model in LEAVES else 0)
+        # the catalog model only calls the others (no BLS while the server loads): no warm-up
+        assert len(cpu.model_warmup) == (model != "catalog") and len(stock.model_warmup) == (model in LEAVES)
         assert cpu.backend == "python" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
+        assert not stock.response_cache.enable and not cpu.response_cache.enable  # opt-in (Monitoring)
         if model in LEAVES:
+            assert stock.version_policy.latest.num_versions == cpu.version_policy.latest.num_versions == 2
             assert stock.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[runtime]
             assert stock.instance_group[0].kind == stock.instance_group[0].KIND_GPU
             assert (tmp_path / "repo" / model / "1" / "model.onnx").is_file()
@@ -77,7 +80,7 @@ def test_every_config_parses_with_tritons_schema(served_repository, tmp_path, ru
             policy = read_config(path).dynamic_batching.default_queue_policy
             assert (policy.max_queue_size, policy.default_timeout_microseconds) == (100, 5_000_000)
             assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
-    assert sorted(repo["models"]) == sorted([*LEAVES, "tagger", "price"])
+    assert sorted(repo["models"]) == sorted([*LEAVES, "tagger", "price", "catalog"])
     tuned = build_repository(tmp_path / "tuned", **served_repository.exports, runtime=runtime,
                              batching=Batching(instances=2, preferred=(8, 16, 128), max_queue_delay_us=2000))
     assert tuned["cpu_batching"] == {"instances": 2, "preferred": [8, 16, 128], "max_queue_delay_us": 2000}

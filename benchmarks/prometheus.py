@@ -1,4 +1,5 @@
-"""A real Prometheus server for tests, and the shipped monitoring files adapted to it.
+"""A real Prometheus server (for the tests and ``shelfml bench --operations``), and the shipped monitoring files
+adapted to it.
 
 ``PrometheusProcess`` runs the ``prometheus`` binary on a free loopback port with its config, rules and TSDB in
 a work folder; ``scrape_config_for`` / ``rules_for_test`` give docker/monitoring/'s prometheus.yml and alerts.yml
