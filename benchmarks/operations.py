@@ -2,7 +2,8 @@
 real catalog's title stream (titles in file order: repeats as the catalog repeats them).
 
 Sections (each a dict in the JSON):
-- ``cache``: the stream through the ``catalog`` model with Triton's response cache and without: hit rate (per
+- ``cache``: the stream through the ``catalog`` model with Triton's response cache (``--response-cache``) and
+  without it (the server's cache size 0): hit rate (per
   model, from ``nv_cache_num_hits_per_model``), latency, and whether every answer is the same.
 - ``metrics_overhead``: the tagger's served latency at batch 1 with the prediction and drift metrics on and off
   (two servers, interleaved rounds, unique titles, no cache): the goal is under 3%.
@@ -28,7 +29,7 @@ from shelfml.benchmarks.prometheus import PrometheusProcess, find_binary, rules_
 from shelfml.client.client import AsyncShelfmlClient
 from shelfml.model_repository.build import Monitoring, build_repository
 from shelfml.model_repository.server import TritonServer
-from shelfml.model_repository.versions import add_version, family_models, rollback
+from shelfml.model_repository.versions import add_version, models_to_load, rollback
 
 METRICS_OVERHEAD_GOAL = 0.03
 
@@ -92,7 +93,7 @@ def metrics_overhead(exports: dict[str, Path], work: Path, titles: list[str], ro
     servers = {}
     for name, on in (("on", True), ("off", False)):
         repo = work / f"metrics-{name}"
-        build_repository(repo, **exports, force=True, monitoring=Monitoring(prediction_metrics=on, response_cache=False))
+        build_repository(repo, **exports, force=True, monitoring=Monitoring(prediction_metrics=on))
         servers[name] = TritonServer(repo, log_file=work / f"metrics-{name}.log", cache_mb=0).start()
     try:
         for server in servers.values():  # warm both before timing
@@ -124,12 +125,12 @@ def rollout(repo: Path, work: Path, tagger_export: Path, titles: list[str], conc
         time.sleep(2)
         events["added"] = add_version(repo, "tagger", tagger_export)
         start = time.perf_counter()
-        server.load_models(family_models(repo, "tagger"))
+        server.load_models(models_to_load(repo, "tagger"))
         loads["add_s"] = round(time.perf_counter() - start, 2)
         time.sleep(2)
         events["rolled_back_to"] = rollback(repo, "tagger")
         start = time.perf_counter()
-        server.load_models(family_models(repo, "tagger"))
+        server.load_models(models_to_load(repo, "tagger"))
         loads["rollback_s"] = round(time.perf_counter() - start, 2)
         done.set()
 
@@ -214,7 +215,7 @@ def run_operations(exports: dict[str, Path], out: Path, titles: list[str], sourc
     work = out / "work"
     work.mkdir(exist_ok=True)
     repo = work / "repo"
-    build_repository(repo, **exports, force=True)
+    build_repository(repo, **exports, force=True, monitoring=Monitoring(response_cache=True))
     results = {"stream": {"source": source, "requests": len(titles)}, "cache": cache(repo, work, titles),
                "metrics_overhead": metrics_overhead(exports, work, titles[:400]),
                "rollout": rollout(repo, work, exports["tagger"], titles[:400]),

@@ -1,8 +1,9 @@
-"""Clients for the served ``tagger``, ``price`` and ``catalog`` models (sync and asyncio) over gRPC (``tritonclient.grpc``,
-the default) or HTTP/REST (``tritonclient.http``, the KServe v2 protocol: ``protocol="http"``).
+"""Clients for the served ``tagger``, ``price`` and ``catalog`` models (sync and asyncio) over gRPC
+(``tritonclient.grpc``, the default) or HTTP/REST (``tritonclient.http``, the KServe v2 protocol: ``protocol="http"``).
 
 Model names, input and output names and dtypes come from ``TAGGER_SERVICE`` / ``PRICE_SERVICE`` /
-``CATALOG_SERVICE`` (the models' contracts); the label format (``a > b > c``) from :mod:`shelfml.labels`. Both clients split a call
+``CATALOG_SERVICE`` (the models' contracts); the label format (``a > b > c``) from :mod:`shelfml.labels`. Both
+clients split a call
 into requests of at most ``batch_size`` rows (never more than the model's own ``max_batch_size``), give each
 request a deadline (``timeout_s``, sent to the server too, so a request still queued when its client has given up
 is dropped there, never computed), retry with exponential backoff and jitter, within that deadline, on the
@@ -198,7 +199,8 @@ def _checked(result, spec: GraphSpec, name: str, rows: int) -> np.ndarray:
                           "cache answers a request that failed before like this; serve without --response-cache)",
                           model=spec.name)
     if array.shape[0] != rows:
-        raise ClientError(f"{spec.name}: output {name!r} has shape {array.shape}, expected {rows} rows", model=spec.name)
+        raise ClientError(f"{spec.name}: output {name!r} has shape {array.shape}, expected {rows} rows",
+                          model=spec.name)
     return array.reshape(rows, -1)
 
 
@@ -212,7 +214,8 @@ def _text(value) -> str:
 
 
 
-def parse_tags(result, rows: int, spec: GraphSpec = TAGGER_SERVICE, version: str = "model_version") -> list[TagResult]:
+def parse_tags(result, rows: int, spec: GraphSpec = TAGGER_SERVICE,
+               version: str = "model_version") -> list[TagResult]:
     out = {n: _column(result, spec, n, rows) for n in ("path", "brand", "confidence", "backoff_path", "abstain",
                                                          version)}
     levels = _checked(result, spec, "level_probability", rows)
@@ -228,7 +231,8 @@ def parse_tags(result, rows: int, spec: GraphSpec = TAGGER_SERVICE, version: str
                                                          paths, probs)]
 
 
-def parse_prices(result, rows: int, spec: GraphSpec = PRICE_SERVICE, version: str = "model_version") -> list[PriceResult]:
+def parse_prices(result, rows: int, spec: GraphSpec = PRICE_SERVICE,
+                 version: str = "model_version") -> list[PriceResult]:
     out = {n: _column(result, spec, n, rows) for n in ("price", "has_image", version)}
     return [PriceResult(float(p), bool(h), int(v)) for p, h, v in zip(out["price"], out["has_image"], out[version])]
 
@@ -237,7 +241,8 @@ def parse_catalog(result, rows: int) -> list[CatalogResult]:
     tags = parse_tags(result, rows, CATALOG_SERVICE, "tagger_version")
     prices = parse_prices(result, rows, CATALOG_SERVICE, "price_version")
     ms = {n: _column(result, CATALOG_SERVICE, n, rows) for n in ("tagger_ms", "price_ms")}
-    return [CatalogResult(t, p, float(a), float(b)) for t, p, a, b in zip(tags, prices, ms["tagger_ms"], ms["price_ms"])]
+    return [CatalogResult(t, p, float(a), float(b))
+            for t, p, a, b in zip(tags, prices, ms["tagger_ms"], ms["price_ms"])]
 
 
 def tag_columns(texts: Sequence[str]) -> dict[str, list]:
@@ -245,7 +250,8 @@ def tag_columns(texts: Sequence[str]) -> dict[str, list]:
     return {text: _texts(texts)}
 
 
-def price_columns(texts: Sequence[str], images: Sequence[Image] | None, spec: GraphSpec = PRICE_SERVICE) -> dict[str, list]:
+def price_columns(texts: Sequence[str], images: Sequence[Image] | None,
+                  spec: GraphSpec = PRICE_SERVICE) -> dict[str, list]:
     """The price (or catalog: the same inputs) model's request columns."""
     text, image = spec.input_names
     texts = _texts(texts)

@@ -280,7 +280,7 @@ def _service(repo: Path, export_dir: Path, spec: GraphSpec, source: str, leaves:
         write_config(folder / name, config)
 
 
-def _family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str, int8: bool,
+def write_family_models(repo: Path, export_dir: Path, manifest: dict, fam: Family, runtime: str, int8: bool,
                    options: dict | None = None) -> None:
     """A family's leaves (its graphs, plus the shared embedder of a retrieval model) and its python model."""
     ranges = ShapeRanges.from_dict(manifest["shape_ranges"])
@@ -351,7 +351,7 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
 
     def save(tmp: Path) -> None:
         for task, manifest in manifests.items():
-            _family_models(tmp, Path(exports[task]), manifest, family(task), runtime, int8[task],
+            write_family_models(tmp, Path(exports[task]), manifest, family(task), runtime, int8[task],
                            {k: v for k, v in (options or {}).get(task, {}).items() if v is not None})
         if len(manifests) == 2:
             _catalog(tmp, exports, manifests)

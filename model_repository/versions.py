@@ -20,11 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from shelfml.catalog import CATALOG_SERVICE
 from shelfml.exports import ExportError, read_export, verify_files
 from shelfml.families import family
 from shelfml.integrity import REPOSITORY_MANIFEST, model_files
-from shelfml.catalog import CATALOG_SERVICE
-from shelfml.model_repository.build import _family_models, cpu_int8, family_model_names, read_config
+from shelfml.model_repository.build import cpu_int8, family_model_names, read_config, write_family_models
 
 CATALOG = CATALOG_SERVICE.name
 
@@ -88,7 +88,7 @@ def add_version(repo: Path, task: str, export: Path, cpu_precision: str = "auto"
     int8 = cpu_int8(export, export_manifest, cpu_precision)
     with tempfile.TemporaryDirectory(prefix=".shelfml-version-", dir=repo.parent) as tmp:
         built = Path(tmp)
-        _family_models(built, export, export_manifest, family(task), manifest["runtime"], int8)
+        write_family_models(built, export, export_manifest, family(task), manifest["runtime"], int8)
         models = family_model_names(built, task)
         _check_same_interface(repo, built, models, export)
         version = _next_version(repo, models + [CATALOG])
@@ -143,7 +143,7 @@ def rollback(repo: Path, task: str) -> int:
     return history[-1]["version"]
 
 
-def family_models(repo: Path, task: str) -> list[str]:
+def models_to_load(repo: Path, task: str) -> list[str]:
     """What a change of ``task``'s model reloads, in order: its leaves, its python model, then the catalog."""
     history = _manifest(repo).get("model_versions", {}).get(task)
     if not history:

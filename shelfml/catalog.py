@@ -61,7 +61,8 @@ class CatalogService:
         return {**{n: tags[n] for n in TAGGER_FIELDS}, **{n: prices[n] for n in PRICE_FIELDS},
                 "tagger_version": tags["model_version"].reshape(rows, 1),
                 "price_version": prices["model_version"].reshape(rows, 1),
-                "tagger_ms": np.full((rows, 1), tag_ms, np.float32), "price_ms": np.full((rows, 1), price_ms, np.float32)}
+                "tagger_ms": np.full((rows, 1), tag_ms, np.float32),
+                "price_ms": np.full((rows, 1), price_ms, np.float32)}
 
 
 def served_taxonomy_sha256(repo: Path, tagger: str = TAGGER_SERVICE.name) -> dict[str, str]:

@@ -479,7 +479,7 @@ def _repository_versions(a: argparse.Namespace) -> None:
         if a.add_version else {a.rollback: versions.rollback(repo, a.rollback)}
     if a.server:
         for task in changed:
-            load_models(a.server, versions.family_models(repo, task), key)
+            load_models(a.server, versions.models_to_load(repo, task), key)
     print(json.dumps({"repository": a.out, "serving": changed, "loaded_on": a.server}))
 
 
@@ -600,27 +600,8 @@ def _checkpoint_commands(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _packaging_commands(sub) -> None:
-    """export, repository, engines: checkpoint -> graphs -> repository -> engines."""
-    p = sub.add_parser("export", help="checkpoint -> ONNX (FP32 + INT8) with parity against eager PyTorch")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="export directory to write (atomically)")
-    p.add_argument("--no-int8", action="store_true", help="export FP32 graphs only")
-    p.add_argument("--int8-max-drop", type=float, default=2.0,
-                   help="refuse INT8 when it loses more item-accuracy points (tagger) or adds more SMAPE points")
-    p.add_argument("--parity-rows", type=int, default=512,
-                   help="rows compared end to end (0: all): of the checkpoint's parity sample, or of the test "
-                        "split of --data when given")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per batch")
-    p.add_argument("--accept-parity-failure", action="store_true",
-                   help="export FP32 graphs that miss the contract's parity tolerance (refused otherwise; "
-                        "recorded in export.json)")
-    p.add_argument("--force", action="store_true", help="replace an existing export directory")
-    p.add_argument("--repository", help="also write a Triton model repository serving this export")
-    add_runtime_argument(p)
-    add_data_arguments(p, default=None)
-    p.set_defaults(func=cmd_export)
-
+def _repository_command(sub) -> None:
+    """repository: build one, add a version to it, roll one back."""
     p = sub.add_parser("repository", help="write a Triton model repository from tagger and/or price exports")
     p.add_argument("--tagger", help="tagger export directory")
     p.add_argument("--price", help="price export directory")
@@ -656,6 +637,30 @@ def _packaging_commands(sub) -> None:
                         "(no restart; the serving version answers until the new one is ready)")
     p.add_argument("--admin-key", help="with --server: the server's admin key (default $SHELFML_ADMIN_KEY)")
     p.set_defaults(func=cmd_repository)
+
+
+def _packaging_commands(sub) -> None:
+    """export, repository, engines: checkpoint -> graphs -> repository -> engines."""
+    p = sub.add_parser("export", help="checkpoint -> ONNX (FP32 + INT8) with parity against eager PyTorch")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="export directory to write (atomically)")
+    p.add_argument("--no-int8", action="store_true", help="export FP32 graphs only")
+    p.add_argument("--int8-max-drop", type=float, default=2.0,
+                   help="refuse INT8 when it loses more item-accuracy points (tagger) or adds more SMAPE points")
+    p.add_argument("--parity-rows", type=int, default=512,
+                   help="rows compared end to end (0: all): of the checkpoint's parity sample, or of the test "
+                        "split of --data when given")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch")
+    p.add_argument("--accept-parity-failure", action="store_true",
+                   help="export FP32 graphs that miss the contract's parity tolerance (refused otherwise; "
+                        "recorded in export.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing export directory")
+    p.add_argument("--repository", help="also write a Triton model repository serving this export")
+    add_runtime_argument(p)
+    add_data_arguments(p, default=None)
+    p.set_defaults(func=cmd_export)
+
+    _repository_command(sub)
 
     p = sub.add_parser("engines", help="build, reuse or rebuild the FP16 TensorRT engines of a repository (GPU), "
                        "or --check one ONNX graph statically (no TensorRT needed)")

@@ -76,9 +76,11 @@ class PredictionMetrics:
             feature = {"feature": self.window.feature}
             self.drift = self.metric("GAUGE", "shelfml_drift_jsd", "Jensen-Shannon divergence (bits) of the last "
                                      "served rows from the training split", **feature)
-            self.window_rows = self.metric("GAUGE", "shelfml_drift_window_rows", "rows in the drift window", **feature)
+            self.window_rows = self.metric("GAUGE", "shelfml_drift_window_rows", "rows in the drift window",
+                                           **feature)
         if taxonomy_sha256:
-            self.metric("GAUGE", "shelfml_taxonomy_info", "the taxonomy served (value 1)", sha256=taxonomy_sha256).set(1)
+            self.metric("GAUGE", "shelfml_taxonomy_info", "the taxonomy served (value 1)",
+                        sha256=taxonomy_sha256).set(1)
 
     def metric(self, kind: str, name: str, description: str, buckets: list | None = None, **labels: str):
         family = _family(self.pb_utils, kind, name, description)

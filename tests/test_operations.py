@@ -22,7 +22,7 @@ from shelfml.exports import ExportError
 from shelfml.labels import Taxonomy, TaxonomyMismatch, check_taxonomy
 from shelfml.model_repository.build import Monitoring, build_repository, read_config, write_config
 from shelfml.model_repository.server import ModelLoadError, TritonServer
-from shelfml.model_repository.versions import add_version, family_models, rollback, rolled_back_dir
+from shelfml.model_repository.versions import add_version, models_to_load, rollback, rolled_back_dir
 
 TEXTS = ["stainless steel water bottle 750 ml blue", "cotton round neck t-shirt for men",
          "wireless optical mouse with usb receiver", "analog wrist watch for women gold dial"]
@@ -232,7 +232,8 @@ def ops_server(ops_repo, tmp_path_factory):
 def test_a_skewed_stream_raises_the_drift_gauge_seen_by_prometheus(ops_server, served_repository, tmp_path):
     """A real Prometheus scrapes the real server while one top-level category's products stream in: the drift
     gauge rises above the alert's threshold and the ShelfmlDrift alert fires (its ``for`` shortened)."""
-    from shelfml.benchmarks.prometheus import PrometheusProcess, dashboard_queries, find_binary, rules_for_test, scrape_config_for
+    from shelfml.benchmarks.prometheus import (PrometheusProcess, dashboard_queries, find_binary, rules_for_test,
+                                               scrape_config_for)
 
     if find_binary("prometheus") is None:
         pytest.skip("no prometheus binary (the Debian package `prometheus`; .ci/run installs it)")
@@ -300,11 +301,11 @@ def test_roll_out_and_back_without_a_restart_or_a_failed_request(ops_server, ops
     try:
         time.sleep(1)
         assert add_version(ops_repo, "tagger", served_repository.exports["tagger"]) == 2
-        ops_server.load_models(family_models(ops_repo, "tagger"))
+        ops_server.load_models(models_to_load(ops_repo, "tagger"))
         time.sleep(1)
         seen_new = len(versions)
         assert rollback(ops_repo, "tagger") == 1
-        ops_server.load_models(family_models(ops_repo, "tagger"))
+        ops_server.load_models(models_to_load(ops_repo, "tagger"))
         time.sleep(1)
     finally:
         stop.set()
@@ -319,3 +320,39 @@ def test_roll_out_and_back_without_a_restart_or_a_failed_request(ops_server, ops
     from shelfml.integrity import verify
 
     assert verify(ops_repo) > 0  # repository.json records the files on disk after both changes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--add-version"], "needs the export to add"),
+    (["--rollback", "tagger"], "nothing to roll back to"),
+    (["--rollback", "tagger", "--add-version", "--tagger", "x"], "one at a time"),
+    (["--server", "127.0.0.1:1"], "goes with --add-version or --rollback"),
+    (["--add-version", "--tagger", "{tagger}", "--server", "127.0.0.1:1"], "needs the server's admin key"),
+    (["--add-version", "--tagger", "{price}"], "not a tagger export"),
+])
+def test_repository_version_commands_refuse_clearly(ops_repo, served_repository, tmp_path, capsys, monkeypatch,
+                                                    argv, message):
+    from shelfml.cli import main
+
+    monkeypatch.delenv("SHELFML_ADMIN_KEY", raising=False)
+    repo = tmp_path / "repo"
+    shutil.copytree(ops_repo, repo, ignore=shutil.ignore_patterns("[2-9]"))  # version 1 only
+    exports = {k: str(v) for k, v in served_repository.exports.items()}
+    assert main(["repository", "--out", str(repo), *(a.format(**exports) for a in argv)]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in (repo / "tagger").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_a_roll_out_loads_through_the_command_on_a_running_server(ops_server, ops_repo, served_repository, capsys):
+    """``shelfml repository --add-version --server``, then ``--rollback --server``: the server answers with the
+    new version, then with the one before, without a restart."""
+    from shelfml.cli import main
+
+    base = ["repository", "--out", str(ops_repo), "--server", ops_server.http_url, "--admin-key", ops_server.admin_key]
+    assert main([*base, "--add-version", "--price", str(served_repository.exports["price"])]) == 0
+    new = json.loads(capsys.readouterr().out)["serving"]["price"]
+    with ShelfmlClient(ops_server.grpc_url) as client:
+        assert client.catalog([f"{TEXTS[2]} cli roll-out"])[0].price.model_version == new
+        assert main([*base, "--rollback", "price"]) == 0
+        assert json.loads(capsys.readouterr().out)["serving"] == {"price": 1}
+        assert client.catalog([f"{TEXTS[2]} cli roll-back"])[0].price.model_version == 1
