@@ -52,7 +52,7 @@ class PrometheusProcess:
 
     def __init__(self, config_text: str, rules: dict[str, str] | None, workdir: Path,
                  binary: str | None = None):
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # the process runs there: every path it gets is absolute
         self.config_text = config_text
         self.rules = dict(rules or {})
         self.binary = binary or find_binary("prometheus")

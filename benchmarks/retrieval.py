@@ -80,3 +80,32 @@ def retrieval_benchmark(rows: int = 100_000, dimension: int = 384, kinds: Sequen
                                     "p95": round(float(np.percentile(times, 95) * 1000), 3)}
     out["seed_reference_ms"] = 70.0  # the IndoML seed's offline query time, for comparison
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m shelfml.benchmarks.retrieval --rows 1000000``: W6 at catalog scale, as JSON (and a table)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw_sq", help="comma-separated index kinds")
+    p.add_argument("--queries", type=int, default=500)
+    p.add_argument("--out", help="write the results JSON here")
+    a = p.parse_args(argv)
+    result = retrieval_benchmark(rows=a.rows, kinds=tuple(a.kinds.split(",")), queries=a.queries)
+    for kind, r in result["kinds"].items():
+        r["bytes_per_million_vectors"] = int(r["index_bytes"] / a.rows * 1_000_000)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print("| kind | recall@10 | MB per 1M vectors | build s | p50 ms | p99 ms | batch q/s |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, r in result["kinds"].items():
+        print(f"| {kind} | {r['recall_at_k']:.3f} | {r['bytes_per_million_vectors'] / 2**20:,.0f} | "
+              f"{r['build_s']:.1f} | {r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | "
+              f"{r['batch_queries_per_s']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -330,10 +330,11 @@ def run_bench(out_dir, checkpoint=None, price_checkpoint=None, quick: bool = Fal
         results["serving"] = _serving(tagger_trained, reps, texts, grpc_url, exports, out, perf_analyzer, stack)
     t0 = tick("serving", t0)
     from shelfml.benchmarks.retrieval import retrieval_benchmark
+    from shelfml.retrieval.errors import KINDS
 
-    _progress("W6: retrieval (FAISS exact and HNSW over synthetic MiniLM-sized vectors)")
+    _progress("W6: retrieval (FAISS index kinds over synthetic MiniLM-sized vectors)")
     results["retrieval"] = retrieval_benchmark(rows=5_000 if quick else 100_000, queries=50 if quick else 500,
-                                               encoder=not quick)
+                                               encoder=not quick, kinds=("flat", "hnsw") if quick else KINDS)
     tick("retrieval", t0)
     results["skipped"] = _skipped(results)
     results["stage_seconds"] = stage

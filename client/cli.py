@@ -17,18 +17,22 @@ from __future__ import annotations
 import argparse
 import os
 import asyncio
+import contextlib
 import csv
+import gzip
 import io
+import itertools
 import json
 import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Iterable, Iterator, Sequence
 
 from shelfml.client.client import (DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URLS, PROTOCOLS,
                                    AsyncShelfmlClient, ClientError, InvalidRequestError, ShelfmlClient)
 from shelfml.cli_help import Parser, add_version, fail, read_lines
+from shelfml.client.replicas import Replica, ReplicaPool
 from shelfml.labels import format_path
 
 ROW_ID = "row"  # the id column when the input has none: the row's 0-based position in the input
@@ -113,31 +117,40 @@ class BatchSummary:
     errors: int  # rows written with a server-side rejection
 
 
-async def run_batch(rows: Sequence[Row], out: Path, header: Sequence[str], predict: Predict, batch_size: int,
-                    concurrency: int = 1, progress: bool = True) -> BatchSummary:
-    ids = [r.id for r in rows]
-    if len(set(ids)) != len(ids):
-        seen, dupes = set(), []
-        for i in ids:
-            (dupes.append(i) if i in seen else seen.add(i))
+def _unique_ids(rows: Iterable[Row]) -> int:
+    """How many rows; ValueError naming duplicate ids (a resume finds rows by id). One pass, ids only in memory."""
+    seen, dupes, total = set(), [], 0
+    for row in rows:
+        total += 1
+        (dupes.append(row.id) if row.id in seen else seen.add(row.id))
+    if dupes:
         raise ValueError(f"the id column has duplicate values (e.g. {dupes[:3]}): ids must be unique to resume")
+    return total
+
+
+async def run_batch(rows: Sequence[Row] | Callable[[], Iterable[Row]], out: Path, header: Sequence[str],
+                    predict: Predict, batch_size: int, concurrency: int = 1, progress: bool = True) -> BatchSummary:
+    """``rows``: the input, or a function that reads it afresh (a stream: read twice, once for the ids before
+    anything is written, then chunk by chunk; never held in memory)."""
+    read = rows if callable(rows) else (lambda: rows)
+    total = _unique_ids(read())
     done = set(resume_output(out, header))
-    todo = [r for r in rows if r.id not in done]
-    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    summary = BatchSummary(total=len(rows), skipped=len(rows) - len(todo), written=0, errors=0)
+    todo = (r for r in read() if r.id not in done)
+    chunks = iter(lambda: list(itertools.islice(todo, batch_size)), [])
+    summary = BatchSummary(total=total, skipped=len(done), written=0, errors=0)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(rows), initial=summary.skipped, unit="row", disable=not progress, file=sys.stderr)
-    window: deque[asyncio.Task] = deque()
-    next_chunk = 0
+    bar = tqdm(total=total, initial=summary.skipped, unit="row", disable=not progress, file=sys.stderr)
+    window: deque[tuple[list[Row], asyncio.Task]] = deque()
     try:
         with open(out, "ab") as f:
-            while next_chunk < len(chunks) or window:
-                while next_chunk < len(chunks) and len(window) < concurrency:
-                    window.append(asyncio.ensure_future(predict(chunks[next_chunk])))
-                    next_chunk += 1
-                chunk = chunks[next_chunk - len(window)]
-                results = await window.popleft()
+            while True:
+                while len(window) < concurrency and (chunk := next(chunks, None)) is not None:
+                    window.append((chunk, asyncio.ensure_future(predict(chunk))))
+                if not window:
+                    break
+                chunk, task = window.popleft()
+                results = await task
                 assert len(results) == len(chunk), f"{len(chunk)} rows sent, {len(results)} results"
                 f.write(format_records([[row.id, *fields] for row, fields in zip(chunk, results)]))
                 f.flush()
@@ -145,10 +158,10 @@ async def run_batch(rows: Sequence[Row], out: Path, header: Sequence[str], predi
                 summary.errors += sum(1 for fields in results if fields[-1])
                 bar.update(len(chunk))
     finally:
-        for task in window:
+        for _, task in window:
             task.cancel()
         if window:  # collect them, so a failed neighbour's exception is not reported as never retrieved
-            await asyncio.gather(*window, return_exceptions=True)
+            await asyncio.gather(*(task for _, task in window), return_exceptions=True)
         bar.close()
     return summary
 
@@ -201,20 +214,63 @@ BATCH_TASKS = {"tagger": BatchTask(TAG_COLUMNS, _tag),
 TASK_ALIASES = {"tag": "tagger"}  # the client's first spelling
 
 
-def make_predict(client: AsyncShelfmlClient, task: str) -> Predict:
-    """The server call for one chunk; a rejected chunk is retried row by row so only the bad rows carry an error."""
+def make_predict(client: AsyncShelfmlClient | ReplicaPool, task: str) -> Predict:
+    """The server call for one chunk (on one client, or spread over a pool of replicas); a rejected chunk is
+    retried row by row so only the bad rows carry an error."""
     spec = BATCH_TASKS[TASK_ALIASES.get(task, task)]
     width = len(spec.columns)
+    pool = client if isinstance(client, ReplicaPool) else ReplicaPool([Replica("server", client)], rounds=0)
 
     async def predict(chunk: list[Row]) -> list[list[object]]:
         try:
-            return await spec.call(client, chunk)
+            return await pool.call(lambda c: spec.call(c, chunk))
         except InvalidRequestError as e:
             if len(chunk) == 1:
                 return [[""] * (width - 1) + [str(e)]]
             return [fields for row in chunk for fields in await predict([row])]
 
     return predict
+
+
+def iter_rows(path: Path, text_col: str, id_col: str | None, image_col: str | None,
+              encoding: str) -> Iterator[Row]:
+    """The input's rows one at a time: a CSV (``.csv``, ``.csv.gz``) is streamed, never held in memory (an
+    ``.xlsx`` workbook is read whole). ValueError naming the line of a row without the header's fields or of an
+    undecodable byte."""
+    from shelfml.dataspec import bom_tolerant
+
+    path = Path(path)
+    if path.suffix.lower() == ".xlsx":
+        yield from read_rows(path, text_col, id_col, image_col, encoding)
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding=bom_tolerant(encoding), newline="") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise ValueError(f"{path} is empty: expected a header row and at least one product")
+            for flag, col in (("--text-col", text_col), ("--id-col", id_col), ("--image-col", image_col)):
+                if col and col not in header:
+                    raise ValueError(f"{path} has no column {col!r} ({flag}); its columns: {header}")
+            at = {c: header.index(c) for c in (text_col, id_col, image_col) if c}
+            n = 0
+            for record in reader:
+                if not record:
+                    continue
+                if len(record) != len(header):
+                    raise ValueError(f"{path}: line {reader.line_num} has {len(record)} fields, the header "
+                                     f"{len(header)}; quote fields that hold the delimiter")
+                image = _image_path(record[at[image_col]], path.parent) if image_col else None
+                yield Row(record[at[id_col]] if id_col else str(n), record[at[text_col]], image)
+                n += 1
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not valid {encoding} near line {reader.line_num}: byte "
+                             f"0x{e.object[e.start]:02x}; re-encode the file or pass --encoding") from None
+        except csv.Error as e:
+            raise ValueError(f"{path} is not a readable CSV: line {reader.line_num}: {e}") from None
 
 
 def read_rows(path: Path, text_col: str, id_col: str | None, image_col: str | None, encoding: str) -> list[Row]:
@@ -254,7 +310,7 @@ def _texts(values: list[str]) -> list[str]:
 
 def cmd_tag(a: argparse.Namespace) -> int:
     texts = _texts(a.texts)
-    with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
+    with ShelfmlClient(_one_url(a), a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for text, r in zip(texts, client.tag(texts)):
             print(json.dumps({"text": text, "label": format_path(r.path), "path": list(r.path),
                               "brand": r.brand, "confidence": round(r.confidence, 6),
@@ -270,7 +326,7 @@ def cmd_price(a: argparse.Namespace) -> int:
     if a.image and len(a.image) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
     images = [p or None for p in a.image] if a.image else None
-    with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
+    with ShelfmlClient(_one_url(a), a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for i, (text, r) in enumerate(zip(texts, client.price(texts, images))):
             print(json.dumps({"text": text, "image": images[i] if images else None, "price": round(r.price, 2),
                               "has_image": r.has_image}, ensure_ascii=False))
@@ -282,7 +338,7 @@ def cmd_catalog(a: argparse.Namespace) -> int:
     if a.image and len(a.image) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
     images = [p or None for p in a.image] if a.image else None
-    with ShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
+    with ShelfmlClient(_one_url(a), a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for text, r in zip(texts, client.catalog(texts, images)):
             t, p = r.tag, r.price
             print(json.dumps({"text": text, "label": format_path(t.path), "path": list(t.path), "brand": t.brand,
@@ -299,30 +355,51 @@ def cmd_catalog(a: argparse.Namespace) -> int:
 def cmd_batch(a: argparse.Namespace) -> int:
     if a.image_col and not BATCH_TASKS[a.task].images:
         raise ValueError(f"--image-col is for --task {' or '.join(n for n, t in BATCH_TASKS.items() if t.images)}")
-    rows = read_rows(Path(a.input), a.text_col, a.id_col, a.image_col, a.encoding)
+    def rows() -> Iterator[Row]:
+        return iter_rows(Path(a.input), a.text_col, a.id_col, a.image_col, a.encoding)
+
     header = [a.id_col or ROW_ID, *BATCH_TASKS[a.task].columns]
-    out = Path(a.out)
+    out, urls = Path(a.out), _urls(a) or [None]
 
-    async def go() -> BatchSummary:
-        async with AsyncShelfmlClient(a.url, a.timeout, a.retries, a.batch_size, concurrency=a.concurrency,
-                                      protocol=a.protocol) as client:
-            return await run_batch(rows, out, header, make_predict(client, a.task), a.batch_size,
-                                   a.concurrency, progress=not a.no_progress)
+    async def go() -> tuple[BatchSummary, dict]:
+        async with contextlib.AsyncExitStack() as stack:
+            retries = a.retries if len(urls) == 1 else 0  # several: the pool moves a failed call to another one
+            clients = [await stack.enter_async_context(AsyncShelfmlClient(
+                url, a.timeout, retries, a.batch_size, concurrency=a.concurrency, protocol=a.protocol)) for url in urls]
+            pool = ReplicaPool([Replica(url or "default", c) for url, c in zip(urls, clients)],
+                               rounds=a.retries if len(urls) > 1 else 0)
+            summary = await run_batch(rows, out, header, make_predict(pool, a.task), a.batch_size,
+                                      a.concurrency * len(urls), progress=not a.no_progress)
+            return summary, pool.health()
 
-    summary = asyncio.run(go())
-    missing = sum(1 for r in rows if r.image is None) if a.image_col else 0
-    print(json.dumps({"out": str(out), **vars(summary), **({"rows_without_image": missing} if a.image_col else {})}),
-          file=sys.stderr)
+    summary, health = asyncio.run(go())
+    missing = sum(1 for r in rows() if r.image is None) if a.image_col else 0
+    print(json.dumps({"out": str(out), **vars(summary), **({"rows_without_image": missing} if a.image_col else {}),
+                      **({"replicas": health} if len(urls) > 1 else {})}), file=sys.stderr)
     return 0
+
+
+def _urls(a: argparse.Namespace) -> list[str]:
+    """The --url values: repeated, or comma-separated (``$SHELFML_URL`` too)."""
+    values = a.url if isinstance(a.url, list) else [a.url] if a.url else []
+    return [u.strip() for v in values for u in v.split(",") if u.strip()]
+
+
+def _one_url(a: argparse.Namespace) -> str | None:
+    urls = _urls(a)
+    if len(urls) > 1:
+        raise ValueError(f"{a.command} talks to one server, got {len(urls)} --url values (batch spreads over several)")
+    return urls[0] if urls else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     def common(parser: argparse.ArgumentParser, keep: bool) -> None:
         """The connection flags, accepted before and after the sub-command (after it wins)."""
         default = (lambda value: value) if keep else (lambda value: argparse.SUPPRESS)
-        parser.add_argument("--url", default=default(os.environ.get("SHELFML_URL")),
+        parser.add_argument("--url", action="append", default=default(os.environ.get("SHELFML_URL")),
                             help="the server's address host:port (default: $SHELFML_URL, else "
-                                 f"{DEFAULT_URLS['grpc']} for gRPC, {DEFAULT_URLS['http']} for HTTP)")
+                                 f"{DEFAULT_URLS['grpc']} for gRPC, {DEFAULT_URLS['http']} for HTTP); batch: "
+                                 "repeat it (or comma-separate) to spread the rows over several replicas")
         parser.add_argument("--protocol", choices=PROTOCOLS,
                             default=default(os.environ.get("SHELFML_PROTOCOL", "grpc")), help="gRPC, or HTTP/REST (KServe v2 JSON + binary tensors) (default: $SHELFML_PROTOCOL, "
                                  "else grpc)")

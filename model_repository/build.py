@@ -97,8 +97,8 @@ class Batching:
 @dataclass(frozen=True)
 class Monitoring:
     """What the python models (tagger, price, catalog) export and cache (``shelfml repository --drift-window N
-    --no-prediction-metrics --response-cache``): the drift window's rows, the prediction metrics
-    (:mod:`shelfml.monitoring`; off only to measure their cost), and Triton's response cache for the model (it
+    --no-metrics --response-cache``): the drift window's rows, the ``shelfml_`` metrics (:mod:`shelfml.monitoring`;
+    off only to measure their cost), and Triton's response cache for the model (it
     answers a repeated request without running the model; the server's cache is sized by ``shelfml serve
     --cache-mb``).
 
@@ -107,7 +107,7 @@ class Monitoring:
     request with that: no outputs, no error (the shelfml clients name it; curl shows an empty answer)."""
 
     drift_window: int = DRIFT_WINDOW
-    prediction_metrics: bool = True
+    metrics: bool = True
     response_cache: bool = False
 
     def __post_init__(self) -> None:
@@ -116,9 +116,9 @@ class Monitoring:
 
     def apply(self, config: mc.ModelConfig) -> None:
         config.response_cache.enable = self.response_cache
-        if config.name != CATALOG_SERVICE.name:  # the catalog's rows are counted by the models it calls
-            _parameters(config, drift_window=self.drift_window,
-                        prediction_metrics="on" if self.prediction_metrics else "off")
+        _parameters(config, metrics="on" if self.metrics else "off")
+        if config.name != CATALOG_SERVICE.name:  # the catalog's rows are watched by the models it calls
+            _parameters(config, drift_window=self.drift_window)
 
 
 SERVED_MODELS = tuple(f.service.name for f in FAMILIES.values()) + (CATALOG_SERVICE.name,)  # the python models

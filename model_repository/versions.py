@@ -29,7 +29,7 @@ from shelfml.model_repository.build import cpu_int8, family_model_names, read_co
 CATALOG = CATALOG_SERVICE.name
 
 # Parameters a version may change: the operator's tuning, and the leaf file its CPU config runs (graph.json's).
-NOT_COMPARED = ("thresholds", "top_k", "drift_window", "prediction_metrics", "intra_op_threads", "onnx_file")
+NOT_COMPARED = ("thresholds", "top_k", "drift_window", "metrics", "intra_op_threads", "onnx_file")
 
 
 def _manifest(repo: Path) -> dict:

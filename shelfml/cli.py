@@ -345,7 +345,7 @@ def cmd_index_build(a: argparse.Namespace) -> None:
     from shelfml.retrieval import IndexArgs, build_index_from_spec
 
     args = IndexArgs(kind=a.kind, nlist=a.nlist, nprobe=a.nprobe, hnsw_m=a.hnsw_m, ef_search=a.ef_search,
-                     max_length=a.max_length, batch_size=a.batch_size, gpu=a.gpu)
+                     max_length=a.max_length, batch_size=a.batch_size, gpu=a.gpu, pq_m=a.pq_m)
     manifest = build_index_from_spec(data_spec(a), Path(a.out), args, split=a.split, split_seed=a.split_seed,
                                      force=a.force, task=a.task)
     print(json.dumps({k: manifest[k] for k in ("kind", "rows", "dimension", "fingerprint", "recall_at_k", "seconds")}))
@@ -456,7 +456,7 @@ def cmd_repository(a: argparse.Namespace) -> None:
                             runtime=a.runtime, force=a.force, queue=queue, cpu_precision=a.cpu_precision,
                             batching=Batching(a.instances, a.preferred_batch),
                             options={"tagger": {"thresholds": a.thresholds, "top_k": a.top_k}},
-                            monitoring=Monitoring(a.drift_window, not a.no_prediction_metrics, a.response_cache))
+                            monitoring=Monitoring(a.drift_window, not a.no_metrics, a.response_cache))
     print(json.dumps(info))
 
 
@@ -623,8 +623,8 @@ def _repository_command(sub) -> None:
                    "prediction; measured: 3 paths cost 2.5x the decode time of 1)")
     p.add_argument("--drift-window", type=int, default=DRIFT_WINDOW,
                    help="rows of the served mix the drift gauge compares with the training split's")
-    p.add_argument("--no-prediction-metrics", action="store_true",
-                   help="no shelfml_ prediction and drift metrics (only to measure what they cost)")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="no shelfml_ metrics (requests, prediction, drift): only to measure what they cost")
     p.add_argument("--response-cache", action="store_true",
                    help="the tagger, price and catalog models use Triton's response cache (off by default: Triton "
                         "2.51 caches a failed request as an empty answer, see the README)")
@@ -713,8 +713,12 @@ def _data_commands(sub) -> None:
     p = index.add_parser("build", help="embed a corpus with all-MiniLM-L6-v2 into a FAISS index directory")
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="index directory to write (atomically)")
-    p.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"],
-                   help="flat: exact inner product; ivf/hnsw: approximate, recall@10 measured and recorded")
+    p.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw", "ivfpq", "hnsw_sq"],
+                   help="flat: exact inner product; ivf/hnsw: approximate, recall@10 measured and recorded; "
+                        "ivfpq (product-quantised codes) / hnsw_sq (8-bit codes): compressed, for catalog scale "
+                        "(the README's table: recall and memory per million vectors)")
+    p.add_argument("--pq-m", type=int, help="--kind ivfpq: bytes per vector (a divisor of the dimension; "
+                   "default dimension / 8)")
     p.add_argument("--split", default="train", choices=["train", "validation", "test", "all"],
                    help="which rows of the grouped split to index (train: no leakage into evaluation)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the grouped train/validation/test split")

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+import threading
 import time
 
 import pandas as pd
@@ -298,3 +299,124 @@ def test_batch_end_to_end_resumes_against_the_server(served, tmp_path):
         assert len(probs) == 3 and probs == sorted(probs, reverse=True)
         assert row["path"] in [a["path"] for a in json.loads(row["alternatives"])]
         assert row["abstain"] in ("0", "1") and row["path"].startswith(row["backoff_path"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming input and several replicas
+
+
+def test_the_input_is_streamed_and_its_bad_lines_named(tmp_path):
+    from shelfml.client.cli import iter_rows
+
+    src = tmp_path / "in.csv.gz"
+    import gzip
+
+    with gzip.open(src, "wt", encoding="utf-8", newline="") as f:
+        f.write('\ufeffid,title\nx1,"a, quoted title"\n\nx2,second\n')
+    rows = iter_rows(src, "title", "id", None, "utf-8")
+    assert next(rows) == Row("x1", "a, quoted title")  # a generator: rows come one at a time
+    assert list(rows) == [Row("x2", "second")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("title,brand\nok,b\nshifted,by,one\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3 has 3 fields, the header 2"):
+        list(iter_rows(bad, "title", None, None, "utf-8"))
+    with pytest.raises(ValueError, match="no column 'name'"):
+        list(iter_rows(bad, "name", None, None, "utf-8"))
+
+
+def test_batch_memory_stays_bounded_on_a_large_csv(tmp_path):
+    """A 50 MB CSV through ``batch`` (a stand-in model answers instantly): the process's peak memory grows by at
+    most 150 MB, and every row is written once, in order."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "big.csv"
+    filler = "x" * 180
+    with open(src, "w", encoding="utf-8") as f:
+        f.write("id,title\n")
+        for i in range(250_000):
+            f.write(f"sku-{i},product {i} {filler}\n")
+    assert src.stat().st_size > 50e6
+    script = f"""
+import asyncio, resource, sys
+from pathlib import Path
+from shelfml.client.cli import iter_rows, run_batch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+async def predict(chunk):
+    return [["p", ""] for _ in chunk]
+rows = lambda: iter_rows(Path({str(src)!r}), "title", "id", None, "utf-8")
+out = Path({str(tmp_path / 'out.csv')!r})
+s = asyncio.run(run_batch(rows, out, ["id", "path", "error"], predict, 64, 4, progress=False))
+print(s.written, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
+    written, growth_mb = done.stdout.split()
+    assert int(written) == 250_000
+    assert float(growth_mb) < 150, f"peak memory grew {growth_mb} MB on a 50 MB input"
+    out = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(out) == 250_001 and out[1] == "sku-0,p," and out[-1] == "sku-249999,p,"
+
+
+def test_the_replica_pool_fails_over_and_comes_back():
+    from shelfml.client.replicas import Replica, ReplicaPool
+
+    class Server:
+        def __init__(self, name: str) -> None:
+            self.name, self.up = name, True
+
+        async def tag(self, texts):
+            if not self.up:
+                raise ServerUnavailableError(f"{self.name} is down", "UNAVAILABLE", "tagger")
+            return [self.name for _ in texts]
+
+    a, b = Server("a"), Server("b")
+    pool = ReplicaPool([Replica("a", a), Replica("b", b)], cooldown_s=0.2, rounds=2, backoff_s=0.05)
+
+    def run(n: int) -> list[str]:
+        return [asyncio.run(pool.call(lambda c: c.tag(["t"])))[0] for _ in range(n)]
+
+    assert run(4) == ["a", "b", "a", "b"]  # round robin
+    a.up = False
+    assert run(3) == ["b", "b", "b"]  # a failed once, and is out of service
+    assert pool.health()["a"] == {"calls": 2, "failures": 1, "in_service": False}
+    a.up, b.up = True, False
+    time.sleep(0.25)
+    assert set(run(3)) == {"a"}
+    a.up = False
+    with pytest.raises(ServerUnavailableError, match="no replica answered"):
+        run(1)
+
+
+def test_batch_over_two_servers_survives_one_killed(served, tmp_path, capsys):
+    """``batch --url A --url B``: the second server is stopped mid-run; its calls move to the first, and every
+    row is written once, in input order."""
+    from shelfml.model_repository.server import TritonServer
+
+    src = tmp_path / "in.csv"
+    rows = 1200
+    titles = [f"{TEXTS[i % len(TEXTS)]} lot {i}" for i in range(rows)]
+    src.write_text("id,title\n" + "\n".join(f"s{i},{t}" for i, t in enumerate(titles)) + "\n", encoding="utf-8")
+    second = TritonServer(served.repo, log_file=tmp_path / "second.log").start()
+    out = tmp_path / "out.csv"
+
+    def kill_when_under_way() -> None:  # stop the second server once a sixth of the rows are written
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < rows // 6):
+            time.sleep(0.05)
+        second.stop()
+
+    killer = threading.Thread(target=kill_when_under_way)
+    killer.start()
+    try:
+        assert cli.main(["batch", str(src), "--out", str(out), "--task", "tagger", "--id-col", "id", "--no-progress",
+                         "--url", served.grpc_url, "--url", second.grpc_url, "--batch-size", "2",
+                         "--concurrency", "2"]) == 0
+    finally:
+        killer.join()
+        second.stop()
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert frame["id"].tolist() == [f"s{i}" for i in range(rows)]
+    assert (frame["path"] != "").all() and (frame["error"] == "").all()
+    health = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["replicas"]
+    assert health[second.grpc_url]["calls"] > 0 and health[second.grpc_url]["failures"] >= 1
+    assert health[served.grpc_url]["calls"] > health[second.grpc_url]["calls"]

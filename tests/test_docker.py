@@ -140,6 +140,39 @@ def test_kubernetes_deployment_contract():
     assert ports == {"grpc": 8001, "http": 8000, "metrics": 8002}
 
 
+def test_the_autoscaler_scales_the_server_on_the_adapters_metric(tmp_path):
+    """The HPA targets the server Deployment, on the metric the Prometheus adapter's rule names; the rule's query,
+    rendered as the adapter renders it, is valid PromQL (promtool)."""
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d}
+    hpa = docs[("HorizontalPodAutoscaler", "shelfml-server")]["spec"]
+    assert (hpa["scaleTargetRef"]["kind"], hpa["scaleTargetRef"]["name"]) in docs
+    rule = yaml.safe_load(docs[("ConfigMap", "shelfml-prometheus-adapter")]["data"]["config.yaml"])["rules"][0]
+    assert rule["name"]["as"] == hpa["metrics"][0]["pods"]["metric"]["name"]
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool (the Debian package prometheus; .ci/run installs it)")
+    query = rule["metricsQuery"].replace("<<.GroupBy>>", "pod").replace("<<.LabelMatchers>>", 'pod!=""')
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "adapter",
+                                                 "rules": [{"record": "adapter:q", "expr": query}]}]}))
+    result = run([promtool, "check", "rules", str(rules)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_batch_job_runs_a_valid_client_command():
+    from shelfml.client.cli import build_parser
+
+    docs = [d for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "Job"]
+    container = docs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["shelfml-client"]
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "batch" and args.task == "catalog" and args.url == ["shelfml-server:8001"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in docs[0]["spec"]["template"]["spec"]["volumes"]}
+    assert claims <= {d["metadata"]["name"] for p in MANIFESTS for d in yaml.safe_load_all(p.read_text())
+                      if d and d["kind"] == "PersistentVolumeClaim"}
+
+
 # ---------------------------------------------------------------------------------------------
 # The entrypoint, for real, outside a container
 

@@ -129,10 +129,11 @@ def test_a_bad_catalog_request_fails_alone(client):
 
 def test_prediction_metrics_count_what_was_served(served_repository, client):
     server = served_repository.server
+    time.sleep(1.5)  # what earlier tests sent is published (every 0.5 s) before the first reading
     before = metrics_text(server)
     tags = client.tag([f"{t} #{i}" for i in range(5) for t in TEXTS])  # new texts: no cache hit
     client.price([f"{t} #{i}" for i in range(5) for t in TEXTS])
-    time.sleep(0.5)
+    time.sleep(1.5)  # the models publish their metrics every 0.5 s
     after = metrics_text(server)
 
     def grew(name: str, **labels: str) -> float:

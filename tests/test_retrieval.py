@@ -91,7 +91,7 @@ def test_neighbours_exclude_self_and_same_normalised_title(tmp_path, small_catal
     assert all(keys[n.row] != normalise_title(t) for ns, t in zip(via_text, sample.frame["text"]) for n in ns)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"], ids=["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "hnsw_sq"], ids=["ivf", "hnsw", "hnsw_sq"])
 def test_approximate_index_records_recall(tmp_path, small_catalog, kind):
     manifest = build_index(small_catalog.subset(range(300)), tmp_path / kind, IndexArgs(kind=kind), progress=False)
     recall = manifest["recall_at_k"]
@@ -303,6 +303,32 @@ def test_retrieval_benchmark_small():
     flat, hnsw = result["kinds"]["flat"], result["kinds"]["hnsw"]
     assert flat["recall_at_k"] == 1.0 and 0.5 < hnsw["recall_at_k"] <= 1.0
     assert flat["latency_ms"]["p50"] > 0 and hnsw["batch_queries_per_s"] > 0 and flat["index_bytes"] > 3000 * 32 * 4
+
+
+def test_compressed_kinds_hold_fewer_bytes_and_record_recall():
+    """IVF-PQ and HNSW over 8-bit codes against exact search (W6's rows), on clustered synthetic vectors."""
+    from shelfml.benchmarks.retrieval import retrieval_benchmark
+
+    result = retrieval_benchmark(rows=12_000, dimension=32, queries=50, batch=64, kinds=("flat", "ivfpq", "hnsw_sq"))
+    flat, pq, sq = (result["kinds"][k] for k in ("flat", "ivfpq", "hnsw_sq"))
+    assert pq["index_bytes"] < flat["index_bytes"] / 3  # 4 bytes of code + an id per vector, against 128
+    assert 0.3 < pq["recall_at_k"] <= 1.0 and 0.7 < sq["recall_at_k"] <= 1.0
+
+
+def test_compressed_kinds_refuse_what_they_cannot_build(small_catalog, tmp_path):
+    with pytest.raises(RetrievalError, match=r"ivfpq with 8-bit codes needs at least 9,984 vectors.*got 300"):
+        build_index(small_catalog.subset(range(300)), tmp_path / "pq", IndexArgs(kind="ivfpq"), progress=False)
+    with pytest.raises(RetrievalError, match="--pq-m 5 does not divide the vectors' dimension 384"):
+        build_index(small_catalog.subset(range(300)), tmp_path / "pq", IndexArgs(kind="ivfpq", pq_m=5), progress=False)
+    assert not (tmp_path / "pq").exists()  # nothing written
+
+
+def test_a_compressed_index_is_refused_for_another_encoder(small_catalog, tmp_path):
+    build_index(small_catalog.subset(range(300)), tmp_path / "sq", IndexArgs(kind="hnsw_sq"), progress=False)
+    assert Retriever.load(tmp_path / "sq").describe()["kind"] == "hnsw_sq"
+    _tamper(tmp_path / "sq", **{"encoder.name": "intfloat/e5-small", "encoder.digest": "0123456789abcdef"})
+    with pytest.raises(RetrievalError, match=r"built with encoder intfloat/e5-small"):
+        Retriever.load(tmp_path / "sq")
 
 
 def test_recall_counts_ties_not_ids():

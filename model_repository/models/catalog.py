@@ -29,12 +29,17 @@ class TritonPythonModel:
                                                    served_taxonomy_sha256(repo, params["tagger_model"]).items()})
         self.service = CatalogService(lambda model, inputs, outputs: bls_call(pb_utils, model, inputs, outputs))
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
-        self.metrics = ServedMetrics(pb_utils, args["model_name"], args["model_version"])
+        on = params.get("metrics", "on") == "on"
+        self.metrics = ServedMetrics(pb_utils, args["model_name"], args["model_version"]) if on else None
 
     def parse(self, request):
         from shelfml.serving import text_and_pictures
 
         return text_and_pictures(pb_utils, request)
+
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()
 
     def execute(self, requests):
         from shelfml.serving import execute

@@ -36,20 +36,25 @@ class TritonPythonModel:
             return bls_runner(pb_utils, model, output, int(version))
 
         assets = here / version / params["assets"]
+        manifest = read_manifest(assets, task="price", weights=False)
         self.service = PriceService(assets, runner(leaf, "price"),
                                     max_batch=int(params["leaf_max_batch"]),
                                     embed=runner(embedder, "embedding") if embedder else None)
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         self.version = int(version)
-        self.metrics = ServedMetrics(pb_utils, args["model_name"], version)
-        self.predictions = params.get("prediction_metrics", "on") == "on" and PriceMetrics(
-            pb_utils, args["model_name"], version, read_manifest(assets, task="price", weights=False),
-            int(params.get("drift_window") or DRIFT_WINDOW))
+        on = params.get("metrics", "on") == "on"  # off only to measure what they cost
+        self.metrics = ServedMetrics(pb_utils, args["model_name"], version) if on else None
+        self.predictions = on and PriceMetrics(pb_utils, self.metrics.publisher, args["model_name"], version, manifest,
+                                         int(params.get("drift_window") or DRIFT_WINDOW))
 
     def parse(self, request):
         from shelfml.serving import text_and_pictures
 
         return text_and_pictures(pb_utils, request)
+
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()
 
     def execute(self, requests):
         from shelfml.serving import execute

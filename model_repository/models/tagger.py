@@ -58,9 +58,10 @@ class TritonPythonModel:
             check_taxonomy(params["taxonomy_sha256"],
                            {f"tagger version {version}": Taxonomy.from_dict(manifest["taxonomy"]).sha256()})
         self.version = int(version)
-        self.metrics = ServedMetrics(pb_utils, args["model_name"], version)
-        self.predictions = params.get("prediction_metrics", "on") == "on" and TaggerMetrics(
-            pb_utils, args["model_name"], version, manifest, int(params.get("drift_window") or DRIFT_WINDOW))
+        on = params.get("metrics", "on") == "on"  # off only to measure what they cost
+        self.metrics = ServedMetrics(pb_utils, args["model_name"], version) if on else None
+        self.predictions = on and TaggerMetrics(pb_utils, self.metrics.publisher, args["model_name"], version, manifest,
+                                         int(params.get("drift_window") or DRIFT_WINDOW))
 
     def parse(self, request):
         from shelfml.serving import decode_texts
@@ -74,6 +75,10 @@ class TritonPythonModel:
         if self.predictions:
             self.predictions.observe(texts, outputs)
         return {**outputs, "model_version": np.full((len(texts), 1), self.version, np.int64)}
+
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()
 
     def execute(self, requests):
         from shelfml.serving import execute

@@ -32,9 +32,12 @@ from shelfml.retrieval.errors import (FORMAT_VERSION, INDEX_FILE, KINDS, MANIFES
 class IndexArgs:
     """How an index is built (recorded in its manifest)."""
 
-    kind: str = "flat"  # flat: exact inner product; ivf / hnsw: approximate, recall@k measured
+    kind: str = "flat"  # flat: exact inner product; ivf / hnsw: approximate, recall@k measured;
+    # ivfpq: IVF over product-quantised codes (pq_m bytes per vector); hnsw_sq: HNSW over 8-bit scalar codes
     nlist: int | None = None  # IVF cells (default ~4·sqrt(rows))
     nprobe: int = 16  # IVF cells searched per query
+    pq_m: int | None = None  # PQ sub-vectors (bytes per vector at 8 bits; default dimension / 8)
+    pq_bits: int = 8
     hnsw_m: int = 32  # HNSW neighbours per node
     ef_construction: int = 80
     ef_search: int = 64
@@ -65,19 +68,34 @@ def to_gpu(index):
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
+def _pq_m(args: IndexArgs, n: int, d: int) -> int:
+    """The PQ sub-vector count, checked: it must divide the dimension, and k-means needs 39 rows per centroid."""
+    m = args.pq_m or max(1, d // 8)
+    if d % m:
+        raise RetrievalError(f"--pq-m {m} does not divide the vectors' dimension {d}: pick a divisor of {d}")
+    if n < 39 * (1 << args.pq_bits):
+        raise RetrievalError(f"ivfpq with {args.pq_bits}-bit codes needs at least {39 * (1 << args.pq_bits):,} "
+                             f"vectors to train its quantiser, got {n:,}: use --kind flat, ivf or hnsw_sq")
+    return m
+
+
 def make_index(vectors: np.ndarray, args: IndexArgs):
     """A CPU FAISS index over L2-normalised ``vectors`` (inner product)."""
     faiss = _faiss()
     n, d = vectors.shape
     if args.kind == "flat":
         index = faiss.IndexFlatIP(d)
-    elif args.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    elif args.kind in ("hnsw", "hnsw_sq"):
+        index = (faiss.IndexHNSWFlat(d, args.hnsw_m, faiss.METRIC_INNER_PRODUCT) if args.kind == "hnsw" else
+                 faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, args.hnsw_m, faiss.METRIC_INNER_PRODUCT))
         index.hnsw.efConstruction = args.ef_construction
         index.hnsw.efSearch = args.ef_search
+        index.train(vectors)  # the scalar quantiser's ranges (nothing for full precision)
     else:
         nlist = args.nlist or max(1, min(n // 39, int(round(4 * math.sqrt(n)))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer = faiss.IndexFlatIP(d)
+        index = (faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT) if args.kind == "ivf" else
+                 faiss.IndexIVFPQ(quantizer, d, nlist, _pq_m(args, n, d), args.pq_bits, faiss.METRIC_INNER_PRODUCT))
         index.train(vectors)
         index.nprobe = min(args.nprobe, nlist)
     index.add(vectors)
@@ -159,8 +177,10 @@ def build_index(catalog: Catalog, out: Path, args: IndexArgs | None = None, ids:
     recall = recall_at_k(searched, vectors) if args.kind != "flat" else {"k": RECALL_K, "recall": 1.0, "exact": True}
     corpus_fp = hashlib.sha256((catalog.fingerprint() + "\x1e".join(frame["id"])).encode()).hexdigest()[:16]
     params = {k: v for k, v in asdict(args).items() if k not in ("batch_size", "gpu")}
-    if args.kind == "ivf":
+    if args.kind in ("ivf", "ivfpq"):
         params.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
+    if args.kind == "ivfpq":
+        params.update(pq_m=int(index.pq.M))
     enc = embedder.describe()
     manifest = {
         "format_version": FORMAT_VERSION,
