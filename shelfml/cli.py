@@ -90,6 +90,9 @@ def add_optimisation_arguments(g: argparse._ArgumentGroup, epochs: int, lr: floa
     g.add_argument("--patience", type=int, default=patience,
                    help="epochs without a better validation score before stopping")
     g.add_argument("--seed", type=int, default=0, help="training seed")
+    g.add_argument("--resume", action="store_true",
+                   help="continue a killed run from the state saved after its last finished epoch (OUT.state/); "
+                        "same settings, same result as a run that was never stopped")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the grouped train/validation/test split")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -100,7 +103,8 @@ def train_config(a: argparse.Namespace, prefix: str = ""):
     from shelfml.training.trainer import TrainConfig
 
     return TrainConfig(epochs=getattr(a, f"{prefix}epochs"), batch_size=a.batch_size, lr=getattr(a, f"{prefix}lr"),
-                       max_steps=getattr(a, f"{prefix}max_steps"), patience=a.patience, seed=a.seed, device=a.device)
+                       max_steps=getattr(a, f"{prefix}max_steps"), patience=a.patience, seed=a.seed, device=a.device,
+                       resume=getattr(a, "resume", False))
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -233,14 +237,16 @@ def cmd_train(a: argparse.Namespace) -> None:
     from shelfml.training.tagger import train_tagger
 
     manifest = train_tagger(data_spec(a), Path(a.out), tagger_args(a), force=a.force)
-    print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
+    if manifest:  # None in the other processes of a torchrun
+        print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
 
 
 def cmd_train_price(a: argparse.Namespace) -> None:
     from shelfml.training.price import train_price
 
     manifest = train_price(data_spec(a), Path(a.out), price_args(a), force=a.force)
-    print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
+    if manifest:  # None in the other processes of a torchrun
+        print_metrics(f"best validation ({a.out})", manifest["metrics"]["validation"])
 
 
 def _family_options(fam, a: argparse.Namespace) -> dict:

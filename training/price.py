@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
+from shelfml.checkpoint import read_manifest, update_manifest, write_checkpoint
 from shelfml.data import DataSpec, load_catalog, split_catalog
 from shelfml.drift import price_reference
 from shelfml.images import AugmentConfig, describe_counts
@@ -24,6 +25,8 @@ from shelfml.retrieval.policy import store_index
 from shelfml.price import LOSSES, PriceConfig, default_encoder, resolve_pooling, to_log
 from shelfml.price.hf import model_card
 from shelfml.price.model import build_regressor, to_torch
+from shelfml.training.distributed import is_main
+from shelfml.training.state import start_training, state_dir
 from shelfml.training.trainer import TrainConfig, fit
 
 
@@ -155,8 +158,11 @@ def _train_loader(regressor, train, args: PriceArgs, neighbour_features: np.ndar
         return {**to_torch(feeds), "labels": torch.as_tensor(log_prices[idx], dtype=torch.float32)}
 
     lengths = [int(mask.sum()) for mask in regressor.tokenizer.batch(texts, regressor.cfg.max_length)[1]]
-    return DataLoader(list(range(len(texts))), batch_size=args.train.batch_size, collate_fn=collate,
-                      sampler=LengthBucketSampler(lengths, args.train.batch_size, args.train.seed))
+    sampler = LengthBucketSampler(lengths, args.train.batch_size, args.train.seed)
+    loader = DataLoader(list(range(len(texts))), batch_size=args.train.batch_size, collate_fn=collate,
+                        sampler=sampler)
+    loader.generators = {"sampler": sampler.rng, "augment": rng}  # saved and restored with the training state
+    return loader
 
 
 def _manifest(spec: DataSpec, catalog, split, args: PriceArgs, regressor, encoder: str, image_counts: dict) -> dict:
@@ -190,7 +196,7 @@ def _manifest(spec: DataSpec, catalog, split, args: PriceArgs, regressor, encode
 
 def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False) -> dict:
     """Train, keep the best validation checkpoint (lowest SMAPE) in ``out``, and return its manifest."""
-    ensure_writable(out, force)
+    start_training(out, force, args.train.resume)
     torch.manual_seed(args.train.seed)
     catalog = load_catalog(spec, task="price").report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
@@ -241,6 +247,9 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
 
             write_checkpoint(out, save, manifest)
 
-        manifest["history"] = fit(regressor.model, loader, validate, on_best, args.train)
+        manifest["history"] = fit(regressor.model, loader, validate, on_best, args.train, state_dir(out))
+    if not is_main():  # torchrun: rank 0 finishes the checkpoint
+        return None
     update_manifest(out, history=manifest["history"])
-    return manifest
+    shutil.rmtree(state_dir(out), ignore_errors=True)  # done: nothing to resume
+    return read_manifest(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-from shelfml.checkpoint import ensure_writable, update_manifest, write_checkpoint
+from shelfml.checkpoint import read_manifest, update_manifest, write_checkpoint
 from shelfml.confidence import TARGET_PRECISION, LevelCalibration, prefix_correct
 from shelfml.data import Catalog, DataSpec, load_catalog, split_catalog
 from shelfml.drift import top_level_reference
@@ -25,6 +26,8 @@ from shelfml.retrieval.policy import store_index
 from shelfml.tagger import MAX_INPUT_TOKENS, Tagger
 from shelfml.tagger.model import build_t5
 from shelfml.tokenizer import train_tokenizer
+from shelfml.training.distributed import is_main
+from shelfml.training.state import start_training, state_dir
 from shelfml.training.trainer import TrainConfig, fit
 
 
@@ -115,7 +118,7 @@ def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger:
 
 def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = False) -> dict:
     """Train, keep the best validation checkpoint in ``out``, and return its manifest."""
-    ensure_writable(out, force)
+    start_training(out, force, args.train.resume)
     torch.manual_seed(args.train.seed)
     catalog = load_catalog(spec, task="tagger").report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
@@ -169,10 +172,13 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
         write_checkpoint(out, save, manifest)
 
-    manifest["history"] = fit(model, loader, validate, on_best, args.train)
+    manifest["history"] = fit(model, loader, validate, on_best, args.train, state_dir(out))
+    if not is_main():  # torchrun: rank 0 finishes the checkpoint
+        return None
     update_manifest(out, history=manifest["history"])
-    _fit_decoding(out, manifest, args, parts["validation"], val if prior is not None else None)
-    return manifest
+    _fit_decoding(out, read_manifest(out), args, parts["validation"], val if prior is not None else None)
+    shutil.rmtree(state_dir(out), ignore_errors=True)  # done: nothing to resume
+    return read_manifest(out)
 
 
 def _fit_decoding(out: Path, manifest: dict, args: TaggerArgs, validation: Catalog, prior_rows: Catalog | None) -> None:

@@ -2,7 +2,9 @@
 
 AdamW, linear warm-up then linear decay, gradient clipping, AMP on CUDA, a progress bar with
 loss and rate, validation after every epoch, early stopping, and a callback that saves the best
-model. A model is anything whose ``forward(**batch)`` returns an object with ``.loss``.
+model. A model is anything whose ``forward(**batch)`` returns an object with ``.loss``. With a ``state``
+folder it saves its resumable state after every epoch (:mod:`shelfml.training.state`) and ``resume`` continues
+from it; the numpy generators a loader draws from are named in its ``generators`` attribute.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
+
+from shelfml.training import distributed
+from shelfml.training.state import load_state, run_key, save_state
 
 
 @dataclass
@@ -34,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     progress: bool = True
+    resume: bool = False  # continue from the state saved after the last finished epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,18 +87,37 @@ def fit(
     validate: Callable[[torch.nn.Module], dict],
     on_best: Callable[[dict], None],
     cfg: TrainConfig,
+    state: Path | None = None,
 ) -> list[dict]:
-    """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better)."""
-    device = pick_device(cfg.device)
+    """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better). ``state``:
+    where the resumable state goes after every epoch (and, with ``cfg.resume``, where it is read from)."""
+    device = distributed.start(pick_device(cfg.device))
     model.to(device)
+    train_loader = distributed.shard(train_loader)  # torchrun: this process's share of every epoch's batches
+    net = model
+    if distributed.world()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, cfg)
     total = cfg.max_steps or cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     amp, amp_dtype, scaler = mixed_precision(device)
+    generators, key = getattr(train_loader, "generators", {}), run_key(cfg.to_dict())
+    loop = {"epoch": 0, "step": 0, "best": None, "stale": 0, "history": [], "done": False}
+    if cfg.resume:
+        loop = load_state(state, model, optimizer, scheduler, scaler, train_loader.generator, generators, key)
+        if loop["done"]:
+            return loop["history"]
+    history, best, stale, step = loop["history"], loop["best"], loop["stale"], loop["step"]
 
-    history: list[dict] = []
-    best, stale, step = None, 0, 0
-    for epoch in range(1, math.ceil(total / len(train_loader)) + 1):
+    def checkpoint_state(epoch: int, done: bool) -> None:
+        if state is not None and distributed.is_main():
+            save_state(state, model, optimizer, scheduler, scaler, train_loader.generator, generators,
+                       {"epoch": epoch, "step": step, "best": best, "stale": stale, "history": history,
+                        "done": done}, key)
+
+    for epoch in range(loop["epoch"] + 1, math.ceil(total / len(train_loader)) + 1):
         model.train()
         running, seen, start = 0.0, 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch}", unit="batch", disable=not cfg.progress, leave=False,
@@ -99,7 +125,7 @@ def fit(
         for batch in bar:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = model(**batch).loss
+                loss = net(**batch).loss
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -115,22 +141,25 @@ def fit(
             if step >= total:
                 break
         model.eval()
-        with torch.no_grad():
-            metrics = validate(model)
-        metrics.update(epoch=epoch, step=step, train_loss=running / max(seen, 1),
+        train_loss = distributed.mean(running / max(seen, 1))
+        with torch.no_grad():  # rank 0 validates; every process takes its decision
+            metrics = distributed.from_rank0(validate(model) if distributed.is_main() else None)
+        metrics.update(epoch=epoch, step=step, train_loss=train_loss, processes=distributed.world()[1],
                        epoch_seconds=round(time.perf_counter() - start, 2))
         history.append(metrics)
         improved = best is None or metrics["score"] > best
-        if cfg.progress:
+        if cfg.progress and distributed.is_main():
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "score"}
             tqdm.write(f"epoch {epoch}: {shown}{'  (best)' if improved else ''}")
         if improved:
             best, stale = metrics["score"], 0
-            on_best(metrics)
+            if distributed.is_main():  # one process writes the checkpoint
+                on_best(metrics)
         else:
             stale += 1
-            if stale >= cfg.patience:
-                break
-        if step >= total:
+        finished = stale >= cfg.patience or step >= total
+        checkpoint_state(epoch, finished)
+        if finished:
             break
+    distributed.finish()
     return history
