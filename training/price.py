@@ -26,7 +26,7 @@ from shelfml.price import LOSSES, PriceConfig, default_encoder, resolve_pooling,
 from shelfml.price.hf import model_card
 from shelfml.price.model import build_regressor, to_torch
 from shelfml.training.distributed import is_main
-from shelfml.training.state import start_training, state_dir
+from shelfml.training.state import run_key, start_training, state_dir
 from shelfml.training.trainer import TrainConfig, fit
 
 
@@ -196,7 +196,8 @@ def _manifest(spec: DataSpec, catalog, split, args: PriceArgs, regressor, encode
 
 def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False) -> dict:
     """Train, keep the best validation checkpoint (lowest SMAPE) in ``out``, and return its manifest."""
-    start_training(out, force, args.train.resume)
+    key = run_key({**asdict(args), "train": args.train.to_dict()})
+    start_training(out, force, args.train.resume, key)
     torch.manual_seed(args.train.seed)
     catalog = load_catalog(spec, task="price").report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
@@ -247,7 +248,7 @@ def train_price(spec: DataSpec, out: Path, args: PriceArgs, force: bool = False)
 
             write_checkpoint(out, save, manifest)
 
-        manifest["history"] = fit(regressor.model, loader, validate, on_best, args.train, state_dir(out))
+        manifest["history"] = fit(regressor.model, loader, validate, on_best, args.train, state_dir(out), key)
     if not is_main():  # torchrun: rank 0 finishes the checkpoint
         return None
     update_manifest(out, history=manifest["history"])

@@ -30,16 +30,21 @@ def state_dir(out: Path) -> Path:
     return Path(out).with_name(f"{Path(out).name}.state")
 
 
-def start_training(out: Path, force: bool, resume: bool) -> None:
+def start_training(out: Path, force: bool, resume: bool, key: str) -> None:
     """Before training into ``out``: a fresh run needs it empty (or ``force``) and drops a stale state; a resumed
-    one needs the state a killed run left."""
+    one needs the state a killed run of the same settings (``key``: :func:`run_key`) left."""
     from shelfml.checkpoint import ensure_writable
     from shelfml.training.distributed import is_main
 
     if resume:
-        if not (state_dir(out) / MANIFEST).is_file():
-            raise UsageError(f"--resume: no training state at {state_dir(out)} (it is written after each epoch): "
+        path = state_dir(out)
+        if not (path / MANIFEST).is_file():
+            raise UsageError(f"--resume: no training state at {path} (it is written after each epoch): "
                              f"nothing to resume; start without --resume")
+        saved = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("run")
+        if saved != key:
+            raise UsageError(f"--resume: the state at {path} belongs to a run with other settings (run {saved}, "
+                             f"this one {key}): resume with the same settings, or start again with --force")
         return
     if is_main():  # under torchrun, rank 0 owns the output
         ensure_writable(out, force)
@@ -48,7 +53,12 @@ def start_training(out: Path, force: bool, resume: bool) -> None:
 
 def run_key(config: dict) -> str:
     """What a resumed run must share with the saved one (its settings, without the runtime switches)."""
-    kept = {k: v for k, v in config.items() if k not in ("progress", "device", "resume")}
+    def kept(value):
+        if isinstance(value, dict):
+            return {k: kept(v) for k, v in value.items() if k not in ("progress", "device", "resume")}
+        return value
+
+    kept = kept(config)
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, T5ForConditionalGeneration
+from transformers import AutoTokenizer, T5ForConditionalGeneration, T5TokenizerFast
 
 from shelfml.checkpoint import read_manifest, update_manifest, write_checkpoint
 from shelfml.confidence import TARGET_PRECISION, LevelCalibration, prefix_correct
@@ -27,7 +27,7 @@ from shelfml.tagger import MAX_INPUT_TOKENS, Tagger
 from shelfml.tagger.model import build_t5
 from shelfml.tokenizer import train_tokenizer
 from shelfml.training.distributed import is_main
-from shelfml.training.state import start_training, state_dir
+from shelfml.training.state import run_key, start_training, state_dir
 from shelfml.training.trainer import TrainConfig, fit
 
 
@@ -77,11 +77,15 @@ def tokenizer_corpus(catalog: Catalog) -> list[str]:
     return catalog.inputs() + [format_target(lab) for lab in catalog.labels()]
 
 
-def _model(args: TaggerArgs, parts: dict):
-    """(tokenizer, T5): a local Hugging Face T5 to fine-tune, or a tokenizer + T5 of a named shape from scratch."""
+def _model(args: TaggerArgs, parts: dict, out: Path):
+    """(tokenizer, T5): a local Hugging Face T5 to fine-tune, or a tokenizer + T5 of a named shape from scratch
+    (a resumed run takes the tokenizer its first run trained: the unigram trainer is not deterministic)."""
     if args.model:
         return AutoTokenizer.from_pretrained(args.model), T5ForConditionalGeneration.from_pretrained(args.model)
-    tokenizer = train_tokenizer(tokenizer_corpus(parts["train"]), args.vocab_size)
+    if args.train.resume:
+        tokenizer = T5TokenizerFast.from_pretrained(out)
+    else:
+        tokenizer = train_tokenizer(tokenizer_corpus(parts["train"]), args.vocab_size)
     return tokenizer, build_t5(args.shape, tokenizer)
 
 
@@ -118,12 +122,13 @@ def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger:
 
 def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = False) -> dict:
     """Train, keep the best validation checkpoint in ``out``, and return its manifest."""
-    start_training(out, force, args.train.resume)
+    key = run_key({**asdict(args), "train": args.train.to_dict()})
+    start_training(out, force, args.train.resume, key)
     torch.manual_seed(args.train.seed)
     catalog = load_catalog(spec, task="tagger").report_skipped()
     parts, split = split_catalog(catalog, seed=args.split_seed)
     taxonomy = catalog.taxonomy()
-    tokenizer, model = _model(args, parts)
+    tokenizer, model = _model(args, parts, out)
     enricher = None
     if args.retrieval:
         from shelfml.retrieval import enrich_training_rows, training_enricher
@@ -172,7 +177,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
 
         write_checkpoint(out, save, manifest)
 
-    manifest["history"] = fit(model, loader, validate, on_best, args.train, state_dir(out))
+    manifest["history"] = fit(model, loader, validate, on_best, args.train, state_dir(out), key)
     if not is_main():  # torchrun: rank 0 finishes the checkpoint
         return None
     update_manifest(out, history=manifest["history"])

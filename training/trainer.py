@@ -88,9 +88,11 @@ def fit(
     on_best: Callable[[dict], None],
     cfg: TrainConfig,
     state: Path | None = None,
+    key: str | None = None,
 ) -> list[dict]:
     """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better). ``state``:
-    where the resumable state goes after every epoch (and, with ``cfg.resume``, where it is read from)."""
+    where the resumable state goes after every epoch (and, with ``cfg.resume``, where it is read from); ``key``:
+    the run's settings (:func:`~shelfml.training.state.run_key`, default: of ``cfg``) a resumed run must match."""
     device = distributed.start(pick_device(cfg.device))
     model.to(device)
     train_loader = distributed.shard(train_loader)  # torchrun: this process's share of every epoch's batches
@@ -103,7 +105,7 @@ def fit(
     total = cfg.max_steps or cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     amp, amp_dtype, scaler = mixed_precision(device)
-    generators, key = getattr(train_loader, "generators", {}), run_key(cfg.to_dict())
+    generators, key = getattr(train_loader, "generators", {}), key or run_key(cfg.to_dict())
     loop = {"epoch": 0, "step": 0, "best": None, "stale": 0, "history": [], "done": False}
     if cfg.resume:
         loop = load_state(state, model, optimizer, scheduler, scaler, train_loader.generator, generators, key)
