@@ -50,6 +50,7 @@ def with_duplicate_titles(catalog: Catalog, rows: int = 150) -> Catalog:
 
 
 def test_index_round_trip(flat_index, retriever, parts):
+    assert not (flat_index.parent / f"{flat_index.name}.shards").exists()  # removed once the index is written
     files = {p.name for p in flat_index.iterdir()}
     assert {INDEX_FILE, METADATA_FILE, MANIFEST_FILE} <= files
     manifest = json.loads((flat_index / MANIFEST_FILE).read_text())
@@ -329,6 +330,34 @@ def test_a_compressed_index_is_refused_for_another_encoder(small_catalog, tmp_pa
     _tamper(tmp_path / "sq", **{"encoder.name": "intfloat/e5-small", "encoder.digest": "0123456789abcdef"})
     with pytest.raises(RetrievalError, match=r"built with encoder intfloat/e5-small"):
         Retriever.load(tmp_path / "sq")
+
+
+def test_embedding_in_shards_resumes_after_an_interruption(tmp_path):
+    """A large corpus is embedded shard by shard: an interrupted build keeps its finished shards and embeds only
+    the rest when run again; shards of another corpus or encoder are not reused."""
+    from shelfml.retrieval.index import embed_in_shards
+
+    class Encoder:
+        dimension, calls, fail_at = 4, [], None
+
+        def encode(self, texts, batch_size, progress):
+            if len(self.calls) == self.fail_at:
+                raise KeyboardInterrupt
+            self.calls.append(texts[0])
+            return np.array([[len(t), 1, 2, 3] for t in texts], np.float32)
+
+    texts = [f"t{i}" * (i % 5 + 1) for i in range(25)]
+    encoder, folder = Encoder(), tmp_path / "shards"
+    encoder.fail_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        embed_in_shards(encoder, texts, folder, "corpus-a", shard_rows=10, progress=False)
+    assert len(list(folder.glob("*.npy"))) == 2
+    encoder.fail_at, encoder.calls = None, []
+    vectors = embed_in_shards(encoder, texts, folder, "corpus-a", shard_rows=10, progress=False)
+    assert encoder.calls == [texts[20]]  # only the shard that was not finished
+    assert vectors.shape == (25, 4) and vectors[:, 0].tolist() == [len(t) for t in texts]
+    embed_in_shards(encoder, texts[:5], folder, "corpus-b", shard_rows=10, progress=False)
+    assert all(p.name.startswith("corpus-b") for p in folder.glob("*.npy"))
 
 
 def test_recall_counts_ties_not_ids():
