@@ -379,6 +379,15 @@ def cmd_batch(a: argparse.Namespace) -> int:
     return 0
 
 
+class UrlList(argparse.Action):
+    """``--url`` again adds a server (``batch`` spreads its rows over them); the first one given replaces the
+    default ($SHELFML_URL), and one given after the sub-command replaces those before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (current if isinstance(current, list) else []) + [values])
+
+
 def _urls(a: argparse.Namespace) -> list[str]:
     """The --url values: repeated, or comma-separated (``$SHELFML_URL`` too)."""
     values = a.url if isinstance(a.url, list) else [a.url] if a.url else []
@@ -396,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(parser: argparse.ArgumentParser, keep: bool) -> None:
         """The connection flags, accepted before and after the sub-command (after it wins)."""
         default = (lambda value: value) if keep else (lambda value: argparse.SUPPRESS)
-        parser.add_argument("--url", action="append", default=default(os.environ.get("SHELFML_URL")),
+        parser.add_argument("--url", action=UrlList, default=default(os.environ.get("SHELFML_URL")),
                             help="the server's address host:port (default: $SHELFML_URL, else "
                                  f"{DEFAULT_URLS['grpc']} for gRPC, {DEFAULT_URLS['http']} for HTTP); batch: "
                                  "repeat it (or comma-separate) to spread the rows over several replicas")

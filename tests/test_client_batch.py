@@ -152,7 +152,7 @@ def test_a_rejected_chunk_is_retried_row_by_row():
     (["--task", "tag", "--id-col", "sku"], "has no column 'sku' \\(--id-col\\)"),
     (["--task", "tag", "--image-col", "image"], "--image-col is for --task price"),
     (["--task", "tag", "--id-col", "id", "--text-col", "title", "--input", "extra.csv"],
-     r"1 row\(s\) do not have the header's 3 fields: line 2 has 4"),
+     r"line 2 has 4 fields, the header 3; quote fields that hold the delimiter"),
 ], ids=["text-col", "id-col", "image-col-for-tag", "extra-field"])
 def test_batch_input_errors_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "in.csv").write_text("id,title,image\n1,steel bottle,\n")

@@ -99,9 +99,15 @@ def test_every_option_has_help():
 
 
 def test_global_client_flags_work_after_the_subcommand(monkeypatch):
+    from shelfml.client.cli import _urls
+
     a = client_parser().parse_args(["tag", "steel bottle", "--url", "h:1", "--timeout", "3"])
-    assert (a.url, a.timeout) == ("h:1", 3.0)
+    assert (_urls(a), a.timeout) == (["h:1"], 3.0)
     a = client_parser().parse_args(["--url", "h:2", "batch", "in.csv", "--out", "o.csv", "--task", "tag"])
-    assert a.url == "h:2" and a.task == "tagger"
+    assert _urls(a) == ["h:2"] and a.task == "tagger"
+    a = client_parser().parse_args(["--url", "h:0", "batch", "in.csv", "--out", "o.csv", "--task", "tag",
+                                    "--url", "h:1", "--url", "h:2,h:3"])
+    assert _urls(a) == ["h:1", "h:2", "h:3"]  # after the sub-command wins; repeated and comma-separated add up
     monkeypatch.setenv("SHELFML_URL", "h:3")
-    assert client_parser().parse_args(["tag", "x"]).url == "h:3"
+    assert _urls(client_parser().parse_args(["tag", "x"])) == ["h:3"]
+    assert _urls(client_parser().parse_args(["--url", "h:4", "tag", "x"])) == ["h:4"]
