@@ -11,8 +11,8 @@ from pathlib import Path
 
 from shelfml.tagger import Tagger
 
-TRAIN = ["train", "tagger", "--shape", "tiny", "--vocab-size", "800", "--epochs", "3", "--batch-size", "16",
-         "--lr", "3e-3", "--patience", "9", "--seed", "5", "--device", "cpu", "--rows", "600"]
+TRAIN = ["train", "tagger", "--shape", "tiny", "--vocab-size", "800", "--epochs", "2", "--batch-size", "16",
+         "--lr", "3e-3", "--patience", "9", "--seed", "5", "--device", "cpu", "--rows", "500"]
 TEXTS = ["stainless steel water bottle 750 ml blue", "cotton round neck t-shirt for men"]
 
 
@@ -27,7 +27,7 @@ def test_torchrun_two_processes_train_a_checkpoint_like_a_single_process(tmp_pat
     assert single.returncode == 0, single.stderr[-3000:]
 
     history = json.loads((tmp_path / "ddp" / "shelfml.json").read_text())["history"]
-    assert [h["processes"] for h in history] == [2, 2, 2]
+    assert [h["processes"] for h in history] == [2, 2]
     assert history[-1]["train_loss"] < history[0]["train_loss"], history
     assert history[0]["step"] < json.loads((tmp_path / "single" / "shelfml.json").read_text())["history"][0]["step"]
     files = {p.name for p in (tmp_path / "single").iterdir()}

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from shelfml.training.state import MANIFEST, TENSORS, state_dir
 
-TRAIN = ["train", "tagger", "--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--patience", "9", "--seed", "3",
-         "--device", "cpu", "--rows", "600"]
+TRAIN = ["train", "tagger", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--patience", "9", "--seed", "3",
+         "--device", "cpu", "--rows", "500"]
 
 
 def shelfml(*args: str, **kw) -> subprocess.Popen:
@@ -56,11 +56,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_checkpo
     while time.monotonic() < deadline and not (state_dir(out) / MANIFEST).is_file():  # epoch 1 is saved
         assert run.poll() is None, run.stderr.read()[-3000:]
         time.sleep(0.05)
-    time.sleep(1.0)  # into epoch 2
+    time.sleep(0.3)  # into epoch 2
     run.send_signal(signal.SIGKILL)
     run.wait()
     saved = json.loads((state_dir(out) / MANIFEST).read_text())
-    assert saved["loop"]["epoch"] < 4 and not saved["loop"]["done"], saved["loop"]
+    assert saved["loop"]["epoch"] < 3 and not saved["loop"]["done"], saved["loop"]
     assert set(load_file(str(state_dir(out) / TENSORS))) >= {"rng.torch", "rng.loader"}
 
     finished(shelfml(*train, "--out", str(out), "--resume"))
