@@ -38,6 +38,7 @@ from shelfml.families import FAMILIES, Family, family
 from shelfml.integrity import model_files
 from shelfml.labels import Taxonomy
 from shelfml.retrieval.policy import recorded_index_path
+from shelfml.serving import SERVED_CODE
 
 RUNTIMES = ("onnxruntime", "tensorrt")  # what the stock config.pbtxt of a leaf runs in the NGC container
 CPU_CONFIG = "cpu"  # configs/cpu.pbtxt, started with --model-config-name=cpu
@@ -366,7 +367,8 @@ def build_repository(repo: Path, tagger: Path | None = None, price: Path | None 
             write_config(path, config)
 
     def describe(tmp: Path) -> dict:
-        return {"runtime": runtime, "cpu_config": CPU_CONFIG, "queue_policy": queue and asdict(queue),
+        return {"runtime": runtime, "cpu_config": CPU_CONFIG, "served_code": SERVED_CODE,
+                "queue_policy": queue and asdict(queue),
                 "cpu_batching": asdict(batching), "monitoring": asdict(monitoring),
                 "cpu_precision": {task: "int8" if on else "fp32" for task, on in int8.items()},
                 "models": sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file()),

@@ -28,6 +28,18 @@ class RequestError(ValueError):
     """A request the server answers with INVALID_ARGUMENT and this reason."""
 
 
+SERVED_CODE = 2  # the served models' model.py and the runtime they import, together (2: metrics publisher, catalog)
+
+
+def check_repository_code(repo: Path) -> None:
+    """Refuse a repository whose ``model.py`` files were copied by a shelfml whose runtime differs from this one:
+    they call it, and would fail deep inside with a bare TypeError."""
+    recorded = json.loads((Path(repo) / "repository.json").read_text(encoding="utf-8")).get("served_code")
+    if recorded != SERVED_CODE:
+        raise RuntimeError(f"{repo} was built by another shelfml (served code {recorded}, this one {SERVED_CODE}): "
+                           "rebuild it with `shelfml repository` (or `shelfml export ... --repository`)")
+
+
 def check_numpy() -> None:
     """Refuse to load under numpy 2: Triton 2.51's python backend silently corrupts tensors with it."""
     import numpy

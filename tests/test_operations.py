@@ -357,3 +357,17 @@ def test_a_roll_out_loads_through_the_command_on_a_running_server(ops_server, op
         assert main([*base, "--rollback", "price"]) == 0
         assert json.loads(capsys.readouterr().out)["serving"] == {"price": 1}
         assert client.catalog([f"{TEXTS[2]} cli roll-back"])[0].price.model_version == 1
+
+
+def test_a_repository_built_by_another_shelfml_is_refused_by_name(ops_repo, tmp_path):
+    from shelfml.serving import SERVED_CODE, check_repository_code
+
+    check_repository_code(ops_repo)
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((ops_repo / "repository.json").read_text())
+    manifest.pop("served_code")
+    (old / "repository.json").write_text(json.dumps(manifest))
+    with pytest.raises(RuntimeError, match=f"built by another shelfml \\(served code None, this one {SERVED_CODE}\\): "
+                                           "rebuild it with `shelfml repository`"):
+        check_repository_code(old)

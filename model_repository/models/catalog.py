@@ -18,9 +18,10 @@ class TritonPythonModel:
         from shelfml.integrity import verify
         from shelfml.labels import check_taxonomy
         from shelfml.monitoring import ServedMetrics
-        from shelfml.serving import bls_call, check_numpy
+        from shelfml.serving import bls_call, check_numpy, check_repository_code
 
         check_numpy()
+        check_repository_code(Path(args["model_repository"]).parent)
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}

@@ -20,9 +20,10 @@ class TritonPythonModel:
         from shelfml.drift import DRIFT_WINDOW
         from shelfml.integrity import verify
         from shelfml.monitoring import PriceMetrics, ServedMetrics
-        from shelfml.serving import bls_runner, check_numpy, inprocess_runner
+        from shelfml.serving import bls_runner, check_numpy, check_repository_code, inprocess_runner
 
         check_numpy()
+        check_repository_code(Path(args["model_repository"]).parent)
         verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
