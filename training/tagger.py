@@ -102,7 +102,7 @@ def _prior(args: TaggerArgs, train: Catalog, taxonomy) -> LabelPrior:
                             PriorConfig(k=args.prior_k))
 
 
-def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger: Tagger) -> dict:
+def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger: Tagger, train: Catalog) -> dict:
     taxonomy, enricher = tagger.taxonomy, tagger.enricher
     return {
         "task": "tagger",
@@ -117,6 +117,8 @@ def _manifest(spec: DataSpec, catalog: Catalog, split, args: TaggerArgs, tagger:
                    "max_new_tokens": tagger.max_new_tokens},
         "retrieval": {**enricher.describe(), "exclude_same_title_at_training": True} if enricher else None,
         "training": {**asdict(args), "train": args.train.to_dict()},
+        "drift": {"top_level": top_level_reference([label.path for label in train.labels()],  # the served mix's
+                                                   [path[0] for path in taxonomy.paths])},  # reference
     }
 
 
@@ -158,9 +160,7 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
         metrics["score"] = metrics["item_accuracy"] - 1e-3 * metrics["val_loss"]  # loss breaks ties
         return metrics
 
-    manifest = _manifest(spec, catalog, split, args, tagger)
-    manifest["drift"] = {"top_level": top_level_reference([label.path for label in parts["train"].labels()],
-                                                          [path[0] for path in taxonomy.paths])}
+    manifest = _manifest(spec, catalog, split, args, tagger, parts["train"])
 
     def on_best(metrics: dict) -> None:
         manifest["metrics"] = {"validation": {k: v for k, v in metrics.items() if k != "score"}}
@@ -181,20 +181,21 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     if not is_main():  # torchrun: rank 0 finishes the checkpoint
         return None
     update_manifest(out, history=manifest["history"])
-    _fit_decoding(out, read_manifest(out), args, parts["validation"], val if prior is not None else None)
-    shutil.rmtree(state_dir(out), ignore_errors=True)  # done: nothing to resume
-    return read_manifest(out)
+    return _fit_decoding(out, read_manifest(out), args, parts["validation"], val if prior is not None else None)
 
 
-def _fit_decoding(out: Path, manifest: dict, args: TaggerArgs, validation: Catalog, prior_rows: Catalog | None) -> None:
+def _fit_decoding(out: Path, manifest: dict, args: TaggerArgs, validation: Catalog, prior_rows: Catalog | None) -> dict:
     """With the best checkpoint: the label prior's weights on ``prior_rows`` (None: no prior), then the per-level
-    calibration and thresholds on the validation split; both recorded in the manifest."""
+    calibration and thresholds on the validation split; both recorded in the manifest, which is returned (the
+    resumable state is removed: nothing is left to resume)."""
     if prior_rows is not None:
         manifest["prior"] = fit_prior(out, prior_rows.inputs(), prior_rows.labels(), args.prior_weights)
         update_manifest(out, prior=manifest["prior"])
     rows = validation.subset(np.arange(min(len(validation), args.calibration_rows)))
     manifest["calibration"] = fit_calibration(out, rows.inputs(), rows.labels(), args.target_precision)
     update_manifest(out, calibration=manifest["calibration"])
+    shutil.rmtree(state_dir(out), ignore_errors=True)
+    return read_manifest(out)
 
 
 def fit_calibration(ckpt: Path, texts: list[str], labels: list, target_precision: float = TARGET_PRECISION) -> dict:

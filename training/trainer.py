@@ -81,18 +81,47 @@ def mixed_precision(device: torch.device) -> tuple[bool, torch.dtype, torch.amp.
     return amp, dtype, torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
 
 
-def fit(
-    model: torch.nn.Module,
-    train_loader: DataLoader,
-    validate: Callable[[torch.nn.Module], dict],
-    on_best: Callable[[dict], None],
-    cfg: TrainConfig,
-    state: Path | None = None,
-    key: str | None = None,
-) -> list[dict]:
-    """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better). ``state``:
-    where the resumable state goes after every epoch (and, with ``cfg.resume``, where it is read from); ``key``:
-    the run's settings (:func:`~shelfml.training.state.run_key`, default: of ``cfg``) a resumed run must match."""
+@dataclass
+class _Step:
+    """What one optimiser step needs: the model (and its DDP wrapper), AdamW, the schedule, mixed precision."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    amp: bool
+    amp_dtype: torch.dtype
+    device: torch.device
+    cfg: TrainConfig
+
+    def epoch(self, loader: DataLoader, epoch: int, step: int, total: int) -> tuple[float, int]:
+        """One pass over ``loader`` (stopping at ``total`` steps): (mean training loss, steps taken so far)."""
+        running, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.cfg.progress, leave=False,
+                   mininterval=2.0)
+        for batch in bar:
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                loss = self.net(**batch).loss
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            step, running, seen = step + 1, running + loss.item(), seen + 1
+            rate = seen * loader.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                            ex_s=f"{rate:.0f}")
+            if step >= total:
+                break
+        return running / max(seen, 1), step
+
+
+def _setup(model: torch.nn.Module, train_loader: DataLoader, cfg: TrainConfig) -> tuple[_Step, DataLoader, int]:
+    """The device (torchrun: this process's), this process's loader, the optimiser and schedule, total steps."""
     device = distributed.start(pick_device(cfg.device))
     model.to(device)
     train_loader = distributed.shard(train_loader)  # torchrun: this process's share of every epoch's batches
@@ -105,62 +134,51 @@ def fit(
     total = cfg.max_steps or cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     amp, amp_dtype, scaler = mixed_precision(device)
-    generators, key = getattr(train_loader, "generators", {}), key or run_key(cfg.to_dict())
+    return _Step(model, net, optimizer, scheduler, scaler, amp, amp_dtype, device, cfg), train_loader, total
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    validate: Callable[[torch.nn.Module], dict],
+    on_best: Callable[[dict], None],
+    cfg: TrainConfig,
+    state: Path | None = None,
+    key: str | None = None,
+) -> list[dict]:
+    """Train ``model``; ``validate`` returns metrics with a comparable ``score`` (higher is better). ``state``:
+    where the resumable state goes after every epoch (and, with ``cfg.resume``, where it is read from); ``key``:
+    the run's settings (:func:`~shelfml.training.state.run_key`, default: of ``cfg``) a resumed run must match."""
+    run, train_loader, total = _setup(model, train_loader, cfg)
+    saved = (run.optimizer, run.scheduler, run.scaler, train_loader.generator, getattr(train_loader, "generators", {}))
+    key = key or run_key(cfg.to_dict())
     loop = {"epoch": 0, "step": 0, "best": None, "stale": 0, "history": [], "done": False}
     if cfg.resume:
-        loop = load_state(state, model, optimizer, scheduler, scaler, train_loader.generator, generators, key)
+        loop = load_state(state, model, *saved, key)
         if loop["done"]:
             return loop["history"]
     history, best, stale, step = loop["history"], loop["best"], loop["stale"], loop["step"]
-
-    def checkpoint_state(epoch: int, done: bool) -> None:
-        if state is not None and distributed.is_main():
-            save_state(state, model, optimizer, scheduler, scaler, train_loader.generator, generators,
-                       {"epoch": epoch, "step": step, "best": best, "stale": stale, "history": history,
-                        "done": done}, key)
-
     for epoch in range(loop["epoch"] + 1, math.ceil(total / len(train_loader)) + 1):
         model.train()
-        running, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", unit="batch", disable=not cfg.progress, leave=False,
-                   mininterval=2.0)
-        for batch in bar:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = net(**batch).loss
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            running += loss.item()
-            seen += 1
-            rate = seen * train_loader.batch_size / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", ex_s=f"{rate:.0f}")
-            if step >= total:
-                break
+        start = time.perf_counter()
+        train_loss, step = run.epoch(train_loader, epoch, step, total)
         model.eval()
-        train_loss = distributed.mean(running / max(seen, 1))
         with torch.no_grad():  # rank 0 validates; every process takes its decision
             metrics = distributed.from_rank0(validate(model) if distributed.is_main() else None)
-        metrics.update(epoch=epoch, step=step, train_loss=train_loss, processes=distributed.world()[1],
-                       epoch_seconds=round(time.perf_counter() - start, 2))
+        metrics.update(epoch=epoch, step=step, train_loss=distributed.mean(train_loss),
+                       processes=distributed.world()[1], epoch_seconds=round(time.perf_counter() - start, 2))
         history.append(metrics)
         improved = best is None or metrics["score"] > best
         if cfg.progress and distributed.is_main():
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "score"}
             tqdm.write(f"epoch {epoch}: {shown}{'  (best)' if improved else ''}")
-        if improved:
-            best, stale = metrics["score"], 0
-            if distributed.is_main():  # one process writes the checkpoint
-                on_best(metrics)
-        else:
-            stale += 1
+        best, stale = (metrics["score"], 0) if improved else (best, stale + 1)
+        if improved and distributed.is_main():  # one process writes the checkpoint
+            on_best(metrics)
         finished = stale >= cfg.patience or step >= total
-        checkpoint_state(epoch, finished)
+        if state is not None and distributed.is_main():
+            save_state(state, model, *saved, {"epoch": epoch, "step": step, "best": best, "stale": stale,
+                                               "history": history, "done": finished}, key)
         if finished:
             break
     distributed.finish()
