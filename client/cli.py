@@ -321,11 +321,16 @@ def cmd_tag(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_price(a: argparse.Namespace) -> int:
+def _texts_and_images(a: argparse.Namespace) -> tuple[list[str], list[str | None] | None]:
+    """The texts and their ``--image`` files, one per text ('' for none), of ``price`` and ``catalog``."""
     texts = _texts(a.texts)
     if a.image and len(a.image) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
-    images = [p or None for p in a.image] if a.image else None
+    return texts, [p or None for p in a.image] if a.image else None
+
+
+def cmd_price(a: argparse.Namespace) -> int:
+    texts, images = _texts_and_images(a)
     with ShelfmlClient(_one_url(a), a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for i, (text, r) in enumerate(zip(texts, client.price(texts, images))):
             print(json.dumps({"text": text, "image": images[i] if images else None, "price": round(r.price, 2),
@@ -334,10 +339,7 @@ def cmd_price(a: argparse.Namespace) -> int:
 
 
 def cmd_catalog(a: argparse.Namespace) -> int:
-    texts = _texts(a.texts)
-    if a.image and len(a.image) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(a.image)} --image: give one per text ('' for none)")
-    images = [p or None for p in a.image] if a.image else None
+    texts, images = _texts_and_images(a)
     with ShelfmlClient(_one_url(a), a.timeout, a.retries, a.batch_size, protocol=a.protocol) as client:
         for text, r in zip(texts, client.catalog(texts, images)):
             t, p = r.tag, r.price

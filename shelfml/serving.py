@@ -50,6 +50,19 @@ def check_numpy() -> None:
                            "backend needs numpy<2 (with numpy 2 it corrupts tensors and crashes on strings)")
 
 
+def served_config(args: dict) -> tuple[dict, dict[str, str]]:
+    """A served python model's ``initialize`` preamble: numpy < 2, a repository this shelfml built, this model's
+    files against their recorded sha256; returns (its config, its string parameters)."""
+    from shelfml.integrity import verify
+
+    check_numpy()
+    repo = Path(args["model_repository"]).parent
+    check_repository_code(repo)
+    verify(repo, args["model_name"])  # the files this model loads
+    config = json.loads(args["model_config"])
+    return config, {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
 def decode_texts(array: np.ndarray, name: str = "text") -> list[str]:
     """A [batch, 1] BYTES tensor -> strings; RequestError for a request over :data:`MAX_REQUEST_BYTES` and
     for empty (blank, or only control/zero-width characters), oversized or non-UTF-8 rows."""

@@ -6,7 +6,6 @@ load when a tagger version on disk serves another taxonomy than the one the repo
 dtypes come from config.pbtxt. Imports no torch.
 """
 
-import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -15,16 +14,11 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.catalog import CatalogService, served_taxonomy_sha256
-        from shelfml.integrity import verify
         from shelfml.labels import check_taxonomy
         from shelfml.monitoring import ServedMetrics
-        from shelfml.serving import bls_call, check_numpy, check_repository_code
+        from shelfml.serving import bls_call, served_config
 
-        check_numpy()
-        check_repository_code(Path(args["model_repository"]).parent)
-        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        config, params = served_config(args)
         repo = Path(args["model_repository"]).parent
         check_taxonomy(params["taxonomy_sha256"], {f"tagger version {v}": sha for v, sha in
                                                    served_taxonomy_sha256(repo, params["tagger_model"]).items()})

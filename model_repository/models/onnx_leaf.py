@@ -5,7 +5,6 @@ same ``model.onnx``, the same input/output names (read from the config). Request
 by Triton have the same shapes; each group of equal shapes runs as one call.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,9 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         from shelfml.onnxrt import SessionConfig, load_session
-        from shelfml.integrity import verify
-        from shelfml.serving import check_numpy, leaf_file
+        from shelfml.serving import leaf_file, served_config
 
-        check_numpy()
-        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        config, params = served_config(args)
         path = leaf_file(Path(args["model_repository"]).parent, args["model_name"], args["model_version"])
         threads = int(params.get("intra_op_threads", "0"))
         self.session = load_session(path, config=SessionConfig(intra_op_threads=threads))

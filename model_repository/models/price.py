@@ -7,7 +7,6 @@ feature first finds the text's neighbours (the ``embedder`` leaf + the FAISS ind
 assets). Names and dtypes come from config.pbtxt. Imports no torch.
 """
 
-import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -20,13 +19,9 @@ class TritonPythonModel:
         from shelfml.drift import DRIFT_WINDOW
         from shelfml.integrity import verify
         from shelfml.monitoring import PriceMetrics, ServedMetrics
-        from shelfml.serving import bls_runner, check_numpy, check_repository_code, inprocess_runner
+        from shelfml.serving import bls_runner, inprocess_runner, served_config
 
-        check_numpy()
-        check_repository_code(Path(args["model_repository"]).parent)
-        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        config, params = served_config(args)
         here, version = Path(args["model_repository"]), args["model_version"]  # version N runs its leaves' N
         leaf, embedder = params["regressor_model"], params.get("embedder_model")
 

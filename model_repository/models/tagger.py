@@ -23,15 +23,11 @@ class TritonPythonModel:
         from shelfml.integrity import verify
         from shelfml.labels import Taxonomy, check_taxonomy
         from shelfml.monitoring import ServedMetrics, TaggerMetrics
-        from shelfml.serving import bls_runner, check_numpy, check_repository_code, inprocess_runner
+        from shelfml.serving import bls_runner, inprocess_runner, served_config
         from shelfml.tagger.runners import bls_step_factory, inprocess_step_factory
         from shelfml.tagger.service import SERVED_TOP_K, TaggerService
 
-        check_numpy()
-        check_repository_code(Path(args["model_repository"]).parent)
-        verify(Path(args["model_repository"]).parent, args["model_name"])  # the files this model loads
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        config, params = served_config(args)
         here, version = Path(args["model_repository"]), args["model_version"]  # version N runs its leaves' N
         encoder, decoder = params["encoder_model"], params["decoder_model"]
         embedder = params.get("embedder_model")
