@@ -29,6 +29,8 @@ from shelfml.labels import TargetCodec, Taxonomy
 
 BRAND_MODES = ("known", "known+copy")
 COPY_MAX_WORDS = 3
+COPY_POSITIONS = 4  # copy classes tell a span's first word apart up to here
+COPY_CLASSES = COPY_POSITIONS * COPY_MAX_WORDS
 MAX_BRAND_TOKENS = 16  # copied spans longer than this are not offered
 WORD_CACHE = 200_000  # title words whose token ids are kept (the cache starts afresh beyond this)
 _WORD = re.compile(r"[\w&'.+-]+")  # a title's words, as copy mode splits them
@@ -180,9 +182,38 @@ def _packed(ids: np.ndarray) -> list[np.ndarray]:
 
 def span_candidates(text: str) -> list[str]:
     """Word spans (1 to ``COPY_MAX_WORDS`` words) of a title: the brands copy mode may write."""
-    words = _WORD.findall(text)
-    spans = {" ".join(words[i : i + n]) for n in range(1, COPY_MAX_WORDS + 1) for i in range(len(words) - n + 1)}
-    return sorted(spans)
+    return sorted({span for span, _, _ in _positioned_spans(text)})
+
+
+def _positioned_spans(text: str) -> list[tuple[str, int, int]]:
+    """(span, first word, words) of every span of ``text``, each distinct span once at its first place."""
+    words, seen, out = _WORD.findall(text), set(), []
+    for i in range(len(words)):
+        for n in range(1, min(COPY_MAX_WORDS, len(words) - i) + 1):
+            span = " ".join(words[i : i + n])
+            if span not in seen:
+                seen.add(span)
+                out.append((span, i, n))
+    return out
+
+
+def copy_class(text: str, brand: str) -> int:
+    """The copy class of ``brand`` in ``text`` (see :func:`copy_class_of`): where it is first written as a span,
+    case-insensitively; -1 when it is not (or is empty)."""
+    if not brand:
+        return -1
+    words, target = [w.lower() for w in _WORD.findall(text)], brand.lower()
+    for i in range(len(words)):
+        for n in range(1, min(COPY_MAX_WORDS, len(words) - i) + 1):
+            if " ".join(words[i : i + n]) == target:
+                return int(copy_class_of(np.array([i]), np.array([n]))[0])
+    return -1
+
+
+def copy_class_of(first: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """A span's copy class: its first word (``COPY_POSITIONS - 1`` and later share a class) and its length;
+    ``COPY_CLASSES`` in all. A label prior gives each class a probability (the brand is the span of that shape)."""
+    return np.minimum(first, COPY_POSITIONS - 1) * COPY_MAX_WORDS + size - 1
 
 
 class Edges:
@@ -236,18 +267,21 @@ class LabelConstraint:
         return cum(prior.paths, self.path_leaf, self.n_path_leaves), cum(prior.brands, self.brand_leaf,
                                                                          self.n_brand_leaves)
 
-    def copy_trie(self, texts: Sequence[str]) -> tuple[CompiledTrie, Sequence[str]]:
+    def copy_trie(self, texts: Sequence[str]) -> "CopySpans":
         """Every row's title spans (1 to ``COPY_MAX_WORDS`` words, each closed by end-of-sequence, at most
         ``MAX_BRAND_TOKENS`` tokens) compiled into one trie with a root per row (in ``known`` mode: no spans)."""
         if self.brand_mode != "known+copy":
-            return CompiledTrie.build([], n_groups=len(texts))[0], []
+            trie, ends = CompiledTrie.build([], n_groups=len(texts))
+            return CopySpans(trie, [], ends, np.zeros(0, np.int64), np.zeros(0, np.int64))
         if not self._splits_words:  # every span tokenised on its own
-            spans = [span_candidates(t) for t in texts]
-            flat = [s for row in spans for s in row]
+            spans = [_positioned_spans(t) for t in texts]
+            flat = [s for row in spans for s, _, _ in row]
             ids = self.codec.brand_ids_many(flat) if flat else []
             keep = [i for i, seq in enumerate(ids) if len(seq) <= MAX_BRAND_TOKENS]
             groups = np.repeat(np.arange(len(texts)), [len(s) for s in spans])[keep]
-            return CompiledTrie.build([ids[i] for i in keep], groups, len(texts))[0], [flat[i] for i in keep]
+            shape = np.array([(i, n) for row in spans for _, i, n in row], np.int64).reshape(-1, 2)[keep]
+            trie, ends = CompiledTrie.build([ids[i] for i in keep], groups, len(texts))
+            return CopySpans(trie, [flat[i] for i in keep], ends, groups, copy_class_of(shape[:, 0], shape[:, 1]))
         words = [_WORD.findall(t) for t in texts]
         every = [w for row in words for w in row]
         row_of = np.arange(len(texts)).repeat([len(w) for w in words])
@@ -264,8 +298,10 @@ class LabelConstraint:
         tokens = offset[first + size] - offset[first]
         keep = tokens + 1 <= MAX_BRAND_TOKENS
         first, size, tokens = first[keep], size[keep], tokens[keep]
-        trie, _ = CompiledTrie.from_flat(flat, offset[first], tokens, row_of[first], len(texts), self.codec.eos_id)
-        return trie, _Spans(every, first, size)
+        trie, ends = CompiledTrie.from_flat(flat, offset[first], tokens, row_of[first], len(texts), self.codec.eos_id)
+        row_first = np.append(0, np.cumsum([len(w) for w in words]))[:-1]  # each row's first word in ``every``
+        return CopySpans(trie, _Spans(every, first, size), ends, row_of[first],
+                         copy_class_of(first - row_first[row_of[first]], size))
 
     def word_ids(self, words: Sequence[str]) -> list[list[int]]:
         """Each word's token ids (no end-of-sequence), tokenised once and kept (catalogs repeat their words)."""
@@ -280,6 +316,29 @@ class LabelConstraint:
     def start(self, texts: Sequence[str]) -> "ConstraintState":
         """Fresh decode state for each input text."""
         return ConstraintState(self, self.copy_trie(texts), len(texts))
+
+
+@dataclass(frozen=True)
+class CopySpans:
+    """A batch's copy trie and its spans: the text, end node, row and copy class of each."""
+
+    trie: CompiledTrie
+    values: Sequence[str]
+    ends: np.ndarray  # int64 [spans]: the node where each span ends (equal spans of a row: one leaf)
+    rows: np.ndarray  # int64 [spans]
+    classes: np.ndarray  # int64 [spans]: :func:`copy_class_of`
+
+    def cumulative(self, probs: np.ndarray) -> np.ndarray:
+        """Cumulative prior mass over the trie's leaves (a leading 0; the rows' leaves are consecutive): each span
+        gets its row's probability of its copy class (``probs``: ``[rows, COPY_CLASSES]``), shared equally by the
+        row's spans of that class; a span written twice counts once, at its first place."""
+        mass = np.zeros(self.trie.n_leaves + 1)
+        if len(self.rows):
+            first = np.unique(self.ends, return_index=True)[1]  # spans come by length, then place
+            rows, classes = self.rows[first], self.classes[first]
+            _, inverse, counts = np.unique(rows * COPY_CLASSES + classes, return_inverse=True, return_counts=True)
+            mass[self.trie.start[self.ends[first]] + 1] = probs[rows, classes] / counts[inverse]
+        return np.cumsum(mass)
 
 
 class _Spans:
@@ -310,9 +369,9 @@ class ConstraintState:
     ``brand[b]`` once decided. A path is decided at a leaf of the path trie, a brand at a leaf of either brand trie
     (the known brand when both end)."""
 
-    def __init__(self, constraint: LabelConstraint, copy: tuple[CompiledTrie, Sequence[str]], n: int) -> None:
-        self.c, self.n = constraint, n
-        copy_trie, self.copy_values = copy
+    def __init__(self, constraint: LabelConstraint, copy: CopySpans, n: int) -> None:
+        self.c, self.n, self.copy = constraint, n, copy
+        copy_trie, self.copy_values = copy.trie, copy.values
         self.tries = (constraint.paths, constraint.brands, copy_trie)
         self.dead = np.array([t.dead for t in self.tries], np.int64)
         self.node = np.repeat(self.dead[:, None], n, axis=1)
@@ -400,16 +459,27 @@ class ConstraintState:
             return out[0]
         return _group_runs(*zip(*out))
 
-    def log_mass(self, edges: Edges, cum: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """log of each edge's prior mass: the paths (known brands) under its child; a span only the copy trie
-        offers gets one brand's share, and a token both tries offer the larger of the two."""
-        paths, brands = self.c.paths, self.c.brands
-        rows, path, known = edges.row, edges.path, edges.known
+    def cumulative(self, prior) -> tuple:
+        """Per row, cumulative prior mass over the path leaves and the known-brand leaves (a leading 0), and over
+        the copy trie's leaves when the prior gives copy classes (else None)."""
+        paths, brands = self.c.cumulative(prior)
+        copy = getattr(prior, "copy", None)
+        return paths, brands, None if copy is None else self.copy.cumulative(copy)
+
+    def log_mass(self, edges: Edges, cum: tuple) -> np.ndarray:
+        """log of each edge's prior mass: the paths (known brands, copied spans) under its child, a token both brand
+        tries offer both masses. A prior without copy classes gives a span only the copy trie offers one brand's
+        share, and a token both tries offer the larger of the two."""
+        paths, brands, copied = self.c.paths, self.c.brands, self.tries[2]
+        rows, path, known, copy = edges.row, edges.path, edges.known, edges.copy
         mass = (cum[0][rows, paths.end[path]] - cum[0][rows, paths.start[path]]
                 + cum[1][rows, brands.end[known]] - cum[1][rows, brands.start[known]])  # a dead child adds 0
-        copy = edges.copy != self.dead[2]
-        if copy.any():
-            mass[copy] = np.maximum(mass[copy], 1.0 / max(self.c.n_brand_leaves, 1))
+        if len(cum) > 2 and cum[2] is not None:
+            mass = mass + cum[2][copied.end[copy]] - cum[2][copied.start[copy]]
+        else:
+            live = copy != self.dead[2]
+            if live.any():
+                mass[live] = np.maximum(mass[live], 1.0 / max(self.c.n_brand_leaves, 1))
         return np.log(np.maximum(mass, 1e-12))
 
     def find(self, edges: Edges, tokens: Sequence[int]) -> np.ndarray:

@@ -51,7 +51,7 @@ class Prediction:
 
 def edge_scores(state: ConstraintState, edges: Edges, logits: np.ndarray, cum, prior) -> np.ndarray:
     """The score of every allowed edge: its token's logit (``logits``: ``[batch, vocab]``) plus the label prior's
-    weighted log mass (``cum``: :meth:`LabelConstraint.cumulative` of ``prior``; None: no prior). The one scoring
+    weighted log mass (``cum``: :meth:`ConstraintState.cumulative` of ``prior``; None: no prior). The one scoring
     function of the decode loop, the branch completion and the Hugging Face logits processor."""
     scores = logits[edges.row, edges.token]
     if cum is None:
@@ -60,8 +60,8 @@ def edge_scores(state: ConstraintState, edges: Edges, logits: np.ndarray, cum, p
     return scores + weight * state.log_mass(edges, cum).astype(np.float32)
 
 
-def _prior_cum(constraint: LabelConstraint, prior):
-    return constraint.cumulative(prior) if prior is not None and (prior.weight or prior.brand_weight) else None
+def _prior_cum(state: ConstraintState, prior):
+    return state.cumulative(prior) if prior is not None and (prior.weight or prior.brand_weight) else None
 
 
 @dataclass
@@ -126,7 +126,7 @@ class _Loop:
                  until_path: bool = False, jump_forward: bool = True) -> None:
         self.step, self.constraint, self.prior = step, constraint, prior
         self.state = constraint.start(texts)
-        self.cum = _prior_cum(constraint, prior)
+        self.cum = _prior_cum(self.state, prior)
         self.run = _Run.start(len(texts), max_new_tokens, constraint.codec.pad_id)  # T5 decoder start = pad
         self.branches, self.prefixes, self.until_path, self.jump = branches, prefixes, until_path, jump_forward
         self.found: list[list[tuple[float, list[int]]]] = [[] for _ in texts]

@@ -1,6 +1,7 @@
 """The tagger's label prior over the taxonomy's paths and brands, from the product's text alone
 (:mod:`shelfml.lexical`: hashed TF-IDF features): paths and brands each from a linear classifier (one-vs-rest
-LinearSVC, its strongest weights kept; brands are often told by product-line words only one brand sells). A prior
+LinearSVC, its strongest weights kept; brands are often told by product-line words only one brand sells; a brand
+written in the text is learnt as the place it is written, so brands never seen in training are copied). A prior
 without a classifier (an older checkpoint) takes that field from the labels of the product's lexical neighbours.
 
 The one decode loop adds ``weight * log(prior mass)`` to the logits of every allowed token, the mass of a token
@@ -17,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from shelfml.constraint import COPY_CLASSES, copy_class
 from shelfml.labels import Label, Taxonomy
 from shelfml.lexical import LexicalIndex, LinearScorer, array_digest, softmax_weights
 
@@ -46,12 +48,20 @@ class PriorConfig:
 
 @dataclass
 class PriorBatch:
-    """Prior probabilities of one batch: over ``taxonomy.paths`` and over ``[""] + taxonomy.brands``."""
+    """Prior probabilities of one batch: over ``taxonomy.paths``, and over ``[""] + taxonomy.brands`` then (when the
+    brand classifier has them) the copy classes, together summing to 1: the brand is the span of the product's
+    own text of that shape (:func:`shelfml.constraint.copy_class_of`), the way brands unseen in training are named."""
 
     paths: np.ndarray  # [rows, n_paths]
     brands: np.ndarray  # [rows, 1 + n_brands]
     weight: float  # on the path tokens
     brand_weight: float  # on the brand tokens
+    copy: np.ndarray | None = None  # [rows, COPY_CLASSES]
+
+    def take(self, rows: np.ndarray) -> "PriorBatch":
+        """The prior of some of the rows (repeated as often as they are named)."""
+        return PriorBatch(self.paths[rows], self.brands[rows], self.weight, self.brand_weight,
+                          None if self.copy is None else self.copy[rows])
 
 
 class LabelPrior:
@@ -74,9 +84,13 @@ class LabelPrior:
         ids = {"path": [path_id[lab.path] for lab in labels], "brand": [brand_id.get(lab.brand, 0) for lab in labels]}
         index = LexicalIndex.build(texts, ids, titles)
         vectors = [index.featurizer.vector(t, index.idf) for t in texts]
-        bits = index.featurizer.bits
+        bits, n_brands = index.featurizer.bits, 1 + len(taxonomy.brands)
         paths = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), bits)
-        brands = LinearScorer.fit(vectors, ids["brand"], 1 + len(taxonomy.brands), bits)
+        # a brand written in the text is learnt as where it is written (its copy class), so that a brand never
+        # seen in training is named from the same evidence; the others as themselves
+        copied = [copy_class(t, lab.brand) for t, lab in zip(texts, labels)]
+        targets = [n_brands + c if c >= 0 else b for c, b in zip(copied, ids["brand"])]
+        brands = LinearScorer.fit(vectors, targets, n_brands + COPY_CLASSES, bits)
         return cls(index, taxonomy, cfg or PriorConfig(), paths, brands)
 
     def _linear(self, text: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -116,8 +130,14 @@ class LabelPrior:
         brands = self._neighbour_probs(rows, scores, "brand", self.n_brands) if brand_linear is None else _softmax(
             brand_linear / max(self.cfg.temperature, 1e-6))
         smooth = self.cfg.smoothing
-        return PriorBatch((1 - smooth) * paths + smooth / self.n_paths, (1 - smooth) * brands + smooth / self.n_brands,
-                          self.cfg.weight, self.cfg.brand_weight)
+        paths, brands = (1 - smooth) * paths + smooth / self.n_paths, (1 - smooth) * brands + smooth / brands.shape[1]
+        copy = brands[:, self.n_brands :] if self.copies else None
+        return PriorBatch(paths, brands[:, : self.n_brands], self.cfg.weight, self.cfg.brand_weight, copy)
+
+    @property
+    def copies(self) -> bool:
+        """Whether the brand classifier gives copy classes (checkpoints before them do not)."""
+        return self.brand_scorer is not None and len(self.brand_scorer.bias) == self.n_brands + COPY_CLASSES
 
     def _search(self, texts: Sequence[str], exclude_titles: Sequence[str] | None = None) -> tuple:
         """The neighbours of ``texts``, searched only for a field no classifier gives: ([None] * n) x 2 otherwise
@@ -147,6 +167,7 @@ class LabelPrior:
         arrays = self._arrays()
         return {**self.cfg.to_dict(), "index_rows": self.index.size, "fingerprint": self.index.fingerprint(),
                 "paths_from": source(self.path_scorer), "brands_from": source(self.brand_scorer),
+                "copy_classes": COPY_CLASSES if self.copies else 0,
                 "linear_fingerprint": array_digest(arrays) if arrays else None}
 
     def save(self, folder: Path) -> dict:

@@ -1,13 +1,15 @@
 """The compiled constraint against a plain trie walk, and jump-forward against one decoder call per token."""
 
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shelfml.constraint import MAX_BRAND_TOKENS, CompiledTrie, LabelConstraint, span_candidates
+from shelfml.constraint import (COPY_CLASSES, MAX_BRAND_TOKENS, CompiledTrie, LabelConstraint, _positioned_spans,
+                                copy_class_of, span_candidates)
 from shelfml.decoding import greedy_decode
 from shelfml.labels import Label, TargetCodec, Taxonomy
 from shelfml.prior import PriorBatch
@@ -54,11 +56,14 @@ def reference_decode(constraint: LabelConstraint, texts, step, max_new: int, pri
     paths_root, known_root = trie(zip(tax.paths, path_ids)), trie(zip(brands, brand_ids))
     rows = []
     for text in texts:
-        spans = span_candidates(text) if constraint.brand_mode == "known+copy" else []
-        ids = codec.brand_ids_many(spans) if spans else []
-        copy = trie([(s, i) for s, i in zip(spans, ids) if len(i) <= MAX_BRAND_TOKENS])
+        placed = _positioned_spans(text) if constraint.brand_mode == "known+copy" else []
+        ids = codec.brand_ids_many([s for s, _, _ in placed]) if placed else []
+        kept = [(s, i, int(copy_class_of(np.array([f]), np.array([n]))[0]))
+                for (s, f, n), i in zip(placed, ids) if len(i) <= MAX_BRAND_TOKENS]
+        copy = trie(sorted(((s, i) for s, i, _ in kept), key=lambda x: x[0]))
+        shared = Counter(c for _, _, c in kept)
         rows.append({"path": paths_root, "known": None, "copy": copy, "label": None, "brand": None, "out": [],
-                     "logp": [], "emitted": []})
+                     "logp": [], "emitted": [], "spans": [(i, c, shared[c]) for _, i, c in kept]})
     tokens = np.full((len(texts), 1), codec.pad_id, np.int64)
     for _ in range(max_new + 1):
         if all(r["brand"] is not None for r in rows):
@@ -83,7 +88,10 @@ def reference_decode(constraint: LabelConstraint, texts, step, max_new: int, pri
                         if r["known"] is not None and t in r["known"]:
                             m = sum(prior.brands[b][i] for i, q in enumerate(brand_ids) if q[: len(bp)] == bp)
                         if r["copy"] is not None and t in r["copy"]:
-                            m = max(m, 1.0 / n_brand_leaves)
+                            if prior.copy is None:
+                                m = max(m, 1.0 / n_brand_leaves)
+                            else:  # each span its row's copy-class probability, shared by that class's spans
+                                m += sum(prior.copy[b][c] / k for q, c, k in r["spans"] if q[: len(bp)] == bp)
                     mass.append(m)
                 weight = prior.weight if r["label"] is None else prior.brand_weight
                 scores = scores + np.float32(weight) * np.log(np.maximum(mass, 1e-12)).astype(np.float32)
@@ -131,8 +139,10 @@ def test_compiled_constraint_decodes_as_the_trie_walk(tokenizer, case, mode, spr
     prior = None
     if weight:
         rng = np.random.default_rng(seed)
-        prior = PriorBatch(rng.dirichlet(np.full(len(paths), 0.5), len(titles)),
-                           rng.dirichlet(np.full(1 + len(brands), 0.5), len(titles)), weight, weight)
+        copies = COPY_CLASSES if seed % 2 else 0  # a prior with copy classes, or one from before them
+        brand_probs = rng.dirichlet(np.full(1 + len(brands) + copies, 0.5), len(titles))
+        prior = PriorBatch(rng.dirichlet(np.full(len(paths), 0.5), len(titles)), brand_probs[:, : 1 + len(brands)],
+                           weight, weight, brand_probs[:, 1 + len(brands) :] if copies else None)
     max_new = 80
     expected = reference_decode(constraint, titles, prefix_logits(len(tokenizer), seed, spread)[0], max_new, prior)
     for jump in (True, False):
@@ -217,7 +227,8 @@ def test_copy_trie_holds_every_title_span_as_the_tokenizer_writes_it(tokenizer, 
     assert constraint._splits_words  # T5's Metaspace pre-tokenizer splits on whitespace
     texts = small_catalog.inputs()[:20] + ["L'Oréal Paris 5x100g café", "Ünïcode  double  space", ""]
     for _ in range(2):  # the second time from the word cache
-        trie, values = constraint.copy_trie(texts)
+        copy = constraint.copy_trie(texts)
+        trie, values = copy.trie, copy.values
         for row, text in enumerate(texts):
             spans = span_candidates(text)
             expected = {tuple(ids): span for span, ids in zip(spans, constraint.codec.brand_ids_many(spans) if spans

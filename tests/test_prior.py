@@ -115,3 +115,50 @@ def test_checkpoint_stores_the_fitted_prior_and_travels(tiny_checkpoint, tmp_pat
         f.write(b"\xff" * 64)
     with pytest.raises(ValueError, match="fingerprint"):
         Tagger.load(moved)
+
+
+def test_prior_copies_brands_never_seen_in_training_from_where_titles_write_them():
+    """Titles start with the brand, or name none (brand ""): the brand classifier learns *where* a brand is
+    written (its copy class), so the prior-only decode names brands that never occur in training, and still
+    leaves unbranded products without one; a classifier over the known brands alone names none of the new ones."""
+    from shelfml.constraint import COPY_CLASSES
+    from shelfml.lexical import LinearScorer
+
+    rng = np.random.default_rng(3)
+    syllables = ["zen", "kal", "vo", "tri", "mar", "lu", "dex", "pol", "ra", "fin", "gor", "sa"]
+    names = sorted({(a + b).title() for a in syllables for b in syllables if a != b})
+    rng.shuffle(names)
+    seen, unseen = names[:30], names[30:60]
+
+    def rows(brands: list[str], n: int) -> list[tuple[str, Label]]:
+        out = []
+        for i in range(n):
+            path, noun = list(PRODUCTS.items())[i % len(PRODUCTS)]
+            brand = "" if i % 4 == 3 else brands[i % len(brands)]
+            title = f"{noun} {rng.choice(['black', 'grey', 'red'])} model {rng.integers(100, 999)}"
+            out.append((f"{brand} {title}".strip(), Label(path, brand)))
+        return out
+
+    train, test = rows(seen, 240), rows(unseen, 80)
+    taxonomy = Taxonomy(["a", "b", "c"], list(PRODUCTS), seen)
+    texts, labels = [t for t, _ in train], [lab for _, lab in train]
+    tokenizer = train_tokenizer(texts + [t for t, _ in test] + [format_target(lab) for lab in labels], vocab_size=400)
+    prior = LabelPrior.build(texts, labels, texts, taxonomy)
+    assert prior.copies and prior.describe()["copy_classes"] == COPY_CLASSES
+    index = prior.index
+    known_only = LinearScorer.fit([index.featurizer.vector(t, index.idf) for t in texts],
+                                  [0 if not lab.brand else 1 + seen.index(lab.brand) for lab in labels],
+                                  1 + len(seen), index.featurizer.bits)
+    before = LabelPrior(index, taxonomy, prior.cfg, prior.path_scorer, known_only)
+    assert not before.copies
+    flat = prior_only_step_factory(len(tokenizer))
+    gold = [lab for _, lab in test]
+    got = {}
+    for name, p in (("copy", prior), ("known", before)):
+        preds = Tagger(None, tokenizer, taxonomy, prior=p).predict([t for t, _ in test], make_step=flat)
+        got[name] = [pred.label.brand for pred in preds]
+        assert all(pred.label.path in taxonomy for pred in preds)
+    named = lambda brands: np.mean([b == lab.brand for b, lab in zip(brands, gold) if lab.brand])  # noqa: E731
+    unbranded = lambda brands: np.mean([b == "" for b, lab in zip(brands, gold) if not lab.brand])  # noqa: E731
+    assert named(got["copy"]) >= 0.9 and unbranded(got["copy"]) >= 0.9, got["copy"]
+    assert named(got["known"]) == 0.0

@@ -38,7 +38,7 @@ class TaxonomyLogitsProcessor(LogitsProcessor):
         self.constraint, self.state = tagger.constraint, tagger.constraint.start(texts)
         self.prior = tagger.prior_batch(texts, prior_weight)
         use = self.prior is not None and (self.prior.weight or self.prior.brand_weight)
-        self.cum = self.constraint.cumulative(self.prior) if use else None
+        self.cum = self.state.cumulative(self.prior) if use else None
         self.pad_id, self.started = tagger.constraint.codec.pad_id, False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

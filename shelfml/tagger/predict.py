@@ -125,8 +125,7 @@ class Tagger:
         for start in range(0, len(jobs), batch_size):
             part = jobs[start : start + batch_size]
             rows = np.array([r for r, _ in part])
-            sub_prior = None if prior is None else type(prior)(prior.paths[rows], prior.brands[rows], prior.weight,
-                                                                 prior.brand_weight)
+            sub_prior = None if prior is None else prior.take(rows)
             step = make_step(encoded[0][rows], encoded[1][rows])
             completed = complete_branches(step, [texts[r] for r in rows], [p for _, p in part], self.constraint,
                                           self.max_new_tokens, sub_prior)
