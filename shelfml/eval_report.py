@@ -44,13 +44,18 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> dict[str, dic
 
 
 def brand_split(gold: Sequence[Label], pred: Sequence[Label], inputs: Sequence[str], known: set[str]) -> dict:
-    """Brand accuracy for brands seen in training, unseen ones, and those written in the input text."""
-    groups: dict[str, list[bool]] = {"seen": [], "unseen": [], "in_input": [], "not_in_input": []}
+    """Brand accuracy for brands seen in training (``known``; no brand counts as seen), unseen ones, those written
+    in the input text, and the unseen ones written there (only copying can name them)."""
+    groups: dict[str, list[bool]] = {"seen": [], "unseen": [], "in_input": [], "not_in_input": [],
+                                     "unseen_in_input": []}
     for g, p, text in zip(gold, pred, inputs):
         ok = same_brand(g.brand, p.brand)
-        groups["seen" if g.brand in known or not g.brand else "unseen"].append(ok)
+        seen = g.brand in known or not g.brand
+        groups["seen" if seen else "unseen"].append(ok)
         written = bool(g.brand) and g.brand.lower() in text.lower()
         groups["in_input" if written else "not_in_input"].append(ok)
+        if written and not seen:
+            groups["unseen_in_input"].append(ok)
     return {k: {"items": len(v), "accuracy": float(np.mean(v)) if v else None} for k, v in groups.items()}
 
 

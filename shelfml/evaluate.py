@@ -86,7 +86,8 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
                                           prior_weight=prior_weight, top_k=top_k or TOP_K)
     gold = rows.labels()
     metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)
-    metrics["brand_split"] = brand_split(gold, [p.label for p in preds], rows.inputs(), set(tagger.taxonomy.brands))
+    trained = set(parts["train"].frame["brand"]) if parts else set(tagger.taxonomy.brands)  # brands seen in training
+    metrics["brand_split"] = brand_split(gold, [p.label for p in preds], rows.inputs(), trained)
     ablation = prior_only or prior_weight is not None
     weight = prior_weight if prior_weight is not None else (tagger.prior.cfg.weight if tagger.prior else 0.0)
     metrics.update(split=split, source=rows.source, brand_mode=tagger.constraint.brand_mode,
