@@ -61,12 +61,17 @@ def array_digest(arrays: dict[str, np.ndarray]) -> str:
 
 @dataclass(frozen=True)
 class Featurizer:
-    """Text -> L2-normalised sparse TF-IDF vector over ``2**bits`` hashed features."""
+    """Text -> L2-normalised sparse TF-IDF vector over ``2**bits`` hashed features. With ``blocks``, words (and
+    word pairs) hash into the lower half of the features and character n-grams into the upper half, and each half
+    is normalised on its own, as two TF-IDF vectorisers side by side: the many character n-grams no longer
+    outweigh the words (the label prior's classifiers gained 1-3 points of path and brand accuracy on Sephora
+    and Flipkart; indexes written before it read ``blocks: false``)."""
 
     bits: int = 20
     char_min: int = 3
     char_max: int = 5
     max_chars: int = 1000  # longer texts are cut first: the title and the start of the description matter
+    blocks: bool = False
 
     def terms(self, text: str) -> list[str]:
         words = _WORD.findall(str(text)[: self.max_chars].lower())
@@ -79,18 +84,33 @@ class Featurizer:
 
     def counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(feature ids, sublinear term frequencies 1 + log tf), ids sorted."""
-        mask = (1 << self.bits) - 1
-        ids = np.fromiter((zlib.crc32(t.encode("utf-8")) & mask for t in self.terms(text)), dtype=np.int64)
+        terms = self.terms(text)
+        if self.blocks:
+            half = self.bits - 1
+            mask = (1 << half) - 1
+            ids = np.fromiter(((zlib.crc32(t.encode("utf-8")) & mask) | ((t[0] == "c") << half) for t in terms),
+                              dtype=np.int64, count=len(terms))
+        else:
+            mask = (1 << self.bits) - 1
+            ids = np.fromiter((zlib.crc32(t.encode("utf-8")) & mask for t in terms), dtype=np.int64, count=len(terms))
         if not len(ids):
             return ids, np.zeros(0, np.float32)
         ids, tf = np.unique(ids, return_counts=True)
         return ids, (1.0 + np.log(tf)).astype(np.float32)
 
+    def normalise(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``values`` over unit length: the whole vector, or each block (words, character n-grams) on its own."""
+        parts = (ids < (1 << (self.bits - 1)), ids >= (1 << (self.bits - 1))) if self.blocks else (slice(None),)
+        out = np.array(values, dtype=np.float32)
+        for part in parts:
+            norm = float(np.sqrt((out[part] * out[part]).sum()))
+            if norm > 0:
+                out[part] = out[part] / norm
+        return out
+
     def vector(self, text: str, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids, tf = self.counts(text)
-        values = tf * idf[ids]
-        norm = float(np.sqrt((values * values).sum()))
-        return ids, (values / norm if norm > 0 else values)
+        return ids, self.normalise(ids, tf * idf[ids])
 
 
 class LexicalIndex:
@@ -116,11 +136,9 @@ class LexicalIndex:
         idf = np.log((1 + len(texts)) / (1 + df)).astype(np.float32) + 1.0
         feats, rows, weights = [], [], []
         for row, (ids, tf) in enumerate(counted):
-            values = tf * idf[ids]
-            norm = float(np.sqrt((values * values).sum())) or 1.0
             feats.append(ids)
             rows.append(np.full(len(ids), row, dtype=np.int32))
-            weights.append((values / norm).astype(np.float32))
+            weights.append(featurizer.normalise(ids, tf * idf[ids]))
         lists = inverted_lists(np.concatenate(feats), np.concatenate(rows), np.concatenate(weights), featurizer.bits)
         return cls(featurizer, idf, *lists, {k: np.asarray(v, dtype=np.int32) for k, v in labels.items()},
                    title_keys(keys))
