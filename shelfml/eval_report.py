@@ -79,6 +79,10 @@ def tagger_report(out: Path, frame: pd.DataFrame, gold: Sequence[Label], pred: S
     lines = [f"# Tagger evaluation: {metrics['split']} split of {metrics['source']} ({metrics['items']} items)", "",
              f"Item accuracy **{metrics['item_accuracy']:.4f}**, path {metrics['path_accuracy']:.4f}, brand "
              f"{metrics['brand_accuracy']:.4f}, invalid paths {metrics['invalid_path_rate']:.4f}.", "",
+             "Hierarchical precision / recall / F1 (each path with its ancestors, micro-averaged): " +
+             " / ".join(f"{metrics['hierarchical'][k]:.4f}" for k in ("precision", "recall", "f1")) + ".", "",
+             *([f"Label prior oracle: the gold path among its {o['k']} most probable for {o['path']:.4f} of the "
+                f"items, the gold brand for {o['brand']:.4f}.", ""] if (o := metrics.get("prior_oracle")) else []),
              "## Per level", ""] + _table(["level", "accuracy"], list(metrics["level_accuracy"].items()))
     lines += ["", "## Brands", ""] + _table(["brands", "items", "accuracy"], [
         (k.replace("_", " "), v["items"], v["accuracy"] if v["accuracy"] is not None else "-")

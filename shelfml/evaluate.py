@@ -88,6 +88,9 @@ def evaluate_tagger(ckpt: Path, spec: DataSpec | None = None, split: str = "test
     metrics = tagger_metrics(gold, [p.label for p in preds], tagger.taxonomy)
     trained = set(parts["train"].frame["brand"]) if parts else set(tagger.taxonomy.brands)  # brands seen in training
     metrics["brand_split"] = brand_split(gold, [p.label for p in preds], rows.inputs(), trained)
+    if tagger.prior is not None:
+        metrics["prior_oracle"] = tagger.prior.oracle([tagger.tokenizer.clip(t, tagger.max_input_tokens)
+                                                       for t in rows.inputs()], gold)
     ablation = prior_only or prior_weight is not None
     weight = prior_weight if prior_weight is not None else (tagger.prior.cfg.weight if tagger.prior else 0.0)
     metrics.update(split=split, source=rows.source, brand_mode=tagger.constraint.brand_mode,

@@ -33,7 +33,21 @@ def tagger_metrics(gold: Sequence[Label], pred: Sequence[Label], taxonomy: Taxon
         "brand_accuracy": sum(brand_ok) / n,
         "item_accuracy": sum(item_ok) / n,
         "invalid_path_rate": sum(p.path not in taxonomy for p in pred) / n,
+        "hierarchical": hierarchical_prf([g.path for g in gold], [p.path for p in pred]),
     }
+
+
+def hierarchical_prf(gold: Sequence[tuple[str, ...]], pred: Sequence[tuple[str, ...]]) -> dict:
+    """Hierarchical precision, recall and F1 as hiclass defines them (micro-averaged): each path stands for the set
+    of its nodes with their ancestors (a node is its prefix, so equal names under different parents differ), and
+    hP = sum |pred ∩ gold| / sum |pred|, hR = sum |pred ∩ gold| / sum |gold|."""
+    common = predicted = true = 0
+    for g, p in zip(gold, pred):
+        g_nodes, p_nodes = {g[: i + 1] for i in range(len(g))}, {p[: i + 1] for i in range(len(p))}
+        common, predicted, true = common + len(g_nodes & p_nodes), predicted + len(p_nodes), true + len(g_nodes)
+    precision, recall = common / max(predicted, 1), common / max(true, 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def smape(y_true, y_pred) -> float:

@@ -140,6 +140,29 @@ class LabelPrior:
         """Whether the brand classifier gives copy classes (checkpoints before them do not)."""
         return self.brand_scorer is not None and len(self.brand_scorer.bias) == self.n_brands + COPY_CLASSES
 
+    def oracle(self, texts: Sequence[str], labels: Sequence[Label], k: int = 5) -> dict:
+        """How often the gold path, and the gold brand, is among the prior's ``k`` most probable (a copy class
+        stands for the spans of the text of its shape): the most any decoding of the prior can reach at ``k``."""
+        from shelfml.constraint import _positioned_spans, copy_class_of
+        from shelfml.metrics import same_brand
+
+        batch = self.batch(texts)
+        brand_names = [""] + list(self.taxonomy.brands)
+        path_hits = brand_hits = 0
+        for i, (text, label) in enumerate(zip(texts, labels)):
+            top_paths = np.argsort(-batch.paths[i], kind="stable")[:k]
+            path_hits += any(self.taxonomy.paths[j] == label.path for j in top_paths)
+            scores = batch.brands[i] if batch.copy is None else np.concatenate((batch.brands[i], batch.copy[i]))
+            candidates = []
+            for j in np.argsort(-scores, kind="stable")[:k].tolist():
+                if j < self.n_brands:
+                    candidates.append(brand_names[j])
+                else:
+                    candidates += [span for span, first, size in _positioned_spans(text)
+                                   if copy_class_of(np.array([first]), np.array([size]))[0] == j - self.n_brands]
+            brand_hits += any(same_brand(label.brand, c) for c in candidates)
+        return {"k": k, "path": path_hits / max(len(texts), 1), "brand": brand_hits / max(len(texts), 1)}
+
     def _search(self, texts: Sequence[str], exclude_titles: Sequence[str] | None = None) -> tuple:
         """The neighbours of ``texts``, searched only for a field no classifier gives: ([None] * n) x 2 otherwise
         (no search on the serving hot path)."""

@@ -162,3 +162,6 @@ def test_prior_copies_brands_never_seen_in_training_from_where_titles_write_them
     unbranded = lambda brands: np.mean([b == "" for b, lab in zip(brands, gold) if not lab.brand])  # noqa: E731
     assert named(got["copy"]) >= 0.9 and unbranded(got["copy"]) >= 0.9, got["copy"]
     assert named(got["known"]) == 0.0
+    oracle, top1 = prior.oracle([t for t, _ in test], gold), prior.oracle([t for t, _ in test], gold, k=1)
+    assert oracle["k"] == 5 and oracle["brand"] >= 0.9 and oracle["path"] >= top1["path"]
+    assert before.oracle([t for t, _ in test], gold)["brand"] <= 0.25  # the unbranded quarter only
