@@ -166,17 +166,3 @@ def test_prior_copies_brands_never_seen_in_training_from_where_titles_write_them
     assert oracle["k"] == 5 and oracle["brand"] >= 0.9 and oracle["path"] >= top1["path"]
     assert before.oracle([t for t, _ in test], gold)["brand"] <= 0.25  # the unbranded quarter only
 
-
-def test_the_weight_search_takes_the_least_sharp_prior_that_is_as_accurate():
-    """A sharper prior wins only when its gain is more than chance on the same rows (a paired sign test)."""
-    from shelfml.training.tagger import least_sharp
-
-    sharp = np.random.default_rng(0).random(1000) < 0.9
-    right = np.flatnonzero(sharp)
-    mixed = sharp.copy()  # 6 rows lost, 2 won: level within the noise
-    mixed[right[:6]] = False
-    mixed[np.flatnonzero(~sharp)[:2]] = True
-    worse = sharp.copy()  # 30 rows lost, none won
-    worse[right[:30]] = False
-    assert least_sharp({(0.05, 8.0): sharp, (0.05, 2.0): mixed, (0.1, 2.0): mixed}) == (0.1, 2.0)
-    assert least_sharp({(0.05, 8.0): sharp, (0.05, 1.0): worse}) == (0.05, 8.0)
