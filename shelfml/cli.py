@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from shelfml.checkpoint import CheckpointError
@@ -272,14 +273,22 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_calibrate(a: argparse.Namespace) -> None:
     from shelfml.checkpoint import read_manifest, update_manifest
     from shelfml.evaluate import evaluation_rows
-    from shelfml.training.tagger import fit_calibration
+    from shelfml.training.tagger import TaggerArgs, fit_calibration, fit_prior
 
     ckpt = Path(a.checkpoint)
     if not 0.0 < a.target_precision < 1.0:
         raise UsageError(f"--target-precision must be between 0 and 1, got {a.target_precision}")
-    rows, same = evaluation_rows(read_manifest(ckpt, task="tagger"), None, "validation")
+    manifest = read_manifest(ckpt, task="tagger")
+    if a.prior and not manifest.get("prior"):
+        raise UsageError(f"--prior: {ckpt} was trained without a label prior")
+    rows, same = evaluation_rows(manifest, None, "validation")
     if not same:
         raise DataError(f"{ckpt}: its catalog has changed since training; its validation split cannot be rebuilt")
+    if a.prior:  # as training's last step: the weight search on its first validation rows, with its settings
+        trained = {**asdict(TaggerArgs()), **manifest.get("training", {})}
+        search = rows.subset(range(min(trained["val_decode_limit"], len(rows))))
+        update_manifest(ckpt, prior=fit_prior(ckpt, search.inputs(), search.labels(),
+                                              tuple(trained["prior_weights"])))
     rows = rows.subset(range(min(a.rows, len(rows))))
     calibration = fit_calibration(ckpt, rows.inputs(), rows.labels(), a.target_precision)
     update_manifest(ckpt, calibration=calibration)
@@ -595,6 +604,8 @@ def _checkpoint_commands(sub) -> None:
     p.add_argument("checkpoint")
     add_precision_argument(p)
     p.add_argument("--rows", type=int, default=5000, help="validation rows to decode")
+    p.add_argument("--prior", action="store_true",
+                   help="first refit the label prior's weights and temperatures (training's weight search)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("predict", help="tag or price texts (arguments, --file, or stdin) as JSON lines")

@@ -1,7 +1,8 @@
 """The tagger's label prior over the taxonomy's paths and brands, from the product's text alone
 (:mod:`shelfml.lexical`: hashed TF-IDF features): paths and brands each from a linear classifier (one-vs-rest
 LinearSVC, its strongest weights kept; brands are often told by product-line words only one brand sells; a brand
-written in the text is learnt as the place it is written, so brands never seen in training are copied). A prior
+seen once and written in the text is learnt as the place it is written, so brands never seen in training are
+copied). A prior
 without a classifier (an older checkpoint) takes that field from the labels of the product's lexical neighbours.
 
 The one decode loop adds ``weight * log(prior mass)`` to the logits of every allowed token, the mass of a token
@@ -12,6 +13,7 @@ validation at training time. The prior is part of the model: its index is stored
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -87,9 +89,10 @@ class LabelPrior:
         vectors = [index.featurizer.vector(t, index.idf) for t in texts]
         bits, n_brands = index.featurizer.bits, 1 + len(taxonomy.brands)
         paths = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), bits, c=LINEAR_C)
-        # a brand written in the text is learnt as where it is written (its copy class), so that a brand never
-        # seen in training is named from the same evidence; the others as themselves
-        copied = [copy_class(t, lab.brand) for t, lab in zip(texts, labels)]
+        # a brand seen once in training and written in the text is learnt as where it is written (its copy
+        # class): brands never seen in training are named from the same evidence; the others as themselves
+        once = {b for b, n in Counter(lab.brand for lab in labels).items() if n == 1}
+        copied = [copy_class(t, lab.brand) if lab.brand in once else -1 for t, lab in zip(texts, labels)]
         targets = [n_brands + c if c >= 0 else b for c, b in zip(copied, ids["brand"])]
         brands = LinearScorer.fit(vectors, targets, n_brands + COPY_CLASSES, bits, c=LINEAR_C)
         return cls(index, taxonomy, cfg or PriorConfig(), paths, brands)

@@ -226,3 +226,21 @@ def test_calibrate_refits_in_place_and_refuses_a_bad_target(tiny_checkpoint, tmp
     assert len(probs) == 3 and all(b <= a for a, b in zip(probs, probs[1:]))
     assert len(record["alternatives"]) == 3 and isinstance(record["abstain"], bool)
     assert record["backoff_path"] == "" or record["label"].startswith(record["backoff_path"])
+
+
+def test_calibrate_with_prior_repeats_trainings_weight_search(tiny_checkpoint, tmp_path):
+    """``--prior`` re-runs training's last step: the weights it finds on the same model and rows are training's."""
+    import shutil
+
+    from shelfml.checkpoint import read_manifest, update_manifest
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    trained = read_manifest(ckpt, task="tagger")["prior"]
+    update_manifest(ckpt, prior={**trained, "weight": 3.5, "brand_weight": 0.5, "temperature": 0.3})
+    done = _cli("calibrate", str(ckpt), "--prior")
+    assert done.returncode == 0, done.stderr
+    refit = read_manifest(ckpt, task="tagger")["prior"]
+    assert {k: refit[k] for k in ("weight", "brand_weight", "temperature", "path_temperature")} == \
+        {k: trained[k] for k in ("weight", "brand_weight", "temperature", "path_temperature")}
+    assert refit["validation_search"] == trained["validation_search"]
