@@ -222,9 +222,9 @@ def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
 
 class LinearScorer:
     """A linear classifier over the same hashed TF-IDF features (one-vs-rest LinearSVC, fitted at training
-    time with scikit-learn), kept as its strongest weights per class in inverted lists (``budget`` weights shared by
-    the classes, between ``MIN_PER_CLASS`` and ``MAX_PER_CLASS`` each): scoring needs numpy only. Classes never
-    seen in training score ``ABSENT``."""
+    time with scikit-learn), kept as its strongest weights per class in inverted lists (``top`` per class, or by
+    default ``WEIGHT_BUDGET`` weights shared by the classes, between ``MIN_PER_CLASS`` and ``MAX_PER_CLASS``
+    each): scoring needs numpy only. Classes never seen in training score ``ABSENT``."""
 
     ABSENT = -10.0
 
@@ -233,7 +233,7 @@ class LinearScorer:
 
     @classmethod
     def fit(cls, vectors: Sequence[tuple[np.ndarray, np.ndarray]], y: Sequence[int], n_classes: int, bits: int,
-            budget: int = WEIGHT_BUDGET, max_features: int = 1 << 17, c: float = 0.5) -> "LinearScorer":
+            top: int | None = None, max_features: int = 1 << 17, c: float = 0.5) -> "LinearScorer":
         from scipy.sparse import csr_matrix
         from sklearn.svm import LinearSVC
 
@@ -259,7 +259,8 @@ class LinearScorer:
         intercept = model.intercept_ if len(model.classes_) > 2 else np.array([-model.intercept_[0],
                                                                                 model.intercept_[0]])
         feats, owners, weights = [], [], []
-        top = int(np.clip(budget // len(model.classes_), MIN_PER_CLASS, MAX_PER_CLASS))
+        if top is None:
+            top = int(np.clip(WEIGHT_BUDGET // len(model.classes_), MIN_PER_CLASS, MAX_PER_CLASS))
         for k, label in enumerate(model.classes_):
             strongest = np.argsort(-np.abs(coef[k]))[:top]
             strongest = strongest[coef[k][strongest] != 0]

@@ -91,7 +91,9 @@ class WideRidge:
                 continue
             index = {v: i for i, v in enumerate(names)}
             classes[name], gold[name] = len(names), np.array([index[v] for v in values])
-            scorers[name] = LinearScorer.fit(vectors, gold[name], len(names), featurizer.bits)
+            # 500 weights per class, as the branch was measured (the tagger prior's larger budget moved the
+            # built-in catalog's branch-alone SMAPE from 31.43 to 32.52)
+            scorers[name] = LinearScorer.fit(vectors, gold[name], len(names), featurizer.bits, top=500)
             decided[name] = np.array([int(np.argmax(scorers[name].scores(*v))) for v in val_vectors])
         used = np.flatnonzero(df)
         blocks = _Blocks(used, classes)
