@@ -109,6 +109,8 @@ def test_checkpoint_stores_the_fitted_prior_and_travels(tiny_checkpoint, tmp_pat
     texts = small_catalog.inputs()[:12]
     a, b = Tagger.load(tiny_checkpoint), Tagger.load(moved)
     assert a.prior.cfg == b.prior.cfg and a.prior.cfg.weight == prior["weight"]
+    assert prior["copy_classes"] == 12 and a.prior.copies and b.prior.copies  # the brand classifier's copy classes
+    assert b.prior.index.featurizer.blocks  # words and character n-grams normalised apart
     assert [p.label for p in a.predict(texts)] == [p.label for p in b.predict(texts)]
     with (moved / "lexical" / "lexical.safetensors").open("r+b") as f:
         f.seek(-64, 2)
