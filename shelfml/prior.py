@@ -90,7 +90,8 @@ class LabelPrior:
         bits, n_brands = index.featurizer.bits, 1 + len(taxonomy.brands)
         paths = LinearScorer.fit(vectors, ids["path"], len(taxonomy.paths), bits, c=LINEAR_C)
         # a brand seen once in training and written in the text is learnt as where it is written (its copy
-        # class): brands never seen in training are named from the same evidence; the others as themselves
+        # class): the brands seen once stand for those never seen (as in Good-Turing estimates, their share is
+        # the share of new brands to expect), which are named from the same evidence; the others as themselves
         once = {b for b, n in Counter(lab.brand for lab in labels).items() if n == 1}
         copied = [copy_class(t, lab.brand) if lab.brand in once else -1 for t, lab in zip(texts, labels)]
         targets = [n_brands + c if c >= 0 else b for c, b in zip(copied, ids["brand"])]
