@@ -12,7 +12,10 @@ def test_reliability_suite_short_form(served_repository, tmp_path):
     """On a repository built with load shedding (``--queue-limit``), so overload is shed at once."""
     from shelfml.model_repository.build import QueuePolicy, build_repository
 
-    build_repository(tmp_path / "repo", **served_repository.exports, queue=QueuePolicy())
+    # FP32 graphs: INT8's dynamic quantisation scales activations per batch, so a text alone and the same text in a
+    # batch of 12 can decode differently on a near tie (documented; tests/test_serving.py covers INT8), and the load
+    # section compares every answer with the batch's
+    build_repository(tmp_path / "repo", **served_repository.exports, queue=QueuePolicy(), cpu_precision="fp32")
     results = run_reliability(tmp_path / "repo", tmp_path / "rel", Plan.quick())
     failed = {k: v for k, v in results.items() if isinstance(v, dict) and v.get("ok") is False}
     assert results["ok"], json.dumps(failed, indent=1)[:4000]
