@@ -200,13 +200,10 @@ def _positioned_spans(text: str) -> list[tuple[str, int, int]]:
 def copy_class(text: str, brand: str) -> int:
     """The copy class of ``brand`` in ``text`` (see :func:`copy_class_of`): where it is first written as a span,
     case-insensitively; -1 when it is not (or is empty)."""
-    if not brand:
-        return -1
-    words, target = [w.lower() for w in _WORD.findall(text)], brand.lower()
-    for i in range(len(words)):
-        for n in range(1, min(COPY_MAX_WORDS, len(words) - i) + 1):
-            if " ".join(words[i : i + n]) == target:
-                return int(copy_class_of(np.array([i]), np.array([n]))[0])
+    target = brand.lower()
+    for span, first, size in _positioned_spans(text.lower()) if brand else []:
+        if span == target:
+            return int(copy_class_of(np.array([first]), np.array([size]))[0])
     return -1
 
 
