@@ -7,7 +7,6 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from shelfml.checkpoint import CheckpointError
@@ -271,9 +270,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
-    from shelfml.checkpoint import read_manifest, update_manifest
+    from shelfml.checkpoint import read_manifest
     from shelfml.evaluate import evaluation_rows
-    from shelfml.training.tagger import TaggerArgs, fit_calibration, fit_prior
+    from shelfml.training.tagger import TaggerArgs, fit_decoding
 
     ckpt = Path(a.checkpoint)
     if not 0.0 < a.target_precision < 1.0:
@@ -284,15 +283,13 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     rows, same = evaluation_rows(manifest, None, "validation")
     if not same:
         raise DataError(f"{ckpt}: its catalog has changed since training; its validation split cannot be rebuilt")
-    if a.prior:  # as training's last step: the weight search on its first validation rows, with its settings
-        trained = {**asdict(TaggerArgs()), **manifest.get("training", {})}
-        search = rows.subset(range(min(trained["val_decode_limit"], len(rows))))
-        update_manifest(ckpt, prior=fit_prior(ckpt, search.inputs(), search.labels(),
-                                              tuple(trained["prior_weights"])))
-    rows = rows.subset(range(min(a.rows, len(rows))))
-    calibration = fit_calibration(ckpt, rows.inputs(), rows.labels(), a.target_precision)
-    update_manifest(ckpt, calibration=calibration)
-    print(json.dumps(calibration["validation"]))
+    # training's last step, with the settings it was trained with (the prior's search on its first validation rows)
+    trained = {k: v for k, v in manifest.get("training", {}).items()
+               if k in TaggerArgs.__dataclass_fields__ and k != "train"}
+    args = TaggerArgs(**{**trained, "prior_weights": tuple(trained.get("prior_weights", TaggerArgs().prior_weights)),
+                         "target_precision": a.target_precision, "calibration_rows": a.rows})
+    prior_rows = rows.subset(range(min(args.val_decode_limit, len(rows)))) if a.prior else None
+    print(json.dumps(fit_decoding(ckpt, manifest, args, rows, prior_rows)["calibration"]["validation"]))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:

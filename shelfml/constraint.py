@@ -182,10 +182,10 @@ def _packed(ids: np.ndarray) -> list[np.ndarray]:
 
 def span_candidates(text: str) -> list[str]:
     """Word spans (1 to ``COPY_MAX_WORDS`` words) of a title: the brands copy mode may write."""
-    return sorted({span for span, _, _ in _positioned_spans(text)})
+    return sorted({span for span, _, _ in positioned_spans(text)})
 
 
-def _positioned_spans(text: str) -> list[tuple[str, int, int]]:
+def positioned_spans(text: str) -> list[tuple[str, int, int]]:
     """(span, first word, words) of every span of ``text``, each distinct span once at its first place."""
     words, seen, out = _WORD.findall(text), set(), []
     for i in range(len(words)):
@@ -201,7 +201,7 @@ def copy_class(text: str, brand: str) -> int:
     """The copy class of ``brand`` in ``text`` (see :func:`copy_class_of`): where it is first written as a span,
     case-insensitively; -1 when it is not (or is empty)."""
     target = brand.lower()
-    for span, first, size in _positioned_spans(text.lower()) if brand else []:
+    for span, first, size in positioned_spans(text.lower()) if brand else []:
         if span == target:
             return int(copy_class_of(np.array([first]), np.array([size]))[0])
     return -1
@@ -271,7 +271,7 @@ class LabelConstraint:
             trie, ends = CompiledTrie.build([], n_groups=len(texts))
             return CopySpans(trie, [], ends, np.zeros(0, np.int64), np.zeros(0, np.int64))
         if not self._splits_words:  # every span tokenised on its own
-            spans = [_positioned_spans(t) for t in texts]
+            spans = [positioned_spans(t) for t in texts]
             flat = [s for row in spans for s, _, _ in row]
             ids = self.codec.brand_ids_many(flat) if flat else []
             keep = [i for i, seq in enumerate(ids) if len(seq) <= MAX_BRAND_TOKENS]
@@ -460,8 +460,7 @@ class ConstraintState:
         """Per row, cumulative prior mass over the path leaves and the known-brand leaves (a leading 0), and over
         the copy trie's leaves when the prior gives copy classes (else None)."""
         paths, brands = self.c.cumulative(prior)
-        copy = getattr(prior, "copy", None)
-        return paths, brands, None if copy is None else self.copy.cumulative(copy)
+        return paths, brands, None if prior.copy is None else self.copy.cumulative(prior.copy)
 
     def log_mass(self, edges: Edges, cum: tuple) -> np.ndarray:
         """log of each edge's prior mass: the paths (known brands, copied spans) under its child, a token both brand
@@ -471,7 +470,7 @@ class ConstraintState:
         rows, path, known, copy = edges.row, edges.path, edges.known, edges.copy
         mass = (cum[0][rows, paths.end[path]] - cum[0][rows, paths.start[path]]
                 + cum[1][rows, brands.end[known]] - cum[1][rows, brands.start[known]])  # a dead child adds 0
-        if len(cum) > 2 and cum[2] is not None:
+        if cum[2] is not None:
             mass = mass + cum[2][copied.end[copy]] - cum[2][copied.start[copy]]
         else:
             live = copy != self.dead[2]

@@ -147,7 +147,7 @@ class LabelPrior:
     def oracle(self, texts: Sequence[str], labels: Sequence[Label], k: int = 5) -> dict:
         """How often the gold path, and the gold brand, is among the prior's ``k`` most probable (a copy class
         stands for the spans of the text of its shape): the most any decoding of the prior can reach at ``k``."""
-        from shelfml.constraint import _positioned_spans, copy_class_of
+        from shelfml.constraint import positioned_spans, copy_class_of
         from shelfml.metrics import same_brand
 
         batch = self.batch(texts)
@@ -162,7 +162,7 @@ class LabelPrior:
                 if j < self.n_brands:
                     candidates.append(brand_names[j])
                 else:
-                    candidates += [span for span, first, size in _positioned_spans(text)
+                    candidates += [span for span, first, size in positioned_spans(text)
                                    if copy_class_of(np.array([first]), np.array([size]))[0] == j - self.n_brands]
             brand_hits += any(same_brand(label.brand, c) for c in candidates)
         return {"k": k, "path": path_hits / max(len(texts), 1), "brand": brand_hits / max(len(texts), 1)}

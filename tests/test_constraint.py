@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shelfml.constraint import (COPY_CLASSES, MAX_BRAND_TOKENS, CompiledTrie, LabelConstraint, _positioned_spans,
+from shelfml.constraint import (COPY_CLASSES, MAX_BRAND_TOKENS, CompiledTrie, LabelConstraint, positioned_spans,
                                 copy_class_of, span_candidates)
 from shelfml.decoding import greedy_decode
 from shelfml.labels import Label, TargetCodec, Taxonomy
@@ -56,7 +56,7 @@ def reference_decode(constraint: LabelConstraint, texts, step, max_new: int, pri
     paths_root, known_root = trie(zip(tax.paths, path_ids)), trie(zip(brands, brand_ids))
     rows = []
     for text in texts:
-        placed = _positioned_spans(text) if constraint.brand_mode == "known+copy" else []
+        placed = positioned_spans(text) if constraint.brand_mode == "known+copy" else []
         ids = codec.brand_ids_many([s for s, _, _ in placed]) if placed else []
         kept = [(s, i, int(copy_class_of(np.array([f]), np.array([n]))[0]))
                 for (s, f, n), i in zip(placed, ids) if len(i) <= MAX_BRAND_TOKENS]

@@ -186,10 +186,10 @@ def train_tagger(spec: DataSpec, out: Path, args: TaggerArgs, force: bool = Fals
     if not is_main():  # torchrun: rank 0 finishes the checkpoint
         return None
     update_manifest(out, history=manifest["history"])
-    return _fit_decoding(out, read_manifest(out), args, parts["validation"], val if prior is not None else None)
+    return fit_decoding(out, read_manifest(out), args, parts["validation"], val if prior is not None else None)
 
 
-def _fit_decoding(out: Path, manifest: dict, args: TaggerArgs, validation: Catalog, prior_rows: Catalog | None) -> dict:
+def fit_decoding(out: Path, manifest: dict, args: TaggerArgs, validation: Catalog, prior_rows: Catalog | None) -> dict:
     """With the best checkpoint: the label prior's weights on ``prior_rows`` (None: no prior), then the per-level
     calibration and thresholds on the validation split; both recorded in the manifest, which is returned (the
     resumable state is removed: nothing is left to resume)."""
